@@ -1,0 +1,189 @@
+"""The cell contract: one step function ``(x_t, state) -> (y_t, state)``.
+
+A *cell* is the function a recurrent layer applies once per time step. It knows
+nothing of time, sequences, directions or padding; the layer and the engine own
+those. A state is a tensor or a NamedTuple of tensors, each with the batch as its
+first dimension.
+
+Shapes (one legend for the whole package): ``T`` steps, ``B`` batch, ``I`` input
+features, ``H`` hidden units.
+
+Example -- a cell of your own, with a two-tensor state::
+
+    class LeakyCell(Cell):
+        def __init__(self, input_size, hidden_size):
+            super().__init__(input_size, hidden_size)
+            self.lin = nn.Linear(input_size + hidden_size, hidden_size)
+            self.leak = nn.Parameter(torch.zeros(hidden_size))
+
+        def init_state(self, batch_size, *, device=None, dtype=None):
+            z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+            return PairState(z, z.clone())
+
+        def forward(self, x, state):
+            h, m = state
+            a = torch.sigmoid(self.leak)
+            m = a * m + (1 - a) * torch.tanh(self.lin(torch.cat([x, h], -1)))
+            return m, PairState(m, h)
+
+``Recurrent(LeakyCell(8, 16))`` is then a layer with lengths, reverse and states.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+# A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
+State = Union[Tensor, tuple]
+
+__all__ = ["Cell", "State", "map_state", "state_leaves", "is_namedtuple", "check_state", "check_input"]
+
+
+def is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
+
+
+def map_state(fn: Callable[..., Tensor], state: Any, *others: Any) -> Any:
+    """Apply ``fn`` leaf-wise to one state (or several of the same structure).
+
+    NamedTuple types are kept, so ``map_state(lambda t: t[:2], LSTMState(h, c))``
+    is an ``LSTMState``.
+    """
+    if isinstance(state, Tensor):
+        return fn(state, *others)
+    if isinstance(state, (tuple, list)):
+        parts = [map_state(fn, s, *(o[i] for o in others)) for i, s in enumerate(state)]
+        if is_namedtuple(state):
+            return type(state)(*parts)
+        return type(state)(parts) if isinstance(state, list) else tuple(parts)
+    raise TypeError(f"a state is a tensor or a tuple of tensors, got {type(state).__name__}")
+
+
+def state_leaves(state: Any) -> list[Tensor]:
+    """The tensors of a (nested) state, in order."""
+    if isinstance(state, Tensor):
+        return [state]
+    out: list[Tensor] = []
+    for s in state:
+        out.extend(state_leaves(s))
+    return out
+
+
+def _describe_structure(state: Any) -> str:
+    if isinstance(state, Tensor):
+        return f"tensor of shape {tuple(state.shape)}"
+    if isinstance(state, (tuple, list)):
+        inner = ", ".join(_describe_structure(s) for s in state)
+        return f"{type(state).__name__}({inner})"
+    return type(state).__name__
+
+
+def check_state(owner: str, expected: Any, got: Any, *, arg: str = "state",
+                dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None) -> Any:
+    """Check ``got`` against the structure and shapes of ``expected``; return it normalized.
+
+    ``expected`` usually comes from ``init_state(B, device="meta")`` so no memory is
+    touched. A plain tuple is accepted where a NamedTuple is expected and converted.
+    Raises ``TypeError``/``ValueError`` naming ``owner`` and ``arg``.
+    """
+    if isinstance(expected, Tensor):
+        if not isinstance(got, Tensor):
+            raise TypeError(f"{owner}: {arg} should be a tensor of shape {tuple(expected.shape)}, "
+                            f"got {type(got).__name__}")
+        if tuple(got.shape) != tuple(expected.shape):
+            raise ValueError(f"{owner}: {arg} should have shape {tuple(expected.shape)}, "
+                             f"got {tuple(got.shape)}")
+        if dtype is not None and got.dtype != dtype:
+            raise TypeError(f"{owner}: {arg} has dtype {got.dtype}, expected {dtype} like the input")
+        if device is not None and got.device != device:
+            raise ValueError(f"{owner}: {arg} is on {got.device}, expected {device} like the input")
+        return got
+    if isinstance(expected, (tuple, list)):
+        fields = getattr(type(expected), "_fields", None)
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise TypeError(f"{owner}: {arg} should be {_describe_structure(expected)}, "
+                            f"got {_describe_structure(got)}")
+        parts = []
+        for i, (e, g) in enumerate(zip(expected, got)):
+            name = f"{arg}.{fields[i]}" if fields else f"{arg}[{i}]"
+            parts.append(check_state(owner, e, g, arg=name, dtype=dtype, device=device))
+        if fields:
+            return type(expected)(*parts)
+        return tuple(parts)
+    raise TypeError(f"{owner}: cannot check a state of type {type(expected).__name__}")
+
+
+def check_input(owner: str, x: Any, *, ranks: tuple[int, ...], features: Optional[int],
+                arg: str = "input", layout: str = "") -> None:
+    """Common input checks: a floating tensor of an allowed rank and feature count."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {arg} should be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{owner}: {arg} has dtype {x.dtype}, expected a floating-point tensor "
+                        f"(convert with .float())")
+    if x.dim() not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{owner}: {arg} should have {want} dimensions{layout}, "
+                         f"got {x.dim()} with shape {tuple(x.shape)}")
+    if features is not None and x.shape[-1] != features:
+        raise ValueError(f"{owner}: {arg} has {x.shape[-1]} features per step, expected {features}")
+
+
+class Cell(nn.Module):
+    """Base class of every cell: one step ``forward(x, state) -> (y, new_state)``.
+
+    Subclasses set ``input_size`` and ``hidden_size`` (through ``__init__``) and write
+    ``forward``. ``init_state`` defaults to zeros of shape ``(B, hidden_size)``;
+    override it for any other state (e.g. a NamedTuple of two tensors).
+
+    Attributes:
+        input_size: ``I``, features of ``x`` per step (``None`` if any size is fine).
+        hidden_size: ``H``, the number of units.
+    """
+
+    input_size: Optional[int]
+    hidden_size: Optional[int]
+    #: dimensions of one step's input without the batch: 1 for ``(I,)`` vectors,
+    #: 3 for ``(C, H, W)`` images in a convolutional cell. ``input_size`` is the
+    #: size of the first of them.
+    step_rank: int = 1
+
+    def __init__(self, input_size: Optional[int] = None, hidden_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+
+    def init_state(self, batch_size: int, *, device: Optional[torch.device | str] = None,
+                   dtype: Optional[torch.dtype] = None) -> State:
+        """Zeros of shape ``(B, H)``; override for a different state."""
+        if self.hidden_size is None:
+            raise NotImplementedError(f"{self.short_name()}: define init_state() or set hidden_size")
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define forward(x, state)")
+
+    def short_name(self) -> str:
+        """``LSTMCell(8→16)``: the name used in error messages and diagrams."""
+        name = type(self).__name__
+        if self.input_size is not None and self.hidden_size is not None:
+            return f"{name}({self.input_size}→{self.hidden_size})"
+        return name
+
+    def check_step_input(self, x: Tensor) -> None:
+        """Checks for a direct call of a cell on one step ``(B, I)`` or ``(I,)``."""
+        check_input(self.short_name(), x, ranks=(self.step_rank + 1, self.step_rank),
+                    features=None, layout=" for one step (batch first)")
+        if self.input_size is not None and x.shape[x.dim() - self.step_rank] != self.input_size:
+            raise ValueError(f"{self.short_name()}: input has {x.shape[x.dim() - self.step_rank]} "
+                             f"features per step, expected {self.input_size}")
+
+
+class PairState(NamedTuple):
+    """A generic two-tensor state, for cells that need one (``h`` and ``m``)."""
+
+    h: Tensor
+    m: Tensor

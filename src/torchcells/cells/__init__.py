@@ -1,0 +1,7 @@
+"""The cell zoo: one family per file."""
+
+from .elman import ElmanCell
+from .gru import GRUCell
+from .lstm import LSTMCell, LSTMState
+
+__all__ = ["ElmanCell", "GRUCell", "LSTMCell", "LSTMState"]

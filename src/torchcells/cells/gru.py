@@ -1,0 +1,58 @@
+"""GRU cell (Cho et al. 2014) in torch's reset-after form.
+
+.. math::
+    r_t &= \\sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\\\
+    z_t &= \\sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\\\
+    n_t &= \\tanh(W_{in} x_t + b_{in} + r_t \\odot (W_{hn} h_{t-1} + b_{hn})) \\\\
+    h_t &= (1 - z_t) \\odot n_t + z_t \\odot h_{t-1}
+
+Gates in torch's order ``GATES = ("r", "z", "n")``: rows ``k·H … (k+1)·H − 1`` of
+``weight_ih`` ``(3H, I)``, ``weight_hh`` ``(3H, H)`` and both biases.
+
+Note: this is torch.nn.GRU's form, not the paper's. Cho et al. apply the reset
+gate before the recurrent product, :math:`n_t = \\tanh(W_{in} x_t + W_{hn}(r_t \\odot
+h_{t-1}) + b_n)`; torch (like cuDNN) applies it after, which keeps ``b_hn``
+inside the reset product and lets all three recurrent products run as one.
+
+Shapes: ``x`` ``(B, I)``, state ``h`` ``(B, H)``, output ``h``.
+
+Example::
+
+    >>> cell = GRUCell(3, 5)
+    >>> y, h = cell(torch.randn(2, 3), cell.init_state(2))
+    >>> h.shape
+    torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+import torch.nn.functional as F
+
+from ._gated import GatedCell
+
+
+class GRUCell(GatedCell):
+    """One GRU step (reset-after, torch.nn.GRUCell's parameters)."""
+
+    GATES = ("r", "z", "n")
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        gi = F.linear(x, self.weight_ih, self.bias_ih)
+        gh = F.linear(h, self.weight_hh, self.bias_hh)
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z, h_n = gh.chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h = n + z * (h - n)
+        return h, h

@@ -1,0 +1,137 @@
+"""``Recurrent(cell)``: a cell applied across time, sharing its weights at every step.
+
+Shapes: input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``, ``(T, I)`` unbatched);
+outputs ``(T, B, O)`` in the same layout; states as the cell defines them ``(B, ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..cell import Cell, State, check_input, check_state, map_state
+from ..engine import check_lengths, unroll
+from ..engine.lengths import Lengths
+
+
+class Recurrent(nn.Module):
+    """A recurrent layer made of one cell: ``T`` applications of one step function.
+
+    Args:
+        cell: any :class:`~torchcells.Cell`.
+        batch_first: input and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+        reverse: read each sequence backwards, from its own last valid step.
+
+    ``forward(x, state=None, *, lengths=None, all_states=False)`` returns
+    ``(outputs, final_state)``, or ``(outputs, final_state, states)`` with
+    ``all_states=True``, ``states`` being the cell's state at every step with a time
+    axis added to each tensor (``(T, B, ...)``, or ``(B, T, ...)`` with batch_first) --
+    both ``h`` and ``c`` for an LSTM.
+
+    With ``lengths`` (one per sequence, any order, each in ``0 … T``): outputs and
+    every-step states are exactly zero at padded steps, ``final_state`` is each
+    sequence's state after its last valid step, and padded steps influence nothing.
+    A sequence of length 0 keeps its initial state. ``T = 0`` returns empty outputs
+    and the initial state; an empty batch returns empty outputs.
+
+    Example::
+
+        >>> layer = Recurrent(LSTMCell(8, 16), batch_first=True)
+        >>> out, (h, c) = layer(torch.randn(4, 10, 8), lengths=[10, 3, 7, 1])
+        >>> out.shape, h.shape
+        (torch.Size([4, 10, 16]), torch.Size([4, 16]))
+    """
+
+    def __init__(self, cell: Cell, *, batch_first: bool = False, reverse: bool = False) -> None:
+        super().__init__()
+        if not isinstance(cell, nn.Module) or not hasattr(cell, "init_state"):
+            raise TypeError(f"Recurrent: cell should be a torchcells.Cell (a module with forward(x, state) "
+                            f"and init_state(batch_size)), got {type(cell).__name__}")
+        self.cell = cell
+        self.batch_first = bool(batch_first)
+        self.reverse = bool(reverse)
+
+    def short_name(self) -> str:
+        name = self.cell.short_name() if hasattr(self.cell, "short_name") else type(self.cell).__name__
+        return f"Recurrent({name}{', reverse' if self.reverse else ''})"
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        return self.cell.init_state(batch_size, device=device, dtype=dtype)
+
+    def reversed_copy(self) -> "Recurrent":
+        """A copy reading time the other way, with freshly initialized weights."""
+        return reversed_copy(self)
+
+    def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
+                all_states: bool = False):
+        owner = self.short_name()
+        step_rank = getattr(self.cell, "step_rank", 1)
+        layout = "(B, T, ...)" if self.batch_first else "(T, B, ...)"
+        check_input(owner, x, ranks=(step_rank + 2, step_rank + 1), features=None,
+                    layout=f" {layout}, or (T, ...) unbatched")
+        features = getattr(self.cell, "input_size", None)
+        if features is not None and x.shape[x.dim() - step_rank] != features:
+            raise ValueError(f"{owner}: input has {x.shape[x.dim() - step_rank]} features per step, "
+                             f"expected {features}")
+        unbatched = x.dim() == step_rank + 1
+        if unbatched:
+            x = x.unsqueeze(1)
+            if state is not None:
+                state = _unsqueeze_state(owner, state)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        steps, batch = x.shape[0], x.shape[1]
+        lens = check_lengths(owner, lengths, steps, batch)
+        if unbatched and lengths is not None:
+            raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
+        if state is None:
+            state = self.cell.init_state(batch, device=x.device, dtype=x.dtype)
+        else:
+            expected = self.cell.init_state(batch, device="meta", dtype=x.dtype)
+            state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
+        outputs, final, states = unroll(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                        all_states=all_states)
+        if unbatched:
+            outputs = outputs.squeeze(1)
+            final = map_state(lambda s: s.squeeze(0), final)
+            if states is not None:
+                states = map_state(lambda s: s.squeeze(1), states)
+        elif self.batch_first:
+            outputs = outputs.transpose(0, 1)
+            if states is not None:
+                states = map_state(lambda s: s.transpose(0, 1), states)
+        return (outputs, final, states) if all_states else (outputs, final)
+
+    def extra_repr(self) -> str:
+        opts = [k for k in ("batch_first", "reverse") if getattr(self, k)]
+        return ", ".join(f"{k}=True" for k in opts)
+
+
+def _unsqueeze_state(owner: str, state: Any) -> Any:
+    def add_batch(s: Any) -> Tensor:
+        if not isinstance(s, Tensor):
+            raise TypeError(f"{owner}: state should hold tensors, got {type(s).__name__}")
+        return s.unsqueeze(0)
+    try:
+        return map_state(add_batch, state)
+    except TypeError as e:
+        if str(e).startswith(owner):
+            raise
+        raise TypeError(f"{owner}: {e}") from None
+
+
+def reversed_copy(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer`` whose Recurrent layers all read time the other way,
+    with every parameter freshly initialized (``reset_parameters``)."""
+    twin = copy.deepcopy(layer)
+    for module in twin.modules():
+        if isinstance(module, Recurrent):
+            module.reverse = not module.reverse
+    for module in twin.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return twin
