@@ -76,6 +76,10 @@ class Recurrent(nn.Module):
         if features is not None and x.shape[x.dim() - step_rank] != features:
             raise ValueError(f"{owner}: input has {x.shape[x.dim() - step_rank]} features per step, "
                              f"expected {features}")
+        weight = next((p for p in self.cell.parameters() if p.is_floating_point()), None)
+        if weight is not None and weight.dtype != x.dtype:
+            raise TypeError(f"{owner}: input has dtype {x.dtype} but the cell's parameters are {weight.dtype}; "
+                            f"convert one of them (input.to({weight.dtype}) or layer.to({x.dtype}))")
         unbatched = x.dim() == step_rank + 1
         if unbatched:
             x = x.unsqueeze(1)

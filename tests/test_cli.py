@@ -1,0 +1,33 @@
+"""The command line: `torchcells demo`, `python -m torchcells`."""
+
+import subprocess
+import sys
+
+from torchcells.cli import main
+
+
+def test_demo_prints_accuracy_and_the_cell_account(capsys):
+    assert main(["demo", "--epochs", "2", "--hidden", "16", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out accuracy: " in out
+    accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
+    assert 0.1 < accuracy <= 1.0
+    for sense in ("step function", "units", "applications"):
+        assert sense in out
+    assert "1 GRUCell(8→16)" in out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_version():
+    done = subprocess.run([sys.executable, "-m", "torchcells", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("torchcells ")
+
+
+def test_bad_option_exits_nonzero():
+    done = subprocess.run([sys.executable, "-m", "torchcells", "demo", "--cell", "nope"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
