@@ -56,13 +56,33 @@ class GatedCell(Cell):
         H = self.hidden_size
         return {g: slice(k * H, (k + 1) * H) for k, g in enumerate(self.GATES)}
 
+    #: names of the state's tensors, in order (one name: the state is a bare tensor).
+    STATE_FIELDS: ClassVar[tuple[str, ...]] = ("h",)
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        """Features of each state tensor, in ``STATE_FIELDS`` order."""
+        return (self.hidden_size,)
+
     def _prepare(self, x: Tensor, state):
+        """Check one step's input and state (cheaply: this runs at every step); fill a missing state."""
         self.check_step_input(x)
+        lead = tuple(x.shape[:-1])
         if state is None:
-            batch = x.shape[0] if x.dim() == 2 else None
-            state = self.init_state(1 if batch is None else batch, device=x.device, dtype=x.dtype)
-            if batch is None:
-                state = map_state(lambda s: s[0], state)
+            state = self.init_state(lead[0] if lead else 1, device=x.device, dtype=x.dtype)
+            return state if lead else map_state(lambda s: s[0], state)
+        single = len(self.STATE_FIELDS) == 1
+        leaves = (state,) if single else state
+        if (not single and (not isinstance(state, tuple) or len(state) != len(self.STATE_FIELDS))) \
+                or not all(isinstance(t, Tensor) for t in leaves):
+            want = "a tensor" if single else f"a tuple ({', '.join(self.STATE_FIELDS)}) of tensors"
+            raise TypeError(f"{self.short_name()}: state should be {want}, got {type(state).__name__}")
+        for name, leaf, size in zip(self.STATE_FIELDS, leaves, self._state_sizes()):
+            arg = "state" if single else f"state.{name}"
+            if tuple(leaf.shape) != lead + (size,):
+                raise ValueError(f"{self.short_name()}: {arg} should have shape {lead + (size,)} "
+                                 f"for input of shape {tuple(x.shape)}, got {tuple(leaf.shape)}")
+            if leaf.dtype != x.dtype:
+                raise TypeError(f"{self.short_name()}: {arg} has dtype {leaf.dtype}, expected {x.dtype} like the input")
         return state
 
     def extra_repr(self) -> str:

@@ -47,6 +47,7 @@ class LSTMCell(GatedCell):
     """One LSTM step; torch.nn.LSTMCell's parameters (plus nn.LSTM's ``proj_size``)."""
 
     GATES = ("i", "f", "g", "o")
+    STATE_FIELDS = ("h", "c")
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  proj_size: int = 0, device=None, dtype=None) -> None:
@@ -65,6 +66,9 @@ class LSTMCell(GatedCell):
     @property
     def output_size(self) -> int:
         return self.proj_size or self.hidden_size
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size, self.hidden_size)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> LSTMState:
         return LSTMState(torch.zeros(batch_size, self.output_size, device=device, dtype=dtype),

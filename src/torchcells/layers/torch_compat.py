@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..cell import check_input
+from ..engine import check_lengths
 from ..cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from .bidirectional import Bidirectional, BidirectionalState
 from .recurrent import Recurrent
@@ -44,9 +45,7 @@ class _TorchStyleRNN(nn.Module):
                  proj_size: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: {arg} should be a positive int, got {value!r}")
+        _check_sizes(name, input_size, hidden_size, num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
@@ -129,11 +128,9 @@ class _TorchStyleRNN(nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        for key, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
+        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)}"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
         return s
 
     # -- forward ---------------------------------------------------------------------
@@ -160,6 +157,8 @@ class _TorchStyleRNN(nn.Module):
         if x.dtype != weight.dtype:
             raise TypeError(f"{owner}: input has dtype {x.dtype} but the weights are {weight.dtype}; "
                             f"convert one of them (input.to({weight.dtype}) or module.to({x.dtype}))")
+        if not packed:
+            lengths = check_lengths(owner, lengths, x.shape[0], x.shape[1])
         state = None if hx is None else self._unflatten_hx(owner, hx, x, batched)
         out, finals = self.stack(x, state, lengths=lengths)
         hn = self._flatten_state(finals)
@@ -220,6 +219,12 @@ class _TorchStyleRNN(nn.Module):
         return tuple(torch.stack([entry[k] for entry in leaves]) for k in range(len(leaves[0])))
 
 
+def _check_sizes(name: str, input_size, hidden_size, num_layers) -> None:
+    for arg, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}: {arg} should be a positive int, got {value!r}")
+
+
 def _save_torch_names(module: _TorchStyleRNN, state_dict, prefix: str, local_metadata) -> None:
     """state_dict post-hook: internal keys -> torch.nn's flat keys, in torch's order."""
     internal = module._internal_names
@@ -235,10 +240,22 @@ def _save_torch_names(module: _TorchStyleRNN, state_dict, prefix: str, local_met
 
 def _load_torch_names(module: _TorchStyleRNN, state_dict, prefix: str, local_metadata, strict,
                       missing_keys, unexpected_keys, error_msgs) -> None:
-    """load_state_dict pre-hook: torch.nn's flat keys -> internal keys."""
+    """load_state_dict pre-hook: torch.nn's flat keys -> internal keys.
+
+    A size mismatch is reported here, by the torch name, and the entry replaced by
+    the current value so the inner cell does not report it again by its inner name.
+    """
     for torch_name, internal in module._torch_names.items():
-        if prefix + torch_name in state_dict:
-            state_dict[prefix + internal] = state_dict.pop(prefix + torch_name)
+        key = prefix + torch_name
+        if key not in state_dict:
+            continue
+        value = state_dict.pop(key)
+        current = module.get_parameter(internal)
+        if isinstance(value, Tensor) and value.shape != current.shape:
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {value.shape} from checkpoint, "
+                              f"the shape in current model is {current.shape}.")
+            value = current.detach()
+        state_dict[prefix + internal] = value
 
 
 def _report_torch_names(module: _TorchStyleRNN, incompatible) -> None:
@@ -272,6 +289,7 @@ class LSTM(_TorchStyleRNN):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
+        _check_sizes("LSTM", input_size, hidden_size, num_layers)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError(f"LSTM: proj_size should be a positive int or zero to disable projections, "
                              f"got {proj_size!r}")
