@@ -8,6 +8,7 @@ final state is its initial state).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -37,10 +38,12 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
         except TypeError:
             raise TypeError(f"{owner}: lengths should be a 1-D tensor or a sequence of ints, "
                             f"got {type(lengths).__name__}") from None
+        ints = []
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{owner}: lengths should hold ints, got {v!r} ({type(v).__name__})")
-        lens = torch.tensor(values, dtype=torch.int64).reshape(-1)
+            ints.append(int(v))
+        lens = torch.tensor(ints, dtype=torch.int64).reshape(-1)
     if lens.numel() != batch:
         raise ValueError(f"{owner}: lengths has {lens.numel()} entries, expected one per sequence "
                          f"of the batch ({batch})")

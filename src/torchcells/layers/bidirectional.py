@@ -35,7 +35,9 @@ class Bidirectional(nn.Module):
         merge: ``"concat"`` (features side by side, forward first -- nn.LSTM's layout),
             ``"sum"``, ``"mean"``, or a callable ``merge(forward_out, backward_out)``.
         backward: the backward layer; by default a copy of ``layer`` reading time
-            the other way, with its own freshly initialized weights.
+            the other way, with its own weights, freshly initialized by each module's
+            ``reset_parameters()`` (parameters of a module without one are copied,
+            with a warning).
 
     State: ``BidirectionalState(forward, backward)``. With ``lengths``, the
     backward direction starts each sequence at its own last valid step.

@@ -7,6 +7,7 @@ outputs ``(T, B, O)`` in the same layout; states as the cell defines them ``(B, 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -134,8 +135,16 @@ def reversed_copy(layer: nn.Module) -> nn.Module:
     for module in twin.modules():
         if isinstance(module, Recurrent):
             module.reverse = not module.reverse
-    for module in twin.modules():
+    copied = []
+    for name, module in twin.named_modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
+        else:
+            own = [n for n, _ in module.named_parameters(recurse=False)]
+            copied += [f"{name}.{n}" if name else n for n in own]
+    if copied:
+        warnings.warn(f"reversed copy of {type(layer).__name__}: {', '.join(copied)} belong to modules without "
+                      f"reset_parameters(), so the backward copy starts from the forward's values; define "
+                      f"reset_parameters() on the cell to initialize it independently", stacklevel=3)
     return twin
