@@ -163,7 +163,7 @@ class Cell(nn.Module):
             raise NotImplementedError(f"{self.short_name()}: define init_state() or set hidden_size")
         return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:  # pragma: no cover - abstract
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward(x, state)")
 
     def short_name(self) -> str:

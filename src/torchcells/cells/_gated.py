@@ -11,7 +11,7 @@ projected LSTM. Names, shapes, order and initialization (uniform in
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,8 @@ class GatedCell(Cell):
     """Base of cells whose gates are rows of ``weight_ih`` / ``weight_hh``."""
 
     GATES: ClassVar[tuple[str, ...]] = ()
+    input_size: int
+    hidden_size: int
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  recurrent_size: Optional[int] = None,
@@ -34,12 +36,11 @@ class GatedCell(Cell):
         self.bias = bool(bias)
         rows = len(self.GATES) * hidden_size
         rec = hidden_size if recurrent_size is None else recurrent_size
-        kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))
-        self.weight_hh = nn.Parameter(torch.empty(rows, rec, **kw))
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, device=device, dtype=dtype))
+        self.weight_hh = nn.Parameter(torch.empty(rows, rec, device=device, dtype=dtype))
         if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows, **kw))
-            self.bias_hh = nn.Parameter(torch.empty(rows, **kw))
+            self.bias_ih = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
+            self.bias_hh = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
@@ -63,7 +64,7 @@ class GatedCell(Cell):
         """Features of each state tensor, in ``STATE_FIELDS`` order."""
         return (self.hidden_size,)
 
-    def _prepare(self, x: Tensor, state):
+    def _prepare(self, x: Tensor, state: Any) -> Any:
         """Check one step's input and state (cheaply: this runs at every step); fill a missing state."""
         self.check_step_input(x)
         lead = tuple(x.shape[:-1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -74,9 +74,10 @@ class Bidirectional(nn.Module):
         return f"Bidirectional({inner})"
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> BidirectionalState:
-        kw = {"device": device, "dtype": dtype}
-        return BidirectionalState(self.forward_layer.init_state(batch_size, **kw),
-                                  self.backward_layer.init_state(batch_size, **kw))
+        fwd: Any = self.forward_layer
+        bwd: Any = self.backward_layer
+        return BidirectionalState(fwd.init_state(batch_size, device=device, dtype=dtype),
+                                  bwd.init_state(batch_size, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):

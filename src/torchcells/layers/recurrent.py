@@ -64,7 +64,9 @@ class Recurrent(nn.Module):
 
     def reversed_copy(self) -> "Recurrent":
         """A copy reading time the other way, with freshly initialized weights."""
-        return reversed_copy(self)
+        twin = reversed_copy(self)
+        assert isinstance(twin, Recurrent)
+        return twin
 
     def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):

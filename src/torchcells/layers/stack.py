@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,7 +51,8 @@ class Stack(nn.Module):
         return f"Stack({len(self.layers)} layers)"
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> tuple:
-        return tuple(layer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers)
+        layers: list[Any] = list(self.layers)
+        return tuple(layer.init_state(batch_size, device=device, dtype=dtype) for layer in layers)
 
     def forward(self, x: Tensor, state: Optional[tuple] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):

@@ -19,13 +19,13 @@ zero-step input returns empty outputs and the initial state where torch.nn raise
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..cell import check_input
+from ..cell import Cell, check_input
 from ..engine import check_lengths
 from ..cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from .bidirectional import Bidirectional, BidirectionalState
@@ -82,11 +82,11 @@ class _TorchStyleRNN(nn.Module):
         self.register_load_state_dict_post_hook(_report_torch_names)
 
     # -- construction --------------------------------------------------------------
-    def _make_cell(self, input_size: int, *, device, dtype) -> nn.Module:  # pragma: no cover
+    def _make_cell(self, input_size: int, *, device, dtype) -> Cell:  # pragma: no cover
         raise NotImplementedError
 
-    def _cell_at(self, layer: int, direction: int) -> nn.Module:
-        block = self.stack.layers[layer]
+    def _cell_at(self, layer: int, direction: int) -> Any:
+        block: Any = self.stack.layers[layer]
         if isinstance(block, Bidirectional):
             block = (block.forward_layer, block.backward_layer)[direction]
         return block.cell
@@ -212,7 +212,7 @@ class _TorchStyleRNN(nn.Module):
         return tensors[0]
 
     def _flatten_state(self, finals: tuple) -> tuple[Tensor, ...]:
-        per_entry = []
+        per_entry: list[Any] = []
         for final in finals:
             per_entry.extend(final if self.bidirectional else (final,))
         leaves = [s if isinstance(s, tuple) else (s,) for s in per_entry]

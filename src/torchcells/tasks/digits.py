@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +39,8 @@ class RowReader(nn.Module):
 
     def __init__(self, cell: Cell, classes: int = 10) -> None:
         super().__init__()
+        if cell.hidden_size is None:
+            raise ValueError(f"RowReader: the cell {cell.short_name()} should have a hidden_size")
         self.rnn = Recurrent(cell, batch_first=True)
         self.head = nn.Linear(cell.hidden_size, classes)
 
@@ -58,8 +59,7 @@ class DemoResult:
 
 
 def train_digits(*, cell: str = "gru", hidden: int = 64, epochs: int = 30, lr: float = 5e-3,
-                 batch_size: int = 32, seed: int = 0, progress: bool = True,
-                 log: Optional[callable] = print) -> DemoResult:
+                 batch_size: int = 32, seed: int = 0, progress: bool = True) -> DemoResult:
     """Train a ``RowReader`` and return it with its held-out accuracy."""
     from tqdm.auto import tqdm
 
