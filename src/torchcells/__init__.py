@@ -5,7 +5,7 @@ it across time. See ``ARCHITECTURE`` in the README for the three senses of "cell
 """
 
 from .cell import Cell, PairState, State, map_state
-from .cells import ElmanCell, GRUCell, LSTMCell, LSTMState
+from .cells import ElmanCell, GRUCell, LSTMCell, LSTMState, MinGRUCell, MinLSTMCell
 from .engine import unroll
 from .layers import GRU, LSTM, RNN, Bidirectional, BidirectionalState, Recurrent, Stack
 
@@ -13,5 +13,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bidirectional", "BidirectionalState", "Cell", "ElmanCell", "GRU", "GRUCell", "LSTM", "LSTMCell",
-    "LSTMState", "PairState", "RNN", "Recurrent", "Stack", "State", "map_state", "unroll", "__version__",
+    "LSTMState", "MinGRUCell", "MinLSTMCell", "PairState", "RNN", "Recurrent", "Stack", "State", "map_state", "unroll", "__version__",
 ]

@@ -28,6 +28,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_all, to_markdown
+
+    env, rows = run_all(args.runs, quick=args.quick)
+    print(to_markdown(env, rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchcells", description="Write a cell, get a layer.")
     parser.add_argument("--version", action="version", version=f"torchcells {__version__}")
@@ -41,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
+    bench = sub.add_parser("bench", help="measure torchcells against torch.nn (ratios of medians, one run)")
+    bench.add_argument("--runs", type=int, default=9, help="timed runs per contender (default 9)")
+    bench.add_argument("--quick", action="store_true", help="only the first LSTM row and the GRU row")
+    bench.set_defaults(run=_bench)
     return parser
 
 

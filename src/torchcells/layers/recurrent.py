@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cell import Cell, State, check_input, check_state, map_state
-from ..engine import check_lengths, unroll
+from ..engine import ENGINES, check_lengths, run
 from ..engine.lengths import Lengths
 
 
@@ -25,6 +25,11 @@ class Recurrent(nn.Module):
         cell: any :class:`~torchcells.Cell`.
         batch_first: input and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
         reverse: read each sequence backwards, from its own last valid step.
+        engine: ``"auto"`` (default: a parallel scan for cells that declare a linear
+            recurrence, else the fused path -- input part hoisted out of the loop, one
+            autograd node per sequence -- for cells that trace, else the reference loop,
+            with a one-time warning saying why), or force ``"loop"``, ``"fused"``, ``"scan"``.
+            Every path gives the reference loop's results.
 
     ``forward(x, state=None, *, lengths=None, all_states=False)`` returns
     ``(outputs, final_state)``, or ``(outputs, final_state, states)`` with
@@ -46,8 +51,12 @@ class Recurrent(nn.Module):
         (torch.Size([4, 10, 16]), torch.Size([4, 16]))
     """
 
-    def __init__(self, cell: Cell, *, batch_first: bool = False, reverse: bool = False) -> None:
+    def __init__(self, cell: Cell, *, batch_first: bool = False, reverse: bool = False,
+                 engine: str = "auto") -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"Recurrent: engine should be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         if not isinstance(cell, nn.Module) or not hasattr(cell, "init_state"):
             raise TypeError(f"Recurrent: cell should be a torchcells.Cell (a module with forward(x, state) "
                             f"and init_state(batch_size)), got {type(cell).__name__}")
@@ -99,8 +108,8 @@ class Recurrent(nn.Module):
         else:
             expected = self.cell.init_state(batch, device="meta", dtype=x.dtype)
             state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
-        outputs, final, states = unroll(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                        all_states=all_states)
+        outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                     all_states=all_states, engine=self.engine)
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -113,8 +122,10 @@ class Recurrent(nn.Module):
         return (outputs, final, states) if all_states else (outputs, final)
 
     def extra_repr(self) -> str:
-        opts = [k for k in ("batch_first", "reverse") if getattr(self, k)]
-        return ", ".join(f"{k}=True" for k in opts)
+        opts = [f"{k}=True" for k in ("batch_first", "reverse") if getattr(self, k)]
+        if self.engine != "auto":
+            opts.append(f"engine={self.engine!r}")
+        return ", ".join(opts)
 
 
 def _unsqueeze_state(owner: str, state: Any) -> Any:

@@ -1,0 +1,201 @@
+"""Benchmarks: torchcells against torch.nn, measured in one run as ratios of medians.
+
+Each row times its contenders forward + backward (loss = sum of outputs), float32,
+interleaved (A, B, A, B, ...) after one warm-up call each, and reports medians and
+the ratio ours / theirs (lower is better for ours). Run with ``torchcells bench``
+or ``python benchmarks/run.py`` (which also writes BENCHMARKS.md). Not a test:
+nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .cell import Cell
+from .cells import LSTMState
+from .layers import GRU, Recurrent
+
+
+class UserLSTMCell(Cell):
+    """An LSTM cell as a user would write it: two nn.Linear and the equations."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.ih = nn.Linear(input_size, 4 * hidden_size)
+        self.hh = nn.Linear(hidden_size, 4 * hidden_size)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+        return LSTMState(zeros, zeros)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, LSTMState(h, c)
+
+
+@dataclass
+class Row:
+    name: str
+    shape: tuple[int, int, int, int]  # B, T, I, H
+    ours: str
+    theirs: str
+    ms_ours: float
+    ms_theirs: float
+    target: str = ""
+    runs: int = 0
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ms_ours / self.ms_theirs
+
+
+def _fwd_bwd(module: nn.Module, x: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        out = module(x)[0]
+        out.sum().backward()
+    return step
+
+
+def _interleaved(contenders: list[Callable[[], None]], runs: int) -> list[list[float]]:
+    for fn in contenders:  # warm-up (first-call costs are measured separately)
+        fn()
+    times: list[list[float]] = [[] for _ in contenders]
+    for r in range(runs):
+        order = list(range(len(contenders)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            start = time.perf_counter()
+            contenders[i]()
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def _pair(name: str, shape, ours_label: str, ours: nn.Module, theirs_label: str, theirs: nn.Module,
+          runs: int, target: str) -> Row:
+    b, t, i, _ = shape
+    torch.manual_seed(0)
+    x = torch.randn(t, b, i, requires_grad=True)
+    times = _interleaved([_fwd_bwd(ours, x), _fwd_bwd(theirs, x)], runs)
+    return Row(name, shape, ours_label, theirs_label, statistics.median(times[0]) * 1e3,
+               statistics.median(times[1]) * 1e3, target, runs)
+
+
+def lstm_rows(runs: int, shapes: Optional[list] = None) -> list[Row]:
+    rows = []
+    targets = {(32, 100, 64, 256): "≤ 1.6× (final ≤ 1.25×)", (8, 200, 32, 128): "≤ 2.5× (final ≤ 1.6×)",
+               (64, 50, 256, 512): "≤ 1.2× (final ≤ 1.1×)"}
+    for shape in shapes or list(targets):
+        b, t, i, h = shape
+        torch.manual_seed(0)
+        ours = Recurrent(UserLSTMCell(i, h))
+        rows.append(_pair("user LSTM cell in Recurrent vs nn.LSTM", shape, "Recurrent(UserLSTMCell)", ours,
+                          "nn.LSTM", nn.LSTM(i, h), runs, targets.get(shape, "")))
+        loop = Recurrent(ours.cell, engine="loop")
+        rows.append(_pair("same cell, reference loop vs nn.LSTM", shape, "Recurrent(UserLSTMCell, engine='loop')",
+                          loop, "nn.LSTM", nn.LSTM(i, h), runs, "(context)"))
+    return rows
+
+
+def gru_rows(runs: int) -> list[Row]:
+    shape = (32, 100, 64, 256)
+    b, t, i, h = shape
+    torch.manual_seed(0)
+    return [_pair("torchcells.GRU vs nn.GRU", shape, "torchcells.GRU", GRU(i, h), "nn.GRU", nn.GRU(i, h), runs,
+                  "≤ 0.75× (final ≤ 0.6×)")]
+
+
+def scan_rows(runs: int) -> list[Row]:
+    from .cells.minimal import MinGRUCell
+    shape = (16, 2048, 64, 256)
+    b, t, i, h = shape
+    torch.manual_seed(0)
+    cell = MinGRUCell(i, h)
+    x = torch.randn(t, b, i, requires_grad=True)
+    scan = Recurrent(cell, engine="scan")
+    loop = Recurrent(cell, engine="loop")
+    times = _interleaved([_fwd_bwd(scan, x), _fwd_bwd(loop, x)], max(3, runs // 3))
+    return [Row("MinGRUCell layer: parallel scan vs its sequential loop", shape, "engine='scan'", "engine='loop'",
+                statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3,
+                "≥ 10× faster (final ≥ 20×)", max(3, runs // 3))]
+
+
+def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
+    """Time of the very first call (tracing and deriving the fused step included), in a fresh process."""
+    import subprocess
+    import sys
+    rows = []
+    for t in steps:
+        code = (
+            "import time, torch\n"
+            "from torchcells.bench import UserLSTMCell\n"
+            "from torchcells import Recurrent\n"
+            f"x = torch.randn({t}, 32, 64, requires_grad=True)\n"
+            "layer = Recurrent(UserLSTMCell(64, 256))\n"
+            "s = time.perf_counter(); layer(x)[0].sum().backward(); first = time.perf_counter() - s\n"
+            "s = time.perf_counter(); layer(x)[0].sum().backward(); second = time.perf_counter() - s\n"
+            "print(first, second)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        first, second = (float(v) for v in done.stdout.split())
+        rows.append(Row("first call (trace + derive + run), fresh process", (32, t, 64, 256),
+                        "first call", "second call", first * 1e3, second * 1e3, "first call ≤ 3 s, flat in T", 1,
+                        note=f"set-up ≈ {first - second:.2f} s"))
+    return rows
+
+
+def environment() -> dict[str, str]:
+    env = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or 'cpu'}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "allocator": ", ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+                               if k in os.environ) or "glibc malloc defaults",
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        if model:
+            env["machine"] = f"{model}, {os.cpu_count()} logical CPUs"
+    except OSError:
+        pass
+    return env
+
+
+def run_all(runs: int = 9, *, quick: bool = False) -> tuple[dict[str, str], list[Row]]:
+    torch.set_num_threads(torch.get_num_threads())
+    rows: list[Row] = []
+    if quick:
+        rows += lstm_rows(runs, [(32, 100, 64, 256)])
+        rows += gru_rows(runs)
+        return environment(), rows
+    rows += lstm_rows(runs)
+    rows += gru_rows(runs)
+    rows += scan_rows(runs)
+    rows += first_call_rows()
+    return environment(), rows
+
+
+def to_markdown(env: dict[str, str], rows: list[Row]) -> str:
+    lines = ["| what | B, T, I, H | ours | theirs | ours ms | theirs ms | ratio | target |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}×" if "scan" not in r.name else f"{1 / r.ratio:.1f}× faster"
+        if r.name.startswith("first call"):
+            ratio = f"{r.ms_ours / 1e3:.2f} s ({r.note})"
+        lines.append(f"| {r.name} | {', '.join(map(str, r.shape))} | {r.ours} | {r.theirs} | {r.ms_ours:.2f} | "
+                     f"{r.ms_theirs:.2f} | {ratio} | {r.target} |")
+    head = "\n".join(f"- {k}: {v}" for k, v in env.items())
+    return head + "\n\n" + "\n".join(lines) + "\n"

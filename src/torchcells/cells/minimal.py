@@ -1,0 +1,194 @@
+"""minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?").
+
+.. math::
+    \\text{minGRU:}\\quad
+    z_t &= \\sigma(W_z x_t + b_z), \\qquad \\tilde h_t = g(W_h x_t + b_h), \\\\
+    h_t &= (1 - z_t) \\odot h_{t-1} + z_t \\odot \\tilde h_t \\\\[6pt]
+    \\text{minLSTM:}\\quad
+    f_t &= \\sigma(W_f x_t + b_f), \\qquad i_t = \\sigma(W_i x_t + b_i), \\qquad
+    \\tilde h_t = g(W_h x_t + b_h), \\\\
+    f'_t &= \\frac{f_t}{f_t + i_t}, \\qquad i'_t = \\frac{i_t}{f_t + i_t}, \\\\
+    h_t &= f'_t \\odot h_{t-1} + i'_t \\odot \\tilde h_t
+
+with :math:`g(v) = v + 0.5` for :math:`v \\ge 0` and :math:`\\sigma(v)` for :math:`v < 0`
+(the paper's continuous, positive activation). The output is ``y_t = h_t``.
+
+**The gates read only the input** ``x_t``, never ``h_{t−1}``. So each step is linear in
+the state, ``h_t = a_t ⊙ h_{t−1} + b_t`` with ``a_t, b_t > 0`` known from the inputs
+alone (minGRU: ``a = 1 − z``, ``b = z ⊙ h̃``; minLSTM: ``a = f'``, ``b = i' ⊙ h̃``), and a
+whole sequence can be computed by a parallel scan over time
+(:func:`torchcells.engine.scan.scan_linear`) instead of a loop. Each cell declares
+that structure with ``scan_coefficients(x) -> (log a, log b)``, computed in log space.
+
+Parameters, gate ``k`` in rows ``k·H … (k+1)·H − 1`` (``gate_rows()``):
+
+=============  =================  =====================
+cell           ``weight_ih``      ``GATES``
+=============  =================  =====================
+MinGRUCell     ``(2H, I)``        ``("z", "h")``
+MinLSTMCell    ``(3H, I)``        ``("f", "i", "h")``
+=============  =================  =====================
+
+``bias_ih`` ``(2H,)`` / ``(3H,)`` has the same rows; there is no ``weight_hh`` /
+``bias_hh``, since nothing reads ``h``. Initialization is torch's: uniform in ``±1/√H``.
+
+Departures from the paper: its minGRU/minLSTM map ``x_t`` through separate ``Linear``
+layers per gate; here the gates are stacked rows of one ``weight_ih``, as in torch's
+cells. Its log-space code takes ``log h_0`` and so needs ``h_0 > 0``; here ``h_0`` may be
+any real tensor (the scan keeps the ``h_0`` term linear).
+
+Shapes: ``x`` ``(B, I)`` (or ``(I,)`` unbatched), state ``h`` ``(B, H)``, output ``h``.
+
+Example::
+
+    >>> cell = MinGRUCell(3, 5)
+    >>> y, h = cell(torch.randn(2, 3), cell.init_state(2))
+    >>> y.shape
+    torch.Size([2, 5])
+    >>> from torchcells.engine.scan import scan_linear
+    >>> outputs, h, _ = scan_linear(cell, torch.randn(7, 2, 3), cell.init_state(2))  # (T, B, I)
+    >>> outputs.shape
+    torch.Size([7, 2, 5])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from ..cell import Cell
+
+__all__ = ["MinGRUCell", "MinLSTMCell"]
+
+
+def g(v: Tensor) -> Tensor:
+    """The paper's activation: ``v + 0.5`` for ``v ≥ 0``, ``σ(v)`` for ``v < 0`` (positive, continuous)."""
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def log_g(v: Tensor) -> Tensor:
+    """``log g(v)``: ``log(v + 0.5)`` for ``v ≥ 0``, ``log σ(v)`` for ``v < 0``; finite, with finite gradients.
+
+    Written as ``log σ(min(v, 0)) + log(1 + 2 max(v, 0))``: each term is the wanted branch
+    on its side of 0 and a constant (``−log 2``, resp. 0) on the other, and both are finite
+    for every finite ``v``, so no unselected branch can send inf or NaN into a gradient
+    (and there is no ``where`` to pay for twice in the backward pass).
+    """
+    positive = torch.relu(v)
+    return F.logsigmoid(v - positive) + torch.log1p(positive * 2)
+
+
+class _MinimalCell(Cell):
+    """Shared layout of the minimal cells: one stacked ``weight_ih`` (and ``bias_ih``), state ``h``."""
+
+    GATES: ClassVar[tuple[str, ...]] = ()
+    input_size: int
+    hidden_size: int
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{type(self).__name__}: {name} should be a positive int, got {value!r}")
+        super().__init__(input_size, hidden_size)
+        self.bias = bool(bias)
+        rows = len(self.GATES) * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, device=device, dtype=dtype))
+        if self.bias:
+            self.bias_ih = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias_ih", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialization: every parameter uniform in ``±1/√H``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters(recurse=False):
+                p.uniform_(-bound, bound)
+
+    def gate_rows(self) -> dict[str, slice]:
+        """Which rows of ``weight_ih``/``bias_ih`` belong to which gate."""
+        H = self.hidden_size
+        return {name: slice(k * H, (k + 1) * H) for k, name in enumerate(self.GATES)}
+
+    def _prepare(self, x: Tensor, state: Optional[Tensor]) -> Tensor:
+        """Check one step's input and state (cheaply: this runs at every step); fill a missing state."""
+        self.check_step_input(x)
+        lead = tuple(x.shape[:-1])
+        if state is None:
+            return torch.zeros(lead + (self.hidden_size,), device=x.device, dtype=x.dtype)
+        if not isinstance(state, Tensor):
+            raise TypeError(f"{self.short_name()}: state should be a tensor, got {type(state).__name__}")
+        if tuple(state.shape) != lead + (self.hidden_size,):
+            raise ValueError(f"{self.short_name()}: state should have shape {lead + (self.hidden_size,)} "
+                             f"for input of shape {tuple(x.shape)}, got {tuple(state.shape)}")
+        if state.dtype != x.dtype:
+            raise TypeError(f"{self.short_name()}: state has dtype {state.dtype}, expected {x.dtype} like the input")
+        return state
+
+    def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+
+class MinGRUCell(_MinimalCell):
+    """One minGRU step: ``h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ g(W_h x_t + b_h)``, ``z_t = σ(W_z x_t + b_z)``.
+
+    Gates ``("z", "h")``: rows ``0 … H−1`` of ``weight_ih`` ``(2H, I)`` and ``bias_ih``
+    are the update gate, rows ``H … 2H−1`` the candidate. The gates read only ``x_t``.
+    """
+
+    GATES = ("z", "h")
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        k_z, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
+        z = torch.sigmoid(k_z)
+        h = (1 - z) * h + z * g(k_h)
+        return h, h
+
+    def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``.
+
+        ``log a = log(1 − z) = log σ(−k_z)``, ``log b = log z + log g(k_h)`` with
+        ``log z = log σ(k_z) = −softplus(−k_z)``: finite for every finite input.
+        """
+        k_z, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
+        return F.logsigmoid(-k_z), F.logsigmoid(k_z) + log_g(k_h)
+
+
+class MinLSTMCell(_MinimalCell):
+    """One minLSTM step: ``h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ g(W_h x_t + b_h)``, ``f', i'`` = ``f, i`` over ``f + i``.
+
+    Gates ``("f", "i", "h")``: rows ``0 … H−1`` of ``weight_ih`` ``(3H, I)`` and
+    ``bias_ih`` are the forget gate, ``H … 2H−1`` the input gate, ``2H … 3H−1`` the
+    candidate. The gates read only ``x_t``.
+    """
+
+    GATES = ("f", "i", "h")
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        k_f, k_i, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        h = f / (f + i) * h + i / (f + i) * g(k_h)
+        return h, h
+
+    def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``.
+
+        With ``d = log f − log i = log σ(k_f) − log σ(k_i)`` (``log σ(k) = −softplus(−k)``):
+        ``log f' = log σ(d)`` (as ``f' = f / (f + i) = σ(d)``), ``log i' = log σ(−d)``,
+        ``log b = log i' + log g(k_h)``. This is the paper's
+        ``−softplus(softplus(−k_f) − softplus(−k_i))`` without its four negations.
+        """
+        k_f, k_i, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+        return F.logsigmoid(d), F.logsigmoid(-d) + log_g(k_h)

@@ -1,0 +1,404 @@
+"""The fused path: hoisted input part, one autograd node for the whole sequence.
+
+From a cell's traced step (:mod:`.trace`):
+
+1. the *const* region runs once and the *input* region runs once for all ``T``
+   steps (``vmap`` over time: one large product instead of ``T`` small ones), both
+   under ordinary autograd;
+2. the *step* region runs ``T`` times inside one ``autograd.Function``. Its
+   forward and backward graphs are derived automatically (AOTAutograd's joint
+   trace and partition), so each step runs straight-line aten code with no
+   autograd bookkeeping, saving only what the backward needs;
+3. in the backward, the gradient of every weight used by a per-step product
+   (``h_{t-1} W_hhᵀ``) is not computed per step: the step's backward hands out the
+   two operands and one matrix product over all ``T·B`` rows follows the loop --
+   the structure cuDNN uses. Other parameter gradients are summed over steps.
+
+``run_fused`` has exactly the contract of :func:`.unroll.unroll` and is tested
+equal to it.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, fx, nn
+from torch.autograd.function import once_differentiable
+
+from ..cell import map_state
+from .lengths import reverse_padded, step_mask
+from .trace import CellProgram, TraceError, drop_detach, fast_targets, trace_cell
+
+__all__ = ["FusedKernels", "run_fused", "fused_program", "explain_fallback"]
+
+aten = torch.ops.aten
+_SHAPE_OPS = {aten.t.default, aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+              aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim,
+              aten.squeeze.default}
+
+
+@dataclass
+class FusedKernels:
+    """Forward/backward graphs of the step region for one (masked or not) variant."""
+
+    program: CellProgram
+    masked: bool
+    forward: fx.GraphModule            # (*hoisted_t, *state, *consts[, valid]) -> (*outs, *saved)
+    backward: fx.GraphModule           # (*saved, *tangents) -> grads (see below)
+    n_outputs: int                     # outs = [y,] *state   (y omitted when it is a state leaf)
+    y_index: Optional[int]             # position of y among outs
+    deferred: dict[int, fx.GraphModule]  # const index -> graph turning sum_t A_t @ B_t into its gradient
+    transposed: dict[int, bool]        # const index -> the deferred left operands come transposed
+    n_grads: int                       # backward outputs before the deferred operands (one per primal)
+    tangent_meta: list[tuple[torch.Size, torch.dtype]]  # shape and dtype of each output's gradient
+
+
+# Kernels are shared by cells of the same structure: the graphs take parameters as
+# inputs, so two LSTMCell(64, 256) share one trace. The key holds everything the
+# trace may depend on: module types, their plain attributes, parameter shapes,
+# training modes, and the step's shapes.
+_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+_CACHE_SIZE = 256
+_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_SIMPLE = (int, float, str, bool, type(None), torch.dtype, torch.device)
+
+
+def _attribute_key(value: Any) -> Any:
+    if isinstance(value, _SIMPLE):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
+        return tuple(value)
+    return ("object", id(value))
+
+
+def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
+    from torch.utils._pytree import tree_flatten
+    leaves, spec = tree_flatten(state)
+    modules = tuple(
+        (name, type(m), m.training,
+         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if not k.startswith("_"))),
+         tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)),
+         tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
+        for name, m in cell.named_modules())
+    return (modules, tuple(x_t.shape), x_t.dtype, x_t.device,
+            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked)
+
+
+def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
+    """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
+    key = _key(cell, x_t, state, masked)
+    found = _CACHE.get(key)
+    if found is not None:
+        _CACHE.move_to_end(key)
+    else:
+        try:
+            found = _build(cell, x_t, state, masked)
+        except TraceError as e:
+            found = e
+        except Exception as e:  # a failure of the derivation itself: fall back, say why
+            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        _CACHE[key] = found
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    if isinstance(found, TraceError):
+        raise found
+    return found
+
+
+def explain_fallback(cell: Any, error: TraceError) -> None:
+    """Warn once per cell that it runs on the reference loop, and why."""
+    if cell not in _WARNED:
+        _WARNED.add(cell)
+        name = cell.short_name() if hasattr(cell, "short_name") else type(cell).__name__
+        warnings.warn(f"{name} runs on the reference loop (no hoisting, no fused backward): {error}",
+                      stacklevel=4)
+
+
+def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+    from torch._functorch.aot_autograd import aot_function
+    from torch._functorch.partitioners import default_partition
+    from torch.utils._pytree import tree_flatten
+
+    with torch.enable_grad():
+        return _build_with_grad(cell, x_t, state, masked)
+
+
+def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+    from torch._functorch.aot_autograd import aot_function
+    from torch._functorch.partitioners import default_partition
+    from torch.utils._pytree import tree_flatten
+
+    program = trace_cell(cell, x_t, state)
+    step_fn = program.step_fn
+    n_h, n_s, n_c = program.n_hoisted, program.n_state, program.n_const
+    y_is_state = None if masked else program.y_is_state
+    placeholder_outputs = _outputs_that_alias(step_fn)
+
+    def wrapper(*args: Tensor):
+        outs = list(step_fn(*args[: n_h + n_s + n_c]))
+        outs = [o.clone() if i in placeholder_outputs else o for i, o in enumerate(outs)]
+        y, new = outs[0], outs[1:]
+        if masked:
+            valid = args[-1]
+            old = args[n_h: n_h + n_s]
+            new = [torch.where(valid.reshape(valid.shape + (1,) * (n.dim() - 1)), n, o) for n, o in zip(new, old)]
+            y = y.masked_fill(~valid.reshape(valid.shape + (1,) * (y.dim() - 1)), 0)
+        return tuple(new) if y_is_state is not None else (y, *new)
+
+    captured: dict[str, fx.GraphModule] = {}
+
+    def keep(name: str) -> Callable:
+        def compiler(gm: fx.GraphModule, example_inputs: Any) -> Callable:
+            from functorch.compile import make_boxed_func
+            captured[name] = gm
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    leaves, _ = tree_flatten(state)
+    with torch.no_grad():
+        example_h = [torch.zeros(_shape(n), dtype=_dtype(n, x_t), device=x_t.device)
+                     for n in _placeholders(step_fn)[:n_h]]
+        consts = program.const_fn(*[p.detach() for p in program.params(cell)])
+    args = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in
+            [*example_h, *[l.detach() for l in leaves], *consts]]
+    if masked:
+        args.append(torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device))
+    compiled = aot_function(wrapper, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
+                            partition_fn=default_partition)
+    outs = compiled(*args)
+    torch.autograd.grad([o for o in outs if o.requires_grad],
+                        [a for a in args if a.requires_grad],
+                        [torch.ones_like(o) for o in outs if o.requires_grad], allow_unused=True)
+    if "forward" not in captured or "backward" not in captured:
+        raise TraceError("the step has no differentiable path")
+    fw, bw = captured["forward"], captured["backward"]
+    n_outputs = len(outs)
+    tangents = [n for n in _placeholders(bw) if n.name.startswith("tangents")]
+    if len(tangents) != n_outputs or any(not o.requires_grad for o in outs):
+        raise TraceError("the step's outputs do not all depend on differentiable inputs")
+    n_grads = len(args)
+    transposed: dict[int, bool] = {}
+    deferred = _defer_weight_products(bw, range(n_h + n_s, n_h + n_s + n_c), transposed)
+    for gm in (fw, bw):
+        drop_detach(gm.graph)
+        gm.graph.eliminate_dead_code()
+        fast_targets(gm.graph)
+        gm.graph.lint()
+        gm.recompile()
+    fw_out = next(n for n in fw.graph.nodes if n.op == "output")
+    tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
+    return FusedKernels(program, masked, fw, bw, n_outputs, y_is_state, deferred, transposed, n_grads,
+                        tangent_meta)
+
+
+def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["val"].shape)
+
+
+def _dtype(node: fx.Node, like: Tensor) -> torch.dtype:
+    return node.meta["val"].dtype if "val" in node.meta else like.dtype
+
+
+def _outputs_that_alias(gm: fx.GraphModule) -> set[int]:
+    """Outputs of the step graph that are inputs or views of them: cloned so each output is fresh."""
+    views = _SHAPE_OPS | {aten.slice.Tensor, aten.select.int, aten.expand.default, aten.alias.default,
+                          aten.as_strided.default, aten.narrow.default, aten.detach.default}
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    found = set()
+    for i, node in enumerate(out.args[0]):
+        seen = node
+        while isinstance(seen, fx.Node) and seen.op == "call_function" and (
+                seen.target in views or seen.target is operator.getitem):
+            seen = seen.args[0]
+        if isinstance(seen, fx.Node) and seen.op == "placeholder":
+            found.add(i)
+    return found
+
+
+def _defer_weight_products(bw: fx.GraphModule, const_slots: range,
+                           transposed: dict[int, bool]) -> dict[int, fx.GraphModule]:
+    """Rewrite ``bw`` so gradients of consts that are (views of) one ``mm`` come out as the
+    ``mm``'s two operands instead; returns, per const, the graph that maps the product
+    summed over all steps to the gradient."""
+    graph = bw.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    results = list(out.args[0])
+    deferred: dict[int, fx.GraphModule] = {}
+    extra: list[fx.Node] = []
+    for k, slot in enumerate(const_slots):
+        node = results[slot]
+        if not isinstance(node, fx.Node):
+            continue
+        chain = []
+        while node.op == "call_function" and node.target in _SHAPE_OPS and len(node.users) == 1:
+            chain.append(node)
+            node = node.args[0]
+        if not (node.op == "call_function" and node.target is aten.mm.default and len(node.users) == 1):
+            continue
+        post = fx.Graph()
+        value = post.placeholder("summed_product")
+        for link in reversed(chain):
+            value = post.node_copy(link, lambda n, v=value: v)  # type: ignore[misc]
+        post.output(value)
+        deferred[k] = fx.GraphModule(torch.nn.Module(), post)
+        results[slot] = None
+        lhs, rhs = node.args[:2]
+        # sum_t A_t B_t = [A_1 … A_T][B_1; …; B_T]. When A_t = X_tᵀ, stacking the X_t
+        # row-wise is a plain copy; stacking transposed columns is a strided one.
+        if isinstance(lhs, fx.Node) and lhs.target is aten.t.default:
+            lhs = lhs.args[0]
+            transposed[k] = True
+        else:
+            transposed[k] = False
+        extra.extend([lhs, rhs])
+    out.args = (tuple(results) + tuple(extra),)
+    graph.eliminate_dead_code()
+    return deferred
+
+
+class _FusedSequence(torch.autograd.Function):
+    """The step region over all steps: one node in the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, kernels: FusedKernels, valid: Optional[Tensor], n_hoisted: int, n_state: int,
+                want_states: bool, *flat: Tensor):
+        hoisted = flat[:n_hoisted]
+        state = list(flat[n_hoisted:n_hoisted + n_state])
+        consts = list(flat[n_hoisted + n_state:])
+        steps = hoisted[0].shape[0]
+        per_step = [h.unbind(0) for h in hoisted]
+        masks = valid.unbind(0) if valid is not None else None
+        fw, n_out, y_index = kernels.forward, kernels.n_outputs, kernels.y_index
+        ys, saved, history = [], [], []
+        for t in range(steps):
+            args = [h[t] for h in per_step] + state + consts
+            if masks is not None:
+                args.append(masks[t])
+            result = fw(*args)
+            outs = result[:n_out]
+            saved.append(result[n_out:])
+            if y_index is None:
+                ys.append(outs[0])
+                state = list(outs[1:])
+            else:
+                state = list(outs)
+                ys.append(outs[y_index])
+            if want_states:
+                history.append(state)
+        ctx.kernels, ctx.saved_steps, ctx.n_hoisted, ctx.n_state = kernels, saved, n_hoisted, n_state
+        ctx.want_states = want_states
+        ctx.hoisted_meta = [(h.shape, h.dtype) for h in hoisted]
+        outputs = [torch.stack(ys)] + state
+        if want_states:
+            outputs += [torch.stack([s[j] for s in history]) for j in range(n_state)]
+        ctx.mark_non_differentiable(*[o for o in outputs if not o.is_floating_point()])
+        return tuple(outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_ys: Tensor, *d_rest: Optional[Tensor]):
+        kernels: FusedKernels = ctx.kernels
+        n_h, n_s = ctx.n_hoisted, ctx.n_state
+        d_final = list(d_rest[:n_s])
+        d_hist = list(d_rest[n_s:]) if ctx.want_states else []
+        steps = len(ctx.saved_steps)
+        bw, y_index = kernels.backward, kernels.y_index
+        n_c = kernels.program.n_const
+        carry = [g for g in d_final]
+        d_hoisted: list[list[Tensor]] = [[] for _ in range(n_h)]
+        acc: list[Optional[Tensor]] = [None] * n_c
+        lhs: dict[int, list[Tensor]] = {k: [] for k in kernels.deferred}
+        rhs: dict[int, list[Tensor]] = {k: [] for k in kernels.deferred}
+        d_y_steps: Optional[tuple[Tensor, ...]] = d_ys.unbind(0) if d_ys is not None else None
+        d_hist_steps: list[Any] = [h.unbind(0) if h is not None else None for h in d_hist]
+        for t in range(steps - 1, -1, -1):
+            state_tangents = list(carry)
+            for j in range(n_s):
+                if d_hist_steps and d_hist_steps[j] is not None:
+                    state_tangents[j] = _add(state_tangents[j], d_hist_steps[j][t])
+            dy = d_y_steps[t] if d_y_steps is not None else None
+            if y_index is None:
+                tangents = [dy] + state_tangents
+            else:
+                tangents = state_tangents
+                tangents[y_index] = _add(tangents[y_index], dy)
+            grads = bw(*ctx.saved_steps[t], *[g if g is not None else _zeros(meta, d_ys)
+                                               for g, meta in zip(tangents, kernels.tangent_meta)])
+            for i in range(n_h):
+                d_hoisted[i].append(grads[i])
+            carry = list(grads[n_h:n_h + n_s])
+            for k in range(n_c):
+                g = grads[n_h + n_s + k]
+                if g is not None:
+                    acc[k] = g if acc[k] is None else acc[k] + g
+            extra = grads[kernels.n_grads:]
+            for pos, k in enumerate(sorted(kernels.deferred)):
+                lhs[k].append(extra[2 * pos])
+                rhs[k].append(extra[2 * pos + 1])
+        d_consts: list[Optional[Tensor]] = list(acc)
+        for k, post in kernels.deferred.items():
+            left = torch.cat(lhs[k][::-1], 0).t() if kernels.transposed[k] else torch.cat(lhs[k][::-1], 1)
+            d_consts[k] = post(torch.mm(left, torch.cat(rhs[k][::-1], 0)))
+        d_h = [torch.stack(g[::-1]) if g and g[0] is not None else None for g in d_hoisted]
+        return (None, None, None, None, None, *d_h, *carry, *d_consts)
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _zeros(meta: tuple[torch.Size, torch.dtype], like: Tensor) -> Tensor:
+    return torch.zeros(meta[0], dtype=meta[1], device=like.device)
+
+
+def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
+              reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
+    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    steps, batch = x.shape[0], x.shape[1]
+    if steps == 0:
+        raise TraceError("no steps to run")
+    kernels = fused_program(cell, x[0], state, masked=lengths is not None)
+    program = kernels.program
+    leaves, spec = tree_flatten(state)
+    params = program.params(cell)
+    if reverse:
+        x = reverse_padded(x, lengths)
+    valid = step_mask(lengths, steps, x.device) if lengths is not None else None
+    if valid is not None:
+        x = x.masked_fill(~valid.reshape(steps, batch, *([1] * (x.dim() - 2))), 0)
+    consts = program.const_fn(*params)
+    n_p = len(params)
+    hoisted = torch.vmap(lambda x_t, *ps: program.input_fn(x_t, *ps), in_dims=(0,) + (None,) * n_p)(x, *params) \
+        if program.n_hoisted else ()
+    hoisted = tuple(hoisted)
+    result = _FusedSequence.apply(kernels, valid, len(hoisted), len(leaves), all_states,
+                                  *hoisted, *leaves, *consts)
+    outputs = result[0]
+    final = tree_unflatten(list(result[1:1 + len(leaves)]), spec)
+    states = None
+    if all_states:
+        stacked = list(result[1 + len(leaves):])
+        if valid is not None:
+            stacked = [s.masked_fill(~valid.reshape(steps, batch, *([1] * (s.dim() - 2))), 0) for s in stacked]
+        states = tree_unflatten(stacked, spec)
+    if reverse:
+        outputs = reverse_padded(outputs, lengths)
+        if states is not None:
+            states = map_state(lambda s: reverse_padded(s, lengths), states)
+    return outputs, final, states

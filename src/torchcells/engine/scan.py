@@ -1,0 +1,218 @@
+"""Parallel scan for cells whose step is linear in the state: ``h_t = a_t ⊙ h_{t−1} + b_t``.
+
+A cell opts in by defining ``scan_coefficients(x) -> (log_a, log_b)`` for a whole
+sequence ``x`` ``(T, B, I)``, with ``a_t, b_t > 0`` depending on the inputs only (the
+minimal cells ``MinGRUCell``, ``MinLSTMCell``). Unrolling the recurrence,
+
+.. math::
+    h_t = e^{A_t} \\odot h_0 + \\sum_{k \\le t} e^{A_t - A_k} \\odot b_k,
+    \\qquad A_t = \\sum_{k \\le t} \\log a_k,
+
+is two cumulative sums over time instead of ``T`` dependent steps (Heinsen 2023; Feng
+et al. 2024): ``O(log T)`` depth on a device that runs a cumulative sum in parallel.
+The ``h_0`` term stays linear, so ``h_0`` may be negative or zero.
+
+How it is computed, and why:
+
+* **Chunks, in linear space.** ``e^{±A}`` over- or underflows once ``|A|`` passes the
+  dtype's exponent range, and ``A_t − A_k`` taken as a difference of two long running
+  sums loses ``|A_t|·ε`` of precision. So time is cut into chunks of ``C`` steps
+  (a power of two, at most :data:`CHUNK`) chosen from the data so that ``|A| ≤ R``
+  inside a chunk (``R`` = half the exponent range: 44 in float32, 354 in float64).
+  Inside a chunk ``h_t = e^{A_t} (h_{start} + Σ_{k≤t} e^{−A_k} b_k)``, one cumulative sum for all
+  chunks at once; the chunks' start states then come from a doubling
+  (Hillis–Steele) scan over the chunks, which for decaying cells (``a ≤ 1``) only
+  multiplies numbers ``≤ 1``. This replaces a ``logcumsumexp`` over the whole
+  sequence (an ``exp`` and a ``log1p`` per element, and two more of it in autograd's
+  backward), which made the scan about as slow as the loop on CPU.
+* **Backward pass by hand.** The gradient of the recurrence is the same recurrence
+  read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
+  scan (and itself differentiable) rather than autograd through the cumulative ops.
+* **Blocks on CPU.** On CPU, where every pass over a large tensor costs memory
+  traffic, time is cut into blocks of about :data:`CPU_BLOCK` numbers that stay in
+  cache, run one after the other (the state carried from block to block); each
+  block is one scan. Elsewhere the whole sequence is one block.
+
+:func:`scan_linear` has exactly the contract of :func:`~torchcells.engine.unroll.unroll`
+and is tested equal to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..cell import Cell
+from .lengths import reverse_padded, step_mask
+
+__all__ = ["CHUNK", "CPU_BLOCK", "is_scannable", "scan_linear"]
+
+#: most steps per chunk of one scan (fewer where the data's decay needs it, see above).
+CHUNK = 256
+#: on CPU, about how many numbers (steps × batch × hidden) one block of time holds.
+CPU_BLOCK = 2 ** 19
+
+
+def is_scannable(cell: Any) -> bool:
+    """Whether ``cell`` declares a linear recurrence (a callable ``scan_coefficients``)."""
+    return callable(getattr(cell, "scan_coefficients", None))
+
+
+def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tensor] = None,
+                reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Run a scannable ``cell`` over ``x`` ``(T, B, I)`` from ``state`` ``(B, H)``; time-major, already validated.
+
+    Same arguments and results as :func:`~torchcells.engine.unroll.unroll`:
+    ``(outputs (T, B, H), final_state (B, H), states (T, B, H) or None)``. Outputs and
+    every-step states (for these cells the same values, in separate tensors) are exactly
+    zero at padded steps; ``final_state`` is each sequence's state after its last valid
+    step (its initial state if its length is 0); ``reverse`` reads each sequence from its
+    own last valid step back to step 0.
+    """
+    if not is_scannable(cell):
+        raise TypeError(f"scan_linear: {type(cell).__name__} has no scan_coefficients(x); "
+                        f"use engine.unroll for cells whose step is not linear in the state")
+    steps = x.shape[0]
+    if steps == 0:
+        outputs = state.new_zeros((0,) + tuple(state.shape))
+        return outputs, state, (outputs.clone() if all_states else None)
+    if reverse:
+        x = reverse_padded(x, lengths)
+    valid: Optional[Tensor] = None
+    if lengths is not None:
+        valid = step_mask(lengths, steps, x.device).unsqueeze(-1)  # (T, B, 1)
+        # Garbage (NaN, inf) in padded steps must not reach the coefficients' gradients.
+        x = x.masked_fill(~valid, 0)
+    block = steps
+    if x.device.type == "cpu":
+        block = max(8, CPU_BLOCK // max(1, state.numel()))  # >= 8 steps: each block costs ~30 calls
+    # (split, not slicing: the gradient of a slice is a zero-filled copy of all of x)
+    blocks = x.split(block)
+    masks = [None] * len(blocks) if valid is None else valid.split(block)
+    parts, h = [], state
+    for x_block, mask in zip(blocks, masks):
+        part, h = _scan_block(cell, x_block, h, mask)
+        parts.append(part)
+    hs = parts[0] if len(parts) == 1 else torch.cat(parts)
+    # Padded steps carried each sequence's last valid state to step T - 1: h is the final state.
+    outputs = hs if valid is None else hs.masked_fill(~valid, 0)
+    if reverse:
+        outputs = reverse_padded(outputs, lengths)
+    return outputs, h, (outputs.clone() if all_states else None)
+
+
+def _scan_block(cell: Any, x: Tensor, h0: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Every step's state ``(T, B, H)`` over a block of inputs ``x`` ``(T, B, I)`` from ``h0``, and the last."""
+    log_a, log_b = cell.scan_coefficients(x)
+    b = log_b.exp()
+    if valid is not None:  # a padded step carries the state through unchanged: a = 1, b = 0
+        log_a = log_a.masked_fill(~valid, 0)
+        b = b.masked_fill(~valid, 0)
+    return _LinearScan.apply(log_a, b, h0, False)
+
+
+class _LinearScan(torch.autograd.Function):
+    """``h_t = e^{log a_t} ⊙ h_{t∓1} + u_t`` from ``h0``, ``u`` of any sign, forwards or backwards in time.
+
+    Forwards (``backwards=False``) ``h_{−1} = h0`` and ``t = 0 … T−1``; backwards
+    ``h_T = h0`` and ``t = T−1 … 0``. The gradient of one direction is the other
+    direction's recurrence (``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}`` for a forward scan), run by
+    this same function, so the backward pass is a scan too and is itself differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, log_a: Tensor, u: Tensor, h0: Tensor, backwards: bool) -> tuple[Tensor, Tensor]:
+        h = _scan_values(log_a, u, h0, backwards)
+        ctx.backwards = backwards
+        ctx.save_for_backward(log_a, h0, h)
+        # The last state read, apart (h[-1] would cost its gradient a zero-filled copy of h).
+        return h, h[0 if backwards else -1].clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_h: Tensor, grad_last: Tensor) -> tuple[Optional[Tensor], ...]:
+        log_a, h0, h = ctx.saved_tensors
+        zero = log_a.new_zeros((1,) + log_a.shape[1:])
+        # The gradient of the last state enters as the backward scan's start (a = 1 there).
+        if ctx.backwards:  # g_t = ∂L/∂h_t + a_{t-1} g_{t-1}
+            g, _ = _LinearScan.apply(torch.cat([zero, log_a[:-1]]), grad_h, grad_last, False)
+            first = -1  # the step that read h0
+        else:  # g_t = ∂L/∂h_t + a_{t+1} g_{t+1}
+            g, _ = _LinearScan.apply(torch.cat([log_a[1:], zero]), grad_h, grad_last, True)
+            first = 0
+        grad_h0 = log_a[first].exp() * g[first]
+        grad_log_a = None
+        if ctx.needs_input_grad[0]:  # ∂L/∂log a_t = g_t a_t h_{t∓1}, the product formed directly
+            start = h0.unsqueeze(0)  # (h_t − u_t would save passes but loses a_t h_{t∓1} ≪ u_t)
+            before = torch.cat([h[1:], start]) if ctx.backwards else torch.cat([start, h[:-1]])
+            grad_log_a = g * log_a.exp() * before
+        return grad_log_a, g, grad_h0, None
+
+
+def _scan_values(log_a: Tensor, u: Tensor, h0: Tensor, backwards: bool) -> Tensor:
+    """The values of :class:`_LinearScan` (no autograd): chunked cumulative sums in linear space.
+
+    Inside a chunk of ``C`` steps, with ``A_t`` the running sum of ``log a`` from the
+    chunk's start, ``h_t = e^{A_t} h_start + e^{A_t} Σ_{k≤t} e^{−A_k} u_k`` (mirrored for
+    ``backwards``): cumulative sums for all chunks at once. ``C`` (a power of two) is
+    chosen so that ``|A| ≤ R``, half the exponent range of the dtype, so no ``e^{±A}``
+    overflows or loses precision to underflow; the chunks' start states then come from
+    a doubling scan over the chunks.
+    """
+    steps = log_a.shape[0]
+    R = math.log(torch.finfo(log_a.dtype).max) / 2
+    lo, hi = (float(v) for v in torch.aminmax(log_a)) if log_a.numel() else (0.0, 0.0)
+    if lo < -R:  # a < e^-R is below the dtype's resolution: count it as e^-R
+        log_a = log_a.clamp(min=-R)
+        lo = -R
+    biggest = max(-lo, hi)
+    size = CHUNK
+    if biggest * CHUNK > R:  # (NaN or inf: any size, the result is NaN or inf like the loop's)
+        size = 2 ** int(math.log2(max(1.0, R / biggest)))
+    size = min(size, steps)
+    n = -(-steps // size)
+    if n * size != steps:  # fill the last chunk with identity steps: a = 1, u = 0
+        fill = (n * size - steps,) + tuple(log_a.shape[1:])
+        log_a = torch.cat([log_a, log_a.new_zeros(fill)])
+        u = torch.cat([u, u.new_zeros(fill)])
+    chunked = (n, size) + tuple(log_a.shape[1:])
+    decay = _cumsum(log_a.reshape(chunked), backwards).exp_()  # e^{A_t}, |A_t| <= R
+    h = _cumsum(u.reshape(chunked) / decay, backwards).mul_(decay)  # each chunk from a zero state
+    edge = 0 if backwards else -1  # a chunk's last step in reading order
+    starts = _chunk_starts(decay[:, edge], h[:, edge], h0, backwards)
+    h.addcmul_(decay, starts.unsqueeze(1))
+    return h.reshape((n * size,) + h.shape[2:])[:steps]
+
+
+def _cumsum(x: Tensor, backwards: bool) -> Tensor:
+    """Running sums of ``x`` ``(N, C, ...)`` along dim 1 (from the end when ``backwards``)."""
+    if x.device.type != "cpu":
+        return x.flip(1).cumsum(1).flip(1) if backwards else x.cumsum(1)
+    # On CPU torch's cumsum over a non-innermost dim is a scalar loop; a product with a
+    # (C, C) triangle of ones is a small GEMM over all chunks at once, about twice as fast.
+    size = x.shape[1]
+    ones = torch.ones(size, size, dtype=x.dtype)
+    ones = ones.triu() if backwards else ones.tril()
+    return torch.matmul(ones, x.reshape(x.shape[0], size, -1)).reshape(x.shape)
+
+
+def _chunk_starts(decay: Tensor, end: Tensor, h0: Tensor, backwards: bool) -> Tensor:
+    """Start states ``s_j`` of ``N`` chunks: ``s_0 = h0``, ``s_{j+1} = decay_j s_j + end_j``
+    (numbered from the last chunk when ``backwards``).
+
+    A doubling (Hillis–Steele) scan in linear space, ``⌈log₂ N⌉`` rounds; for decaying
+    cells products of decays only shrink (to 0 below the dtype's resolution, harmlessly).
+    """
+    if backwards:
+        return _chunk_starts(decay.flip(0), end.flip(0), h0, False).flip(0)
+    end = end.clone()
+    end[0].addcmul_(decay[0], h0)
+    decay = decay.clone()
+    shift = 1
+    while shift < end.shape[0]:
+        end[shift:] = torch.addcmul(end[shift:], decay[shift:], end[:-shift])
+        decay[shift:] = decay[shift:] * decay[:-shift]
+        shift *= 2
+    return torch.cat([h0.unsqueeze(0), end[:-1]])

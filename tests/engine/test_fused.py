@@ -1,0 +1,261 @@
+"""The fused path (hoisted input part, one autograd node per sequence) equals the reference loop.
+
+Table-driven over cells: every built-in cell and user cells with awkward features
+(a state leaf passed through unchanged, an output distinct from the state, ops
+naming dim 1 explicitly). Each row is checked with and without lengths, forwards
+and reversed, with every-step states, in float64 (tight) and float32, gradients
+included; inference (no grad) runs a save-nothing variant, also checked. Cells that
+cannot be traced fall back to the loop with a warning that says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import torchcells as tc
+from torchcells.cell import map_state, state_leaves
+from torchcells.engine import fused as fused_module
+from torchcells.engine.fused import run_fused
+from torchcells.engine.run import run
+from torchcells.engine.trace import TraceError, trace_cell
+from torchcells.engine.unroll import unroll
+
+T, B, I, H = 6, 4, 3, 5
+LENGTHS = torch.tensor([4, 0, 6, 2])
+
+
+class Pair(NamedTuple):
+    h: Tensor
+    m: Tensor
+
+
+class PassThroughCell(tc.Cell):
+    """y_t = tanh(W [x; h] ) + m; new state (y_t, h_{t-1}): a leaf passed through unchanged."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.mix = nn.Linear(i + h, h)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+        return Pair(z, z)
+
+    def forward(self, x, state):
+        y = torch.tanh(self.mix(torch.cat([x, state.h], 1))) + state.m
+        return y * 2, Pair(y, state.h)
+
+
+class DimOneCell(tc.Cell):
+    """Gates split with ``chunk(2, 1)`` (dim 1, not -1), input-only work hoisted under vmap."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.inp = nn.Linear(i, 2 * h)
+        self.rec = nn.Linear(h, 2 * h, bias=False)
+
+    def forward(self, x, h):
+        a, b = self.inp(x).chunk(2, 1)
+        ra, rb = self.rec(h).chunk(2, 1)
+        h = torch.sigmoid(a + ra) * h + torch.tanh(b * 0.5) * torch.sigmoid(rb)
+        return h, h
+
+
+class BranchyCell(tc.Cell):
+    """Data-dependent control flow: cannot be traced; must fall back to the loop."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.lin = nn.Linear(i + h, h)
+
+    def forward(self, x, h):
+        z = self.lin(torch.cat([x, h], -1))
+        if z.sum() > 0:
+            z = -z
+        h = torch.tanh(z)
+        return h, h
+
+
+CELLS = {
+    "elman-tanh": lambda: tc.ElmanCell(I, H),
+    "elman-relu": lambda: tc.ElmanCell(I, H, nonlinearity="relu"),
+    "lstm": lambda: tc.LSTMCell(I, H),
+    "lstm-proj": lambda: tc.LSTMCell(I, H, proj_size=2),
+    "lstm-nobias": lambda: tc.LSTMCell(I, H, bias=False),
+    "gru": lambda: tc.GRUCell(I, H),
+    "passthrough": lambda: PassThroughCell(I, H),
+    "dim-one": lambda: DimOneCell(I, H),
+}
+
+
+def make(name: str, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    return CELLS[name]().to(dtype)
+
+
+def random_state(cell, dtype):
+    gen = torch.Generator().manual_seed(1)
+    return map_state(lambda s: torch.randn(s.shape, dtype=dtype, generator=gen), cell.init_state(B, dtype=dtype))
+
+
+def run_and_grad(path, cell, x, state, **kw):
+    x = x.detach().clone().requires_grad_()
+    state = map_state(lambda s: s.detach().clone().requires_grad_(), state)
+    out, final, states = path(cell, x, state, **kw)
+    results = [out, *state_leaves(final)] + (state_leaves(states) if states is not None else [])
+    gen = torch.Generator().manual_seed(2)
+    loss = sum((r * torch.randn(r.shape, dtype=r.dtype, generator=gen)).sum() for r in results)
+    grads = torch.autograd.grad(loss, [x, *state_leaves(state), *cell.parameters()])
+    return results, list(grads)
+
+
+GRID = list(itertools.product([False, True], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("use_lengths, reverse, all_states", GRID,
+                         ids=[f"{'len' if a else 'full'}-{'rev' if b else 'fwd'}-{'all' if c else 'final'}"
+                              for a, b, c in GRID])
+def test_fused_equals_loop_float64(name, use_lengths, reverse, all_states):
+    cell = make(name)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    if use_lengths:
+        x[5:, 0] = float("nan")  # garbage in padded steps changes nothing
+    state = random_state(cell, torch.float64)
+    kw = dict(lengths=LENGTHS if use_lengths else None, reverse=reverse, all_states=all_states)
+    want, want_grads = run_and_grad(unroll, cell, x, state, **kw)
+    got, got_grads = run_and_grad(run_fused, cell, x, state, **kw)
+    for g, w in zip(got + got_grads, want + want_grads):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "elman-tanh", "passthrough"])
+def test_fused_equals_loop_float32(name):
+    cell = make(name, torch.float32)
+    x = torch.randn(T, B, I)
+    state = random_state(cell, torch.float32)
+    want, want_grads = run_and_grad(unroll, cell, x, state, lengths=LENGTHS, reverse=True)
+    got, got_grads = run_and_grad(run_fused, cell, x, state, lengths=LENGTHS, reverse=True)
+    for g, w in zip(got + got_grads, want + want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_inference_path_equals_loop(name, use_lengths):
+    cell = make(name)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = random_state(cell, torch.float64)
+    lengths = LENGTHS if use_lengths else None
+    with torch.no_grad():
+        want = unroll(cell, x, state, lengths=lengths, reverse=True, all_states=True)
+        got = run(cell, x, state, lengths=lengths, reverse=True, all_states=True, engine="fused")
+    assert not got[0].requires_grad
+    for g, w in zip([got[0], *state_leaves(got[1]), *state_leaves(got[2])],
+                    [want[0], *state_leaves(want[1]), *state_leaves(want[2])]):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
+
+
+def test_recurrent_uses_fused_by_default_and_matches_the_loop():
+    torch.manual_seed(0)
+    fast = tc.Recurrent(tc.LSTMCell(I, H).double())
+    slow = tc.Recurrent(fast.cell, engine="loop")
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning for a built-in cell
+        out, (h, c) = fast(x, lengths=[6, 1, 3, 0])
+    ref, (h2, c2) = slow(x, lengths=[6, 1, 3, 0])
+    assert out.grad_fn is not None and "Fused" in type(out.grad_fn).__name__ or "Fused" in str(out.grad_fn)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(c, c2, atol=1e-12, rtol=0)
+
+
+def test_hoisting_moves_the_input_product_out_of_the_step():
+    cell = tc.LSTMCell(I, H)
+    program = trace_cell(cell, torch.randn(B, I), cell.init_state(B))
+    step_targets = [str(n.target) for n in program.step_fn.graph.nodes if n.op == "call_function"]
+    hoisted_targets = [str(n.target) for n in program.input_fn.graph.nodes if n.op == "call_function"]
+    # one product per step (h W_hhᵀ, with x W_ihᵀ + both biases folded in as its addend)
+    assert sum("addmm" in t or t.endswith("mm.default") for t in step_targets) == 1
+    assert any("addmm" in t for t in hoisted_targets)
+    assert program.n_hoisted == 1 and program.y_is_state == 0
+
+
+def test_weight_gradient_of_the_recurrent_product_is_batched_over_time():
+    cell = tc.GRUCell(I, H)
+    kernels = fused_module.fused_program(cell, torch.randn(B, I), cell.init_state(B), masked=False)
+    assert len(kernels.deferred) == 1  # W_hhᵀ: one product over all T·B rows after the loop
+    step_mms = [n for n in kernels.backward.graph.nodes if n.op == "call_function" and "mm" in str(n.target)]
+    assert len(step_mms) == 1  # per step only d h = dG W_hh remains
+
+
+def test_untraceable_cell_falls_back_with_one_warning():
+    torch.manual_seed(0)
+    layer = tc.Recurrent(BranchyCell(I, H).double())
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"BranchyCell\(3→5\) runs on the reference loop.*tracing"):
+        out, _ = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = layer(x)  # warned once per cell
+    ref, _ = tc.Recurrent(layer.cell, engine="loop")(x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(again, ref)
+    with pytest.raises(TypeError, match=r"BranchyCell\(3→5\) cannot run on the fused engine"):
+        tc.Recurrent(layer.cell, engine="fused")(x)
+
+
+def test_random_ops_are_not_fused():
+    class Noisy(tc.Cell):
+        def __init__(self):
+            super().__init__(I, H)
+            self.lin = nn.Linear(I + H, H)
+
+        def forward(self, x, h):
+            h = torch.tanh(nn.functional.dropout(self.lin(torch.cat([x, h], -1)), 0.5, True))
+            return h, h
+
+    with pytest.raises(TraceError, match="random"):
+        trace_cell(Noisy(), torch.randn(B, I), torch.zeros(B, H))
+
+
+def test_cells_of_one_structure_share_a_trace_and_attributes_split_it():
+    fused_module._CACHE.clear()
+    x = torch.randn(T, B, I, requires_grad=True)
+    a, b = tc.ElmanCell(I, H), tc.ElmanCell(I, H)
+    run_fused(a, x, a.init_state(B))
+    run_fused(b, x, b.init_state(B))
+    assert len(fused_module._CACHE) == 1
+    b.nonlinearity = "relu"
+    out, _, _ = run_fused(b, x, b.init_state(B))
+    assert len(fused_module._CACHE) == 2
+    torch.testing.assert_close(out, unroll(b, x, b.init_state(B))[0])
+
+
+def test_double_backward_is_a_clear_error():
+    cell = tc.GRUCell(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    out, _, _ = run_fused(cell, x, cell.init_state(B, dtype=torch.float64))
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+
+
+def test_gradcheck_fused_path():
+    """Input and initial-state gradients by finite differences (parameter gradients are
+    checked against the loop above, and the loop's by gradcheck in test_recurrent)."""
+    cell = tc.LSTMCell(2, 3).double()
+
+    def f(x, h0, c0):
+        out, final, _ = run_fused(cell, x, tc.LSTMState(h0, c0), lengths=torch.tensor([3, 1]), reverse=True)
+        return out, final.h, final.c
+
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x, h0, c0))
