@@ -27,21 +27,22 @@ LENGTHS = torch.tensor([4, 0, 7, 1, 6])  # unsorted, with 0 and the full length
 CELLS = [pytest.param(MinGRUCell, id="mingru"), pytest.param(MinLSTMCell, id="minlstm")]
 REVERSE = pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 LENGTH_CASES = pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
-# (CHUNK, CPU_BLOCK): as shipped; chunks of 2 steps (a padded last chunk, a doubling scan
-# over 4 chunks); and CPU blocks of 3 steps (B·H = 20 numbers a step), so the state is
-# carried from block to block.
-SPLITS = pytest.mark.parametrize("splits", [None, (2, None), (4, 3 * B * H)], ids=["whole", "chunks2", "blocks3"])
+# (CHUNK, steps per CPU block): as shipped; chunks of 2 steps (a padded last chunk, a
+# doubling scan over 4 chunks); and CPU blocks of 3 steps, so the state is carried from
+# block to block.
+SPLITS = pytest.mark.parametrize("splits", [None, (2, None), (4, 3)], ids=["whole", "chunks2", "blocks3"])
 
 
 @pytest.fixture
 def split(monkeypatch):
-    def apply(splits):
+    def apply(splits, batch_times_hidden=B * H):
         if splits is None:
             return
-        chunk, block = splits
+        chunk, block_steps = splits
         monkeypatch.setattr(scan_module, "CHUNK", chunk)
-        if block is not None:
-            monkeypatch.setattr(scan_module, "CPU_BLOCK", block)
+        if block_steps is not None:
+            monkeypatch.setattr(scan_module, "CPU_BLOCK", block_steps * batch_times_hidden)
+            monkeypatch.setattr(scan_module, "CPU_BLOCK_MIN_STEPS", 1)
     return apply
 
 
@@ -95,7 +96,11 @@ def test_scan_equals_the_loop(cls, reverse, lengths, splits, all_states, split):
     cell = make(cls)
     x = torch.randn(T, B, I, dtype=DT) * 2
     h0 = torch.randn(B, H, dtype=DT) * 3  # negative entries too: the h0 term is linear
+    calls = []
+    coefficients = cell.scan_coefficients
+    cell.scan_coefficients = lambda x: calls.append(x.shape[0]) or coefficients(x)
     got, want = run_both(cell, x, h0, lengths=lengths, reverse=reverse, all_states=all_states)
+    assert calls == ([3, 3, 1] if splits == (4, 3) else [T])  # one call per block of time
     assert_same(got, want)
     out, final, states, _ = got
     if lengths is not None:
@@ -216,9 +221,9 @@ def test_long_float32_sequence_stays_accurate(cls):
 
 @pytest.mark.parametrize("cls", CELLS)
 @REVERSE
-@pytest.mark.parametrize("splits", [None, (2, 2 * 2 * 2)], ids=["whole", "chunks-blocks"])
+@pytest.mark.parametrize("splits", [None, (2, 2)], ids=["whole", "chunks-blocks"])
 def test_gradcheck(cls, reverse, splits, split):
-    split(splits)
+    split(splits, batch_times_hidden=2 * 2)
     cell = make(cls, i=2, h=2)
     x = torch.randn(5, 2, 2, dtype=DT, requires_grad=True)
     h0 = torch.randn(2, 2, dtype=DT, requires_grad=True)

@@ -35,7 +35,7 @@ from ..cell import map_state
 from .lengths import reverse_padded, step_mask
 from .trace import CellProgram, TraceError, drop_detach, fast_targets, trace_cell
 
-__all__ = ["FusedKernels", "run_fused", "fused_program", "explain_fallback"]
+__all__ = ["FusedKernels", "explain_fallback", "fused_program", "run_fused", "run_inference"]
 
 aten = torch.ops.aten
 _SHAPE_OPS = {aten.t.default, aten.view.default, aten._unsafe_view.default, aten.reshape.default,
@@ -102,7 +102,8 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
         except TraceError as e:
             found = e
         except Exception as e:  # a failure of the derivation itself: fall back, say why
-            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
         _CACHE[key] = found
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -121,11 +122,7 @@ def explain_fallback(cell: Any, error: TraceError) -> None:
 
 
 def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
-    from torch._functorch.aot_autograd import aot_function
-    from torch._functorch.partitioners import default_partition
-    from torch.utils._pytree import tree_flatten
-
-    with torch.enable_grad():
+    with torch.enable_grad():  # deriving the backward needs autograd, even when called under no_grad
         return _build_with_grad(cell, x_t, state, masked)
 
 
@@ -365,15 +362,27 @@ def _zeros(meta: tuple[torch.Size, torch.dtype], like: Tensor) -> Tensor:
     return torch.zeros(meta[0], dtype=meta[1], device=like.device)
 
 
-def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
-              reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
-    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
+@dataclass
+class _Prepared:
+    """What every fused call computes before the time loop."""
+
+    kernels: FusedKernels
+    x: Tensor                      # reversed within lengths if asked, padded steps zeroed
+    leaves: list[Tensor]
+    spec: Any
+    valid: Optional[Tensor]        # (T, B) bool, or None for full lengths
+    hoisted: tuple[Tensor, ...]    # the input region over all steps, (T, B, ...) each
+    consts: list[Tensor]
+
+
+def _prepare(cell: nn.Module, x: Tensor, state: Any, lengths: Optional[Tensor], reverse: bool,
+             masked: bool) -> _Prepared:
+    from torch.utils._pytree import tree_flatten
 
     steps, batch = x.shape[0], x.shape[1]
     if steps == 0:
         raise TraceError("no steps to run")
-    kernels = fused_program(cell, x[0], state, masked=lengths is not None)
+    kernels = fused_program(cell, x[0], state, masked=masked)
     program = kernels.program
     leaves, spec = tree_flatten(state)
     params = program.params(cell)
@@ -381,24 +390,66 @@ def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tenso
         x = reverse_padded(x, lengths)
     valid = step_mask(lengths, steps, x.device) if lengths is not None else None
     if valid is not None:
-        x = x.masked_fill(~valid.reshape(steps, batch, *([1] * (x.dim() - 2))), 0)
-    consts = program.const_fn(*params)
-    n_p = len(params)
-    hoisted = torch.vmap(lambda x_t, *ps: program.input_fn(x_t, *ps), in_dims=(0,) + (None,) * n_p)(x, *params) \
-        if program.n_hoisted else ()
-    hoisted = tuple(hoisted)
-    result = _FusedSequence.apply(kernels, valid, len(hoisted), len(leaves), all_states,
-                                  *hoisted, *leaves, *consts)
-    outputs = result[0]
-    final = tree_unflatten(list(result[1:1 + len(leaves)]), spec)
+        x = x.masked_fill(~_expand(valid, x), 0)
+    consts = list(program.const_fn(*params))
+    hoisted: tuple[Tensor, ...] = ()
+    if program.n_hoisted:
+        # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
+        # product becomes one over all T·B rows.
+        hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
+    return _Prepared(kernels, x, list(leaves), spec, valid, hoisted, consts)
+
+
+def _expand(valid: Tensor, like: Tensor) -> Tensor:
+    return valid.reshape(valid.shape + (1,) * (like.dim() - valid.dim()))
+
+
+def _finish(prep: _Prepared, outputs: Tensor, final: list[Tensor], stacked: Optional[list[Tensor]],
+            lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Any, Optional[Any]]:
+    from torch.utils._pytree import tree_unflatten
+
     states = None
-    if all_states:
-        stacked = list(result[1 + len(leaves):])
-        if valid is not None:
-            stacked = [s.masked_fill(~valid.reshape(steps, batch, *([1] * (s.dim() - 2))), 0) for s in stacked]
-        states = tree_unflatten(stacked, spec)
+    if stacked is not None:
+        if prep.valid is not None:
+            stacked = [s.masked_fill(~_expand(prep.valid, s), 0) for s in stacked]
+        states = tree_unflatten(stacked, prep.spec)
     if reverse:
         outputs = reverse_padded(outputs, lengths)
         if states is not None:
             states = map_state(lambda s: reverse_padded(s, lengths), states)
-    return outputs, final, states
+    return outputs, tree_unflatten(final, prep.spec), states
+
+
+def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
+              reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
+    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
+    prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
+    n = len(prep.leaves)
+    result = _FusedSequence.apply(prep.kernels, prep.valid, len(prep.hoisted), n, all_states,
+                                  *prep.hoisted, *prep.leaves, *prep.consts)
+    return _finish(prep, result[0], list(result[1:1 + n]), list(result[1 + n:]) if all_states else None,
+                   lengths, reverse)
+
+
+def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
+                  reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
+    """The fused path without autograd: hoisted input part, then the step graph per step,
+    nothing saved for a backward. Same contract as :func:`.unroll.unroll`."""
+    prep = _prepare(cell, x, state, lengths, reverse, masked=False)
+    step = prep.kernels.program.fast_step_fn
+    per_step = [h.unbind(0) for h in prep.hoisted]
+    masks = prep.valid.unbind(0) if prep.valid is not None else None
+    leaves, ys, history = prep.leaves, [], []
+    for t in range(x.shape[0]):
+        outs = step(*[h[t] for h in per_step], *leaves, *prep.consts)
+        y, new = outs[0], list(outs[1:])
+        if masks is not None:
+            keep = masks[t]
+            new = [torch.where(_expand(keep, n), n, o) for n, o in zip(new, leaves)]
+            y = y.masked_fill(~_expand(keep, y), 0)
+        ys.append(y)
+        leaves = new
+        if all_states:
+            history.append(leaves)
+    stacked = [torch.stack([h[j] for h in history]) for j in range(len(leaves))] if all_states else None
+    return _finish(prep, torch.stack(ys), leaves, stacked, lengths, reverse)

@@ -22,9 +22,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..cell import map_state
-from .fused import explain_fallback, fused_program, run_fused
-from .lengths import reverse_padded, step_mask
+from ..cell import state_leaves
+from . import scan
+from .fused import explain_fallback, run_fused, run_inference
 from .torch_kernels import has_torch_kernel, run_torch_kernel
 from .trace import TraceError
 from .unroll import unroll
@@ -32,17 +32,11 @@ from .unroll import unroll
 ENGINES = ("auto", "loop", "fused", "scan", "torch")
 
 
-def _scan_module():
-    from . import scan
-    return scan
-
-
 def run(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None, reverse: bool = False,
         all_states: bool = False, engine: str = "auto") -> tuple[Tensor, Any, Optional[Any]]:
     """Run ``cell`` over time-major ``x`` with the chosen engine (see module docstring)."""
     if engine == "loop" or x.shape[0] == 0 or x.shape[1] == 0:  # nothing to speed up in an empty input
         return unroll(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
-    scan = _scan_module()
     if engine == "scan" or (engine == "auto" and scan.is_scannable(cell)):
         if not scan.is_scannable(cell):
             raise TypeError(f"{_name(cell)} does not declare scan_coefficients(); engine='scan' needs a cell "
@@ -56,7 +50,7 @@ def run(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None, r
     try:
         if _needs_grad(cell, x, state):
             return run_fused(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
-        return _run_inference(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
+        return run_inference(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
     except TraceError as error:
         if engine == "fused":
             raise TypeError(f"{_name(cell)} cannot run on the fused engine: {error}") from error
@@ -73,53 +67,4 @@ def _needs_grad(cell: nn.Module, x: Tensor, state: Any) -> bool:
         return False
     if x.requires_grad or any(p.requires_grad for p in cell.parameters()):
         return True
-    from ..cell import state_leaves
     return any(t.requires_grad for t in state_leaves(state))
-
-
-def _run_inference(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor], reverse: bool,
-                   all_states: bool) -> tuple[Tensor, Any, Optional[Any]]:
-    """Hoisted input part, then the step graph per step; nothing saved for a backward."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
-
-    steps, batch = x.shape[0], x.shape[1]
-    kernels = fused_program(cell, x[0], state, masked=False)
-    program = kernels.program
-    leaves, spec = tree_flatten(state)
-    params = program.params(cell)
-    if reverse:
-        x = reverse_padded(x, lengths)
-    valid = step_mask(lengths, steps, x.device) if lengths is not None else None
-    if valid is not None:
-        x = x.masked_fill(~valid.reshape(steps, batch, *([1] * (x.dim() - 2))), 0)
-    consts = list(program.const_fn(*params))
-    hoisted = torch.vmap(lambda x_t, *ps: program.input_fn(x_t, *ps), in_dims=(0,) + (None,) * len(params))(
-        x, *params) if program.n_hoisted else ()
-    per_step = [h.unbind(0) for h in hoisted]
-    masks = valid.unbind(0) if valid is not None else None
-    step = program.fast_step_fn
-    ys, history = [], []
-    for t in range(steps):
-        outs = step(*[h[t] for h in per_step], *leaves, *consts)
-        y, new = outs[0], list(outs[1:])
-        if masks is not None:
-            keep = masks[t]
-            new = [torch.where(keep.reshape((batch,) + (1,) * (n.dim() - 1)), n, o) for n, o in zip(new, leaves)]
-            y = y.masked_fill(~keep.reshape((batch,) + (1,) * (y.dim() - 1)), 0)
-        ys.append(y)
-        leaves = new
-        if all_states:
-            history.append(leaves)
-    outputs = torch.stack(ys)
-    final = tree_unflatten(leaves, spec)
-    states = None
-    if all_states:
-        stacked = [torch.stack([h[j] for h in history]) for j in range(len(leaves))]
-        if valid is not None:
-            stacked = [s.masked_fill(~valid.reshape(steps, batch, *([1] * (s.dim() - 2))), 0) for s in stacked]
-        states = tree_unflatten(stacked, spec)
-    if reverse:
-        outputs = reverse_padded(outputs, lengths)
-        if states is not None:
-            states = map_state(lambda s: reverse_padded(s, lengths), states)
-    return outputs, final, states

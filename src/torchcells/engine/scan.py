@@ -48,12 +48,14 @@ from torch import Tensor
 from ..cell import Cell
 from .lengths import reverse_padded, step_mask
 
-__all__ = ["CHUNK", "CPU_BLOCK", "is_scannable", "scan_linear"]
+__all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "is_scannable", "scan_linear"]
 
 #: most steps per chunk of one scan (fewer where the data's decay needs it, see above).
 CHUNK = 256
-#: on CPU, about how many numbers (steps × batch × hidden) one block of time holds.
+#: on CPU, about how many numbers (steps × batch × hidden) one block of time holds ...
 CPU_BLOCK = 2 ** 19
+#: ... but at least this many steps (a block costs some thirty calls, whatever its size).
+CPU_BLOCK_MIN_STEPS = 8
 
 
 def is_scannable(cell: Any) -> bool:
@@ -88,7 +90,7 @@ def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tenso
         x = x.masked_fill(~valid, 0)
     block = steps
     if x.device.type == "cpu":
-        block = max(8, CPU_BLOCK // max(1, state.numel()))  # >= 8 steps: each block costs ~30 calls
+        block = max(CPU_BLOCK_MIN_STEPS, CPU_BLOCK // max(1, state.numel()), 1)
     # (split, not slicing: the gradient of a slice is a zero-filled copy of all of x)
     blocks = x.split(block)
     masks = [None] * len(blocks) if valid is None else valid.split(block)
