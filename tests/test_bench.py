@@ -1,0 +1,28 @@
+"""The benchmark harness runs and reports (tiny sizes; no time is asserted -- speed lives in BENCHMARKS.md)."""
+
+import torch
+
+from torchcells.bench import UserLSTMCell, lstm_rows, to_markdown, environment
+from torchcells import LSTMCell, Recurrent
+
+
+def test_user_lstm_cell_is_an_lstm():
+    torch.manual_seed(0)
+    user, ref = UserLSTMCell(3, 4), LSTMCell(3, 4)
+    with torch.no_grad():
+        ref.weight_ih.copy_(user.ih.weight), ref.bias_ih.copy_(user.ih.bias)
+        ref.weight_hh.copy_(user.hh.weight), ref.bias_hh.copy_(user.hh.bias)
+    x = torch.randn(5, 2, 3)
+    a, (h, c) = Recurrent(user)(x)
+    b, (h2, c2) = Recurrent(ref, engine="loop")(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(c, c2)
+
+
+def test_rows_and_markdown():
+    rows = lstm_rows(runs=2, shapes=[(2, 3, 4, 5)])
+    assert [r.ours for r in rows] == ["Recurrent(UserLSTMCell)", "Recurrent(UserLSTMCell, engine='loop')"]
+    assert all(r.ms_ours > 0 and r.ms_theirs > 0 and r.runs == 2 for r in rows)
+    text = to_markdown(environment(), rows)
+    assert "| user LSTM cell in Recurrent vs nn.LSTM | 2, 3, 4, 5 |" in text
+    assert "torch: " + torch.__version__ in text and "threads: " in text and "allocator: " in text
