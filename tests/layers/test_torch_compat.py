@@ -625,3 +625,31 @@ def test_zero_steps_return_empty_outputs_and_the_initial_state(spec, bidirection
     out, hn = ours(torch.randn(0, I, dtype=torch.float64))  # unbatched, zero steps
     assert out.shape == (0, d * spec.out_size)
     assert [tuple(h.shape) for h in hn_leaves(hn)] == [(2 * d, size) for size in spec.state_sizes()]
+
+
+# --------------------------------------------------------------------------------------
+# Every engine path of the composed pieces matches torch.nn (the default may use torch's kernel)
+# --------------------------------------------------------------------------------------
+@spec_param
+@pytest.mark.parametrize("engine", ["loop", "fused"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_generic_engines_match_torch(spec, engine, packed, close):
+    ours, theirs = spec.build(num_layers=2, bidirectional=True)
+    for module in ours.modules():
+        if isinstance(module, tc.Recurrent):
+            module.engine = engine
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(T, B, I, dtype=torch.float64, generator=gen)
+    hx = random_hx(spec, 2, True, B, torch.float64, gen)
+    lengths = torch.tensor(UNSORTED_LENGTHS)
+
+    def call(module, x_leaf, hx_):
+        if not packed:
+            out, hn = module(x_leaf, hx_)
+            return out, hn_leaves(hn), out
+        out, hn = module(pack_padded_sequence(x_leaf, lengths, enforce_sorted=False), hx_)
+        return out.data, hn_leaves(hn), out
+
+    assert_parity(spec, ours, theirs, x, hx, close, call_ours=call, call_theirs=call)
+    layer = ours.stack.layers[0].forward_layer
+    assert layer.engine == engine
