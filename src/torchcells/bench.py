@@ -155,6 +155,45 @@ def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
     return rows
 
 
+_MEMORY_PROBE = """
+import os, resource, sys, torch, torch.nn as nn
+import torch._functorch.aot_autograd  # imported on both sides, so neither pays for it below
+from torchcells import Recurrent
+from torchcells.bench import UserLSTMCell
+b, t, i, h = (int(v) for v in sys.argv[2:6])
+torch.manual_seed(0)
+module = Recurrent(UserLSTMCell(i, h)) if sys.argv[1] == "ours" else nn.LSTM(i, h)
+module(torch.randn(2, b, i, requires_grad=True))[0].sum().backward()  # warm-up (tracing) at T=2
+x = torch.randn(t, b, i, requires_grad=True)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = rss()
+module(x)[0].sum().backward()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(max(peak - before, 0))
+"""
+
+
+def memory_rows(shapes: Optional[list] = None) -> list[Row]:
+    """Peak resident memory added by one forward+backward, each side in a fresh process with
+    glibc's default allocator (large blocks are returned to the OS when freed, so the
+    high-water mark is the peak of live memory)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    rows = []
+    for shape in shapes or [(32, 100, 64, 256), (64, 50, 256, 512)]:
+        peaks = []
+        for side in ("ours", "theirs"):
+            done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, side, *map(str, shape)],
+                                  capture_output=True, text=True, check=True, env=env)
+            peaks.append(int(done.stdout.split()[-1]) / 2**20)
+        rows.append(Row("peak memory added by forward+backward", shape, "Recurrent(UserLSTMCell)",
+                        "nn.LSTM", peaks[0], peaks[1], "≤ 1.2×", 1))
+    return rows
+
+
 def environment() -> dict[str, str]:
     env = {
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or 'cpu'}",
@@ -185,6 +224,7 @@ def run_all(runs: int = 9, *, quick: bool = False) -> tuple[dict[str, str], list
     rows += gru_rows(runs)
     rows += scan_rows(runs)
     rows += first_call_rows()
+    rows += memory_rows()
     return environment(), rows
 
 
@@ -195,7 +235,8 @@ def to_markdown(env: dict[str, str], rows: list[Row]) -> str:
         ratio = f"{r.ratio:.2f}×" if "scan" not in r.name else f"{1 / r.ratio:.1f}× faster"
         if r.name.startswith("first call"):
             ratio = f"{r.ms_ours / 1e3:.2f} s ({r.note})"
-        lines.append(f"| {r.name} | {', '.join(map(str, r.shape))} | {r.ours} | {r.theirs} | {r.ms_ours:.2f} | "
-                     f"{r.ms_theirs:.2f} | {ratio} | {r.target} |")
+        unit = " MiB" if "memory" in r.name else ""
+        lines.append(f"| {r.name} | {', '.join(map(str, r.shape))} | {r.ours} | {r.theirs} | {r.ms_ours:.2f}{unit} | "
+                     f"{r.ms_theirs:.2f}{unit} | {ratio} | {r.target} |")
     head = "\n".join(f"- {k}: {v}" for k, v in env.items())
     return head + "\n\n" + "\n".join(lines) + "\n"

@@ -312,10 +312,16 @@ class _FusedSequence(torch.autograd.Function):
         bw, y_index = kernels.backward, kernels.y_index
         n_c = kernels.program.n_const
         carry = [g for g in d_final]
-        d_hoisted: list[list[Tensor]] = [[] for _ in range(n_h)]
+        # Gradients of the hoisted inputs, written step by step into one (T, B, ...) buffer each.
+        d_hoisted: list[Optional[Tensor]] = [None] * n_h
         acc: list[Optional[Tensor]] = [None] * n_c
         lhs: dict[int, list[Tensor]] = {k: [] for k in kernels.deferred}
         rhs: dict[int, list[Tensor]] = {k: [] for k in kernels.deferred}
+        summed: dict[int, Optional[Tensor]] = {k: None for k in kernels.deferred}
+        # Weight gradients of the per-step products: one product per chunk of steps with
+        # at least _PRODUCT_ROWS rows (as efficient as one over all steps, without holding
+        # every step's operands at once).
+        chunk = max(1, -(-_PRODUCT_ROWS // max(1, d_ys.shape[1] if d_ys is not None and d_ys.dim() > 1 else 1)))
         d_y_steps: Optional[tuple[Tensor, ...]] = d_ys.unbind(0) if d_ys is not None else None
         d_hist_steps: list[Any] = [h.unbind(0) if h is not None else None for h in d_hist]
         for t in range(steps - 1, -1, -1):
@@ -332,7 +338,12 @@ class _FusedSequence(torch.autograd.Function):
             grads = bw(*ctx.saved_steps[t], *[g if g is not None else _zeros(meta, d_ys)
                                                for g, meta in zip(tangents, kernels.tangent_meta)])
             for i in range(n_h):
-                d_hoisted[i].append(grads[i])
+                g = grads[i]
+                if g is not None:
+                    buffer = d_hoisted[i]
+                    if buffer is None:
+                        buffer = d_hoisted[i] = g.new_zeros((steps,) + tuple(g.shape))
+                    buffer[t].copy_(g)
             carry = list(grads[n_h:n_h + n_s])
             for k in range(n_c):
                 g = grads[n_h + n_s + k]
@@ -342,12 +353,23 @@ class _FusedSequence(torch.autograd.Function):
             for pos, k in enumerate(sorted(kernels.deferred)):
                 lhs[k].append(extra[2 * pos])
                 rhs[k].append(extra[2 * pos + 1])
+                if len(lhs[k]) >= chunk or t == 0:
+                    product = _summed_product(lhs[k], rhs[k], kernels.transposed[k])
+                    summed[k] = product if summed[k] is None else summed[k].add_(product)
+                    lhs[k], rhs[k] = [], []
         d_consts: list[Optional[Tensor]] = list(acc)
         for k, post in kernels.deferred.items():
-            left = torch.cat(lhs[k][::-1], 0).t() if kernels.transposed[k] else torch.cat(lhs[k][::-1], 1)
-            d_consts[k] = post(torch.mm(left, torch.cat(rhs[k][::-1], 0)))
-        d_h = [torch.stack(g[::-1]) if g and g[0] is not None else None for g in d_hoisted]
-        return (None, None, None, None, None, *d_h, *carry, *d_consts)
+            d_consts[k] = post(summed[k])
+        return (None, None, None, None, None, *d_hoisted, *carry, *d_consts)
+
+
+_PRODUCT_ROWS = 1024
+
+
+def _summed_product(lhs: list[Tensor], rhs: list[Tensor], transposed: bool) -> Tensor:
+    """``sum_t A_t B_t`` as one product: ``[A_1 … A_k][B_1; …; B_k]`` (``A_t = X_tᵀ`` if transposed)."""
+    left = torch.cat(lhs, 0).t() if transposed else torch.cat(lhs, 1)
+    return torch.mm(left, torch.cat(rhs, 0))
 
 
 def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
