@@ -292,7 +292,12 @@ class _FusedSequence(torch.autograd.Function):
                 ys.append(outs[y_index])
             if want_states:
                 history.append(state)
-        ctx.kernels, ctx.saved_steps, ctx.n_hoisted, ctx.n_state = kernels, saved, n_hoisted, n_state
+        ctx.kernels, ctx.n_hoisted, ctx.n_state = kernels, n_hoisted, n_state
+        # Through save_for_backward, so autograd frees them after the backward and
+        # torch.utils.checkpoint can drop and recompute them.
+        ctx.per_step = len(saved[0]) if saved else 0
+        ctx.steps = steps
+        ctx.save_for_backward(*[v for step in saved for v in step])
         ctx.want_states = want_states
         ctx.hoisted_meta = [(h.shape, h.dtype) for h in hoisted]
         outputs = [torch.stack(ys)] + state
@@ -308,7 +313,8 @@ class _FusedSequence(torch.autograd.Function):
         n_h, n_s = ctx.n_hoisted, ctx.n_state
         d_final = list(d_rest[:n_s])
         d_hist = list(d_rest[n_s:]) if ctx.want_states else []
-        steps = len(ctx.saved_steps)
+        steps, per_step = ctx.steps, ctx.per_step
+        saved = ctx.saved_tensors
         bw, y_index = kernels.backward, kernels.y_index
         n_c = kernels.program.n_const
         carry = [g for g in d_final]
@@ -335,7 +341,7 @@ class _FusedSequence(torch.autograd.Function):
             else:
                 tangents = state_tangents
                 tangents[y_index] = _add(tangents[y_index], dy)
-            grads = bw(*ctx.saved_steps[t], *[g if g is not None else _zeros(meta, d_ys)
+            grads = bw(*saved[t * per_step:(t + 1) * per_step], *[g if g is not None else _zeros(meta, d_ys)
                                                for g, meta in zip(tangents, kernels.tangent_meta)])
             for i in range(n_h):
                 g = grads[i]

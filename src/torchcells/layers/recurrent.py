@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..cell import Cell, State, check_input, check_state, map_state
 from ..engine import ENGINES, check_lengths, run
+from ..engine.checkpoint import run_chunked
 from ..engine.lengths import Lengths
 
 
@@ -30,6 +31,9 @@ class Recurrent(nn.Module):
             autograd node per sequence -- for cells that trace, else the reference loop,
             with a one-time warning saying why), or force ``"loop"``, ``"fused"``, ``"scan"``.
             Every path gives the reference loop's results.
+        checkpoint_steps: for long sequences, keep only the state every this many steps
+            and recompute each chunk's forward during backward (less memory, one more
+            forward); ``None`` (default) keeps everything.
 
     ``forward(x, state=None, *, lengths=None, all_states=False)`` returns
     ``(outputs, final_state)``, or ``(outputs, final_state, states)`` with
@@ -52,11 +56,15 @@ class Recurrent(nn.Module):
     """
 
     def __init__(self, cell: Cell, *, batch_first: bool = False, reverse: bool = False,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", checkpoint_steps: Optional[int] = None) -> None:
         super().__init__()
         if engine not in ENGINES:
             raise ValueError(f"Recurrent: engine should be one of {ENGINES}, got {engine!r}")
+        if checkpoint_steps is not None and (isinstance(checkpoint_steps, bool) or not isinstance(checkpoint_steps, int)
+                                             or checkpoint_steps <= 0):
+            raise ValueError(f"Recurrent: checkpoint_steps should be a positive int or None, got {checkpoint_steps!r}")
         self.engine = engine
+        self.checkpoint_steps = checkpoint_steps
         if not isinstance(cell, nn.Module) or not hasattr(cell, "init_state"):
             raise TypeError(f"Recurrent: cell should be a torchcells.Cell (a module with forward(x, state) "
                             f"and init_state(batch_size)), got {type(cell).__name__}")
@@ -108,8 +116,13 @@ class Recurrent(nn.Module):
         else:
             expected = self.cell.init_state(batch, device="meta", dtype=x.dtype)
             state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
-        outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                     all_states=all_states, engine=self.engine)
+        if self.checkpoint_steps is not None:
+            outputs, final, states = run_chunked(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                                 all_states=all_states, engine=self.engine,
+                                                 chunk=self.checkpoint_steps)
+        else:
+            outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                         all_states=all_states, engine=self.engine)
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -125,6 +138,8 @@ class Recurrent(nn.Module):
         opts = [f"{k}=True" for k in ("batch_first", "reverse") if getattr(self, k)]
         if self.engine != "auto":
             opts.append(f"engine={self.engine!r}")
+        if self.checkpoint_steps is not None:
+            opts.append(f"checkpoint_steps={self.checkpoint_steps}")
         return ", ".join(opts)
 
 
