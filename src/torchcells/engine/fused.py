@@ -361,7 +361,8 @@ class _FusedSequence(torch.autograd.Function):
                 rhs[k].append(extra[2 * pos + 1])
                 if len(lhs[k]) >= chunk or t == 0:
                     product = _summed_product(lhs[k], rhs[k], kernels.transposed[k])
-                    summed[k] = product if summed[k] is None else summed[k].add_(product)
+                    so_far = summed[k]
+                    summed[k] = product if so_far is None else so_far.add_(product)
                     lhs[k], rhs[k] = [], []
         d_consts: list[Optional[Tensor]] = list(acc)
         for k, post in kernels.deferred.items():
