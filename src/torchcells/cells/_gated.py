@@ -27,7 +27,7 @@ class GatedCell(Cell):
     hidden_size: int
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 recurrent_size: Optional[int] = None,
+                 recurrent_size: Optional[int] = None, recurrent: bool = True,
                  device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -37,12 +37,17 @@ class GatedCell(Cell):
         rows = len(self.GATES) * hidden_size
         rec = hidden_size if recurrent_size is None else recurrent_size
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, device=device, dtype=dtype))
-        self.weight_hh = nn.Parameter(torch.empty(rows, rec, device=device, dtype=dtype))
+        if recurrent:
+            self.weight_hh = nn.Parameter(torch.empty(rows, rec, device=device, dtype=dtype))
+        else:  # gates that read the input only (the minimal cells)
+            self.register_parameter("weight_hh", None)
         if self.bias:
             self.bias_ih = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
-            self.bias_hh = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
         else:
             self.register_parameter("bias_ih", None)
+        if self.bias and recurrent:
+            self.bias_hh = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
+        else:
             self.register_parameter("bias_hh", None)
 
     def reset_parameters(self) -> None:

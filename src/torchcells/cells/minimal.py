@@ -53,14 +53,13 @@ Example::
 
 from __future__ import annotations
 
-import math
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from ..cell import Cell
+from ._gated import GatedCell
 
 __all__ = ["MinGRUCell", "MinLSTMCell"]
 
@@ -82,60 +81,16 @@ def log_g(v: Tensor) -> Tensor:
     return F.logsigmoid(v - positive) + torch.log1p(positive * 2)
 
 
-class _MinimalCell(Cell):
+class _MinimalCell(GatedCell):
     """Shared layout of the minimal cells: one stacked ``weight_ih`` (and ``bias_ih``), state ``h``."""
-
-    GATES: ClassVar[tuple[str, ...]] = ()
-    input_size: int
-    hidden_size: int
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{type(self).__name__}: {name} should be a positive int, got {value!r}")
-        super().__init__(input_size, hidden_size)
-        self.bias = bool(bias)
-        rows = len(self.GATES) * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, device=device, dtype=dtype))
-        if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias_ih", None)
+        super().__init__(input_size, hidden_size, bias=bias, recurrent=False, device=device, dtype=dtype)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """torch.nn's initialization: every parameter uniform in ``±1/√H``."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for p in self.parameters(recurse=False):
-                p.uniform_(-bound, bound)
-
-    def gate_rows(self) -> dict[str, slice]:
-        """Which rows of ``weight_ih``/``bias_ih`` belong to which gate."""
-        H = self.hidden_size
-        return {name: slice(k * H, (k + 1) * H) for k, name in enumerate(self.GATES)}
-
-    def _prepare(self, x: Tensor, state: Optional[Tensor]) -> Tensor:
-        """Check one step's input and state (cheaply: this runs at every step); fill a missing state."""
-        self.check_step_input(x)
-        lead = tuple(x.shape[:-1])
-        if state is None:
-            return torch.zeros(lead + (self.hidden_size,), device=x.device, dtype=x.dtype)
-        if not isinstance(state, Tensor):
-            raise TypeError(f"{self.short_name()}: state should be a tensor, got {type(state).__name__}")
-        if tuple(state.shape) != lead + (self.hidden_size,):
-            raise ValueError(f"{self.short_name()}: state should have shape {lead + (self.hidden_size,)} "
-                             f"for input of shape {tuple(x.shape)}, got {tuple(state.shape)}")
-        if state.dtype != x.dtype:
-            raise TypeError(f"{self.short_name()}: state has dtype {state.dtype}, expected {x.dtype} like the input")
-        return state
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
 
 class MinGRUCell(_MinimalCell):
