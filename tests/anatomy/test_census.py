@@ -1,6 +1,5 @@
 """The census of cells in the three senses."""
 
-import torch
 from torch import nn
 
 from torchcells import LSTM, Bidirectional, GRUCell, LSTMCell, Recurrent

@@ -1,6 +1,5 @@
 """Chunked recomputation equals the plain run (outputs, states, gradients) on every engine."""
 
-import itertools
 
 import pytest
 import torch

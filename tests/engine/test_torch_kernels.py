@@ -9,7 +9,6 @@ import torchcells as tc
 from torchcells.cell import map_state, state_leaves
 from torchcells.engine.run import run
 from torchcells.engine.torch_kernels import has_torch_kernel
-from torchcells.engine.unroll import unroll
 
 T, B, I, H = 6, 4, 3, 5
 CELLS = {

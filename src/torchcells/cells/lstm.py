@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch

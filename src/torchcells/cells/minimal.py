@@ -56,7 +56,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 import torch.nn.functional as F
 
 from ._gated import GatedCell

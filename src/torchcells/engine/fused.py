@@ -408,8 +408,7 @@ def _prepare(cell: nn.Module, x: Tensor, state: Any, lengths: Optional[Tensor], 
              masked: bool) -> _Prepared:
     from torch.utils._pytree import tree_flatten
 
-    steps, batch = x.shape[0], x.shape[1]
-    if steps == 0:
+    if x.shape[0] == 0:
         raise TraceError("no steps to run")
     kernels = fused_program(cell, x[0], state, masked=masked)
     program = kernels.program

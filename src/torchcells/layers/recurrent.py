@@ -10,7 +10,6 @@ import copy
 import warnings
 from typing import Any, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..cell import Cell, State, check_input, check_state, map_state

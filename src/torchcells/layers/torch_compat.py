@@ -19,7 +19,7 @@ zero-step input returns empty outputs and the initial state where torch.nn raise
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
