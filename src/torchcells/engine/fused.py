@@ -416,7 +416,7 @@ def _prepare(cell: nn.Module, x: Tensor, state: Any, lengths: Optional[Tensor], 
     params = program.params(cell)
     if reverse:
         x = reverse_padded(x, lengths)
-    valid = step_mask(lengths, steps, x.device) if lengths is not None else None
+    valid = step_mask(lengths, x.shape[0], x.device) if lengths is not None else None
     if valid is not None:
         x = x.masked_fill(~_expand(valid, x), 0)
     consts = list(program.const_fn(*params))
