@@ -66,6 +66,18 @@ class DimOneCell(tc.Cell):
         return h, h
 
 
+class ViewOutputCell(tc.Cell):
+    """The output is a view (a slice) of the new state."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.lin = nn.Linear(i + h, h)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+        return h[:, :2], h
+
+
 class BranchyCell(tc.Cell):
     """Data-dependent control flow: cannot be traced; must fall back to the loop."""
 
@@ -90,6 +102,7 @@ CELLS = {
     "gru": lambda: tc.GRUCell(I, H),
     "passthrough": lambda: PassThroughCell(I, H),
     "dim-one": lambda: DimOneCell(I, H),
+    "view-output": lambda: ViewOutputCell(I, H),
 }
 
 

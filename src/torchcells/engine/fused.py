@@ -207,19 +207,14 @@ def _dtype(node: fx.Node, like: Tensor) -> torch.dtype:
 
 
 def _outputs_that_alias(gm: fx.GraphModule) -> set[int]:
-    """Outputs of the step graph that are inputs or views of them: cloned so each output is fresh."""
+    """Outputs of the step graph that are inputs or views (of inputs or of other values):
+    cloned, so every output is a fresh tensor and the derived graphs return it as such."""
     views = _SHAPE_OPS | {aten.slice.Tensor, aten.select.int, aten.expand.default, aten.alias.default,
-                          aten.as_strided.default, aten.narrow.default, aten.detach.default}
+                          aten.as_strided.default, aten.narrow.default, aten.detach.default, operator.getitem}
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    found = set()
-    for i, node in enumerate(out.args[0]):
-        seen = node
-        while isinstance(seen, fx.Node) and seen.op == "call_function" and (
-                seen.target in views or seen.target is operator.getitem):
-            seen = seen.args[0]
-        if isinstance(seen, fx.Node) and seen.op == "placeholder":
-            found.add(i)
-    return found
+    return {i for i, node in enumerate(out.args[0])
+            if isinstance(node, fx.Node) and (node.op == "placeholder"
+                                              or (node.op == "call_function" and node.target in views))}
 
 
 def _defer_weight_products(bw: fx.GraphModule, const_slots: range,
