@@ -270,7 +270,7 @@ class _FusedSequence(torch.autograd.Function):
         steps = hoisted[0].shape[0]
         per_step = [h.unbind(0) for h in hoisted]
         masks = valid.unbind(0) if valid is not None else None
-        fw, n_out, y_index = kernels.forward, kernels.n_outputs, kernels.y_index
+        fw, n_out, y_index = kernels.forward.forward, kernels.n_outputs, kernels.y_index
         ys, saved, history = [], [], []
         for t in range(steps):
             args = [h[t] for h in per_step] + state + consts
@@ -310,7 +310,7 @@ class _FusedSequence(torch.autograd.Function):
         d_hist = list(d_rest[n_s:]) if ctx.want_states else []
         steps, per_step = ctx.steps, ctx.per_step
         saved = ctx.saved_tensors
-        bw, y_index = kernels.backward, kernels.y_index
+        bw, y_index = kernels.backward.forward, kernels.y_index
         n_c = kernels.program.n_const
         carry = [g for g in d_final]
         # Gradients of the hoisted inputs, written step by step into one (T, B, ...) buffer each.
@@ -459,7 +459,7 @@ def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[T
     """The fused path without autograd: hoisted input part, then the step graph per step,
     nothing saved for a backward. Same contract as :func:`.unroll.unroll`."""
     prep = _prepare(cell, x, state, lengths, reverse, masked=False)
-    step = prep.kernels.program.fast_step_fn
+    step = prep.kernels.program.fast_step_fn.forward
     per_step = [h.unbind(0) for h in prep.hoisted]
     masks = prep.valid.unbind(0) if prep.valid is not None else None
     leaves, ys, history = prep.leaves, [], []

@@ -271,11 +271,16 @@ _FAST = {
     aten.mm.default: torch.mm, aten.addmm.default: torch.addmm, aten.t.default: torch.t,
     aten.cat.default: torch.cat, aten.where.self: torch.where, aten.rsub.Scalar: torch.rsub,
     aten.clone.default: torch.clone,
+    # the graphs given to fast_targets run without autograd, where split's view tracking is moot
+    aten.split.Tensor: torch.unsafe_split,
 }
 
 
 def fast_targets(graph: fx.Graph) -> None:
-    """Point aten calls at their torch twins where both mean the same (see ``_FAST``)."""
+    """Point aten calls at their torch twins where both mean the same (see ``_FAST``).
+
+    Only for graphs that run without autograd (the derived forward/backward of the
+    fused path, the inference step)."""
     for node in graph.nodes:
         if node.op == "call_function" and node.target in _FAST:
             node.target = _FAST[node.target]
