@@ -133,10 +133,10 @@ def scan_rows(runs: int) -> list[Row]:
 
 
 def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
-    """The very first call in a fresh process: set-up (importing AOTAutograd, tracing, deriving
-    the step's forward and backward) plus the run itself (whose first run also pays the
-    allocator's first touch of its memory). Importing torch itself is not counted: every
-    torch user pays it."""
+    """The very first call in a fresh process: set-up (tracing and deriving the step's forward
+    and backward, including make_fx's one-time import of torch._inductor/_dynamo) plus the run
+    itself (whose first run also pays the allocator's first touch of its memory). Importing
+    torch itself is not counted: every torch user pays it."""
     import subprocess
     import sys
     rows = []
@@ -151,8 +151,7 @@ def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
             f"x = torch.randn({t}, 32, 64, requires_grad=True)\n"
             "layer = Recurrent(UserLSTMCell(64, 256))\n"
             "imports = time.perf_counter() - s\n"
-            "s = time.perf_counter(); import torch._functorch.aot_autograd\n"
-            "fused_program(layer.cell, x[0], layer.cell.init_state(32), masked=False)\n"
+            "s = time.perf_counter(); fused_program(layer.cell, x[0], layer.cell.init_state(32), masked=False)\n"
             "trace = time.perf_counter() - s\n"
             "s = time.perf_counter(); layer(x)[0].sum().backward(); first = time.perf_counter() - s\n"
             "s = time.perf_counter(); layer(x)[0].sum().backward(); second = time.perf_counter() - s\n"
@@ -162,14 +161,14 @@ def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
         rows.append(Row("first call, fresh process (set-up + run)", (32, t, 64, 256),
                         "first call", "second call", (trace + first) * 1e3, second * 1e3,
                         "first call ≤ 3 s, flat in T", 1,
-                        note=f"AOTAutograd import + trace + derive {trace:.2f} s; importing torch and "
+                        note=f"set-up (trace + derive) {trace:.2f} s; importing torch and "
                              f"torchcells, {imports:.2f} s, not counted"))
     return rows
 
 
 _MEMORY_PROBE = """
 import os, sys, torch, torch.nn as nn
-import torch._functorch.aot_autograd  # imported on both sides, so neither pays for it below
+import torch._inductor.config  # make_fx's one-time import, on both sides, so neither pays for it below
 from torchcells import Recurrent
 from torchcells.bench import UserLSTMCell
 b, t, i, h = (int(v) for v in sys.argv[2:6])

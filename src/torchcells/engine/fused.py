@@ -6,9 +6,10 @@ From a cell's traced step (:mod:`.trace`):
    steps (``vmap`` over time: one large product instead of ``T`` small ones), both
    under ordinary autograd;
 2. the *step* region runs ``T`` times inside one ``autograd.Function``. Its
-   forward and backward graphs are derived automatically (AOTAutograd's joint
-   trace and partition), so each step runs straight-line aten code with no
-   autograd bookkeeping, saving only what the backward needs;
+   forward and backward graphs are derived automatically (the step and its
+   ``autograd.grad`` traced together with ``make_fx``, then cut into the part that
+   reads no gradient and the part that does), so each step runs straight-line aten
+   code with no autograd bookkeeping, saving only what the backward reads;
 3. in the backward, the gradient of every weight used by a per-step product
    (``h_{t-1} W_hhᵀ``) is not computed per step: the step's backward hands out the
    two operands and one matrix product over all ``T·B`` rows follows the loop --
@@ -127,8 +128,6 @@ def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKerne
 
 
 def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
-    from torch._functorch.aot_autograd import aot_function
-    from torch._functorch.partitioners import default_partition
     from torch.utils._pytree import tree_flatten
 
     program = trace_cell(cell, x_t, state)
@@ -148,37 +147,15 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
             y = y.masked_fill(~valid.reshape(valid.shape + (1,) * (y.dim() - 1)), 0)
         return tuple(new) if y_is_state is not None else (y, *new)
 
-    captured: dict[str, fx.GraphModule] = {}
-
-    def keep(name: str) -> Callable:
-        def compiler(gm: fx.GraphModule, example_inputs: Any) -> Callable:
-            from functorch.compile import make_boxed_func
-            captured[name] = gm
-            return make_boxed_func(gm.forward)
-        return compiler
-
     leaves, _ = tree_flatten(state)
     with torch.no_grad():
         example_h = [torch.zeros(_shape(n), dtype=_dtype(n, x_t), device=x_t.device)
                      for n in _placeholders(step_fn)[:n_h]]
         consts = program.const_fn(*[p.detach() for p in program.params(cell)])
-    args = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in
-            [*example_h, *[l.detach() for l in leaves], *consts]]
+    args = [t.detach().clone() for t in [*example_h, *[l.detach() for l in leaves], *consts]]
     if masked:
         args.append(torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device))
-    compiled = aot_function(wrapper, fw_compiler=keep("forward"), bw_compiler=keep("backward"),
-                            partition_fn=default_partition)
-    outs = compiled(*args)
-    torch.autograd.grad([o for o in outs if o.requires_grad],
-                        [a for a in args if a.requires_grad],
-                        [torch.ones_like(o) for o in outs if o.requires_grad], allow_unused=True)
-    if "forward" not in captured or "backward" not in captured:
-        raise TraceError("the step has no differentiable path")
-    fw, bw = captured["forward"], captured["backward"]
-    n_outputs = len(outs)
-    tangents = [n for n in _placeholders(bw) if n.name.startswith("tangents")]
-    if len(tangents) != n_outputs or any(not o.requires_grad for o in outs):
-        raise TraceError("the step's outputs do not all depend on differentiable inputs")
+    fw, bw, n_outputs = _derive(wrapper, args)
     n_grads = len(args)
     transposed: dict[int, bool] = {}
     deferred = _defer_weight_products(bw, range(n_h + n_s, n_h + n_s + n_c), transposed)
@@ -192,6 +169,87 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
     return FusedKernels(program, masked, fw, bw, n_outputs, y_is_state, deferred, transposed, n_grads,
                         tangent_meta)
+
+
+def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """Forward and backward graphs of one step, derived from ``fn`` by tracing its joint.
+
+    ``fn``'s forward and ``torch.autograd.grad`` of it are traced together (``make_fx``,
+    fake tensors); the joint graph is then cut: nodes that read a tangent form the
+    backward, the others the forward, and the forward values the backward reads are
+    what each step saves. Returns ``forward(*args) -> (*outputs, *saved)``,
+    ``backward(*saved, *tangents) -> one gradient per arg (None where none)`` and the
+    number of outputs.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    differentiable = [a.is_floating_point() for a in args]
+    n_args = len(args)
+    counts: dict[str, int] = {}
+
+    def joint(*flat: Tensor):
+        primals = [p.requires_grad_(True) if d else p for p, d in zip(flat[:n_args], differentiable)]
+        outs = fn(*primals)
+        counts["outputs"] = len(outs)
+        tangents = flat[n_args:]
+        wrt = [p for p, d in zip(primals, differentiable) if d]
+        grads = iter(torch.autograd.grad(outs, wrt, tangents, allow_unused=True))
+        return (*outs, *[next(grads) if d else None for d in differentiable])
+
+    with torch.enable_grad():
+        probe = fn(*[a.detach().requires_grad_(d) for a, d in zip(args, differentiable)])
+        if any(not o.requires_grad for o in probe):
+            raise TraceError("the step's outputs do not all depend on differentiable inputs")
+        tangent_args = [torch.zeros_like(o) for o in probe]
+        graph = make_fx(joint, tracing_mode="fake")(*[a.detach() for a in args], *tangent_args).graph
+    n_out = counts["outputs"]
+    for node in graph.nodes:
+        if node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False):
+            raise TraceError(f"the step mutates a tensor in place ({node.target})")
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    primal_nodes, tangent_nodes = placeholders[:n_args], placeholders[n_args:]
+    output = next(n for n in graph.nodes if n.op == "output")
+    results = list(output.args[0])
+    backward_nodes: set[fx.Node] = set(tangent_nodes)
+    for node in graph.nodes:
+        if node.op == "call_function" and any(a in backward_nodes for a in node.all_input_nodes):
+            backward_nodes.add(node)
+    forward_outputs = results[:n_out]
+    if any(isinstance(o, fx.Node) and o in backward_nodes for o in forward_outputs):
+        raise TraceError("an output of the step depends on its own gradient")
+    saved: list[fx.Node] = []
+    for node in graph.nodes:
+        if node in backward_nodes and node.op == "call_function":
+            for a in node.all_input_nodes:
+                if a not in backward_nodes and a not in saved:
+                    saved.append(a)
+    for r in results[n_out:]:  # gradients that do not read a tangent (constants, zeros)
+        if isinstance(r, fx.Node) and r not in backward_nodes and r not in saved:
+            saved.append(r)
+    root = torch.nn.Module()
+    fw = fx.GraphModule(root, _cut(graph, primal_nodes, forward_outputs + saved))
+    bw = fx.GraphModule(root, _cut(graph, saved + tangent_nodes, results[n_out:]))
+    return fw, bw, n_out
+
+
+def _cut(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any]) -> fx.Graph:
+    """A new graph computing ``outputs`` from ``inputs`` (nodes of ``graph``)."""
+    new = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for i, node in enumerate(inputs):
+        env[node] = new.placeholder(f"in{i}_{node.name}")
+        env[node].meta = dict(node.meta)
+
+    def copy(node: fx.Node) -> fx.Node:
+        if node not in env:
+            for a in node.all_input_nodes:
+                copy(a)
+            env[node] = new.node_copy(node, lambda n: env[n])
+        return env[node]
+
+    new.output(tuple(copy(o) if isinstance(o, fx.Node) else o for o in outputs))
+    new.eliminate_dead_code()
+    return new
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:
