@@ -113,10 +113,19 @@ class MinGRUCell(_MinimalCell):
         """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``.
 
         ``log a = log(1 − z) = log σ(−k_z)``, ``log b = log z + log g(k_h)`` with
-        ``log z = log σ(k_z) = −softplus(−k_z)``: finite for every finite input.
+        ``log z = log σ(k_z) = k_z + log σ(−k_z)`` (as ``σ(k) = e^k σ(−k)``), which reuses
+        ``log a`` instead of a second pass of ``log σ``: finite for every finite input.
         """
-        k_z, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
-        return F.logsigmoid(-k_z), F.logsigmoid(k_z) + log_g(k_h)
+        # Two products over weight slices rather than one split afterwards: the split's
+        # backward would concatenate two sequence-sized gradients; the slices' backward
+        # touches only the small weight. The update gate's product is taken with negated
+        # weights (-k_z directly), which saves a pass negating a sequence-sized tensor.
+        H = self.hidden_size
+        w, b = self.weight_ih, self.bias_ih
+        minus_k_z = F.linear(x, -w[:H], None if b is None else -b[:H])
+        k_h = F.linear(x, w[H:], None if b is None else b[H:])
+        log_a = F.logsigmoid(minus_k_z)
+        return log_a, log_a - minus_k_z + log_g(k_h)
 
 
 class MinLSTMCell(_MinimalCell):
@@ -146,4 +155,5 @@ class MinLSTMCell(_MinimalCell):
         """
         k_f, k_i, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
         d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
-        return F.logsigmoid(d), F.logsigmoid(-d) + log_g(k_h)
+        log_a = F.logsigmoid(d)
+        return log_a, log_a - d + log_g(k_h)  # log σ(−d) = log σ(d) − d
