@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
+from torchcells.engine import derive as derive_module
 from torchcells.engine import fused as fused_module
 from torchcells.engine.fused import run_fused
 from torchcells.engine.run import run
@@ -201,7 +202,7 @@ def test_hoisting_moves_the_input_product_out_of_the_step():
 
 def test_weight_gradient_of_the_recurrent_product_is_batched_over_time():
     cell = tc.GRUCell(I, H)
-    kernels = fused_module.fused_program(cell, torch.randn(B, I), cell.init_state(B), masked=False)
+    kernels = derive_module.fused_program(cell, torch.randn(B, I), cell.init_state(B), masked=False)
     assert len(kernels.deferred) == 1  # W_hhᵀ: one product over all T·B rows after the loop
     step_mms = [n for n in kernels.backward.graph.nodes if n.op == "call_function" and "mm" in str(n.target)]
     assert len(step_mms) == 1  # per step only d h = dG W_hh remains
@@ -238,15 +239,15 @@ def test_random_ops_are_not_fused():
 
 
 def test_cells_of_one_structure_share_a_trace_and_attributes_split_it():
-    fused_module._CACHE.clear()
+    derive_module._CACHE.clear()
     x = torch.randn(T, B, I, requires_grad=True)
     a, b = tc.ElmanCell(I, H), tc.ElmanCell(I, H)
     run_fused(a, x, a.init_state(B))
     run_fused(b, x, b.init_state(B))
-    assert len(fused_module._CACHE) == 1
+    assert len(derive_module._CACHE) == 1
     b.nonlinearity = "relu"
     out, _, _ = run_fused(b, x, b.init_state(B))
-    assert len(fused_module._CACHE) == 2
+    assert len(derive_module._CACHE) == 2
     torch.testing.assert_close(out, unroll(b, x, b.init_state(B))[0])
 
 

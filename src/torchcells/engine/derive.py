@@ -1,0 +1,304 @@
+"""Deriving a cell's fused step: traced once per cell structure and shapes, then cached.
+
+From the step region of :func:`.trace.trace_cell`, the step and its
+``torch.autograd.grad`` are traced together (``make_fx``, fake tensors) and the joint
+graph is cut: nodes that read a tangent form the backward, the others the forward,
+and the forward values the backward reads are what each step saves. Then the
+backward is rewritten so that gradients of weights used by per-step products come
+out as the products' operands (summed over all steps later, in few large products),
+and aten calls are pointed at their cheaper torch twins. :func:`fused_program`
+returns the result as :class:`FusedKernels`; :mod:`.fused` runs them.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, fx, nn
+
+from .trace import CellProgram, TraceError, drop_detach, fast_targets, trace_cell
+
+__all__ = ["FusedKernels", "explain_fallback", "fused_program"]
+
+aten = torch.ops.aten
+_SHAPE_OPS = {aten.t.default, aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+              aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim,
+              aten.squeeze.default}
+
+
+@dataclass
+class FusedKernels:
+    """Forward/backward graphs of the step region for one (masked or not) variant."""
+
+    program: CellProgram
+    masked: bool
+    forward: fx.GraphModule            # (*hoisted_t, *state, *consts[, valid]) -> (*outs, *saved)
+    backward: fx.GraphModule           # (*saved, *tangents) -> grads (see below)
+    n_outputs: int                     # outs = [y,] *state   (y omitted when it is a state leaf)
+    y_index: Optional[int]             # position of y among outs
+    deferred: dict[int, fx.GraphModule]  # const index -> graph turning sum_t A_t @ B_t into its gradient
+    transposed: dict[int, bool]        # const index -> the deferred left operands come transposed
+    n_grads: int                       # backward outputs before the deferred operands (one per primal)
+    tangent_meta: list[tuple[torch.Size, torch.dtype]]  # shape and dtype of each output's gradient
+
+
+# Kernels are shared by cells of the same structure: the graphs take parameters as
+# inputs, so two LSTMCell(64, 256) share one trace. The key holds everything the
+# trace may depend on: module types, their plain attributes, parameter shapes,
+# training modes, and the step's shapes.
+_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+_CACHE_SIZE = 256
+_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_SIMPLE = (int, float, str, bool, type(None), torch.dtype, torch.device)
+
+
+def _attribute_key(value: Any) -> Any:
+    if isinstance(value, _SIMPLE):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
+        return tuple(value)
+    return ("object", id(value))
+
+
+def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
+    from torch.utils._pytree import tree_flatten
+    leaves, spec = tree_flatten(state)
+    modules = tuple(
+        (name, type(m), m.training,
+         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if not k.startswith("_"))),
+         tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)),
+         tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
+        for name, m in cell.named_modules())
+    return (modules, tuple(x_t.shape), x_t.dtype, x_t.device,
+            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked)
+
+
+def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
+    """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
+    key = _key(cell, x_t, state, masked)
+    found = _CACHE.get(key)
+    if found is not None:
+        _CACHE.move_to_end(key)
+    else:
+        try:
+            found = _build(cell, x_t, state, masked)
+        except TraceError as e:
+            found = e
+        except Exception as e:  # a failure of the derivation itself: fall back, say why
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
+        _CACHE[key] = found
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    if isinstance(found, TraceError):
+        raise found
+    return found
+
+
+def explain_fallback(cell: Any, error: TraceError) -> None:
+    """Warn once per cell that it runs on the reference loop, and why."""
+    if cell not in _WARNED:
+        _WARNED.add(cell)
+        name = cell.short_name() if hasattr(cell, "short_name") else type(cell).__name__
+        warnings.warn(f"{name} runs on the reference loop (no hoisting, no fused backward): {error}",
+                      stacklevel=4)
+
+
+def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+    with torch.enable_grad():  # deriving the backward needs autograd, even when called under no_grad
+        return _build_with_grad(cell, x_t, state, masked)
+
+
+def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+    from torch.utils._pytree import tree_flatten
+
+    program = trace_cell(cell, x_t, state)
+    step_fn = program.step_fn
+    n_h, n_s, n_c = program.n_hoisted, program.n_state, program.n_const
+    y_is_state = None if masked else program.y_is_state
+    placeholder_outputs = _outputs_that_alias(step_fn)
+
+    def wrapper(*args: Tensor):
+        outs = list(step_fn(*args[: n_h + n_s + n_c]))
+        outs = [o.clone() if i in placeholder_outputs else o for i, o in enumerate(outs)]
+        y, new = outs[0], outs[1:]
+        if masked:
+            valid = args[-1]
+            old = args[n_h: n_h + n_s]
+            new = [torch.where(valid.reshape(valid.shape + (1,) * (n.dim() - 1)), n, o) for n, o in zip(new, old)]
+            y = y.masked_fill(~valid.reshape(valid.shape + (1,) * (y.dim() - 1)), 0)
+        return tuple(new) if y_is_state is not None else (y, *new)
+
+    leaves, _ = tree_flatten(state)
+    with torch.no_grad():
+        example_h = [torch.zeros(_shape(n), dtype=_dtype(n, x_t), device=x_t.device)
+                     for n in _placeholders(step_fn)[:n_h]]
+        consts = program.const_fn(*[p.detach() for p in program.params(cell)])
+    args = [t.detach().clone() for t in [*example_h, *[l.detach() for l in leaves], *consts]]
+    if masked:
+        args.append(torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device))
+    fw, bw, n_outputs = _derive(wrapper, args)
+    n_grads = len(args)
+    transposed: dict[int, bool] = {}
+    deferred = _defer_weight_products(bw, range(n_h + n_s, n_h + n_s + n_c), transposed)
+    for gm in (fw, bw):
+        drop_detach(gm.graph)
+        gm.graph.eliminate_dead_code()
+        fast_targets(gm.graph)
+        gm.graph.lint()
+        gm.recompile()
+    fw_out = next(n for n in fw.graph.nodes if n.op == "output")
+    tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
+    return FusedKernels(program, masked, fw, bw, n_outputs, y_is_state, deferred, transposed, n_grads,
+                        tangent_meta)
+
+
+def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """Forward and backward graphs of one step, derived from ``fn`` by tracing its joint.
+
+    ``fn``'s forward and ``torch.autograd.grad`` of it are traced together (``make_fx``,
+    fake tensors); the joint graph is then cut: nodes that read a tangent form the
+    backward, the others the forward, and the forward values the backward reads are
+    what each step saves. Returns ``forward(*args) -> (*outputs, *saved)``,
+    ``backward(*saved, *tangents) -> one gradient per arg (None where none)`` and the
+    number of outputs.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    differentiable = [a.is_floating_point() for a in args]
+    n_args = len(args)
+    counts: dict[str, int] = {}
+
+    def joint(*flat: Tensor):
+        primals = [p.requires_grad_(True) if d else p for p, d in zip(flat[:n_args], differentiable)]
+        outs = fn(*primals)
+        counts["outputs"] = len(outs)
+        tangents = flat[n_args:]
+        wrt = [p for p, d in zip(primals, differentiable) if d]
+        grads = iter(torch.autograd.grad(outs, wrt, tangents, allow_unused=True))
+        return (*outs, *[next(grads) if d else None for d in differentiable])
+
+    with torch.enable_grad():
+        probe = fn(*[a.detach().requires_grad_(d) for a, d in zip(args, differentiable)])
+        if any(not o.requires_grad for o in probe):
+            raise TraceError("the step's outputs do not all depend on differentiable inputs")
+        tangent_args = [torch.zeros_like(o) for o in probe]
+        graph = make_fx(joint, tracing_mode="fake")(*[a.detach() for a in args], *tangent_args).graph
+    n_out = counts["outputs"]
+    for node in graph.nodes:
+        if node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False):
+            raise TraceError(f"the step mutates a tensor in place ({node.target})")
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    primal_nodes, tangent_nodes = placeholders[:n_args], placeholders[n_args:]
+    output = next(n for n in graph.nodes if n.op == "output")
+    results = list(output.args[0])
+    backward_nodes: set[fx.Node] = set(tangent_nodes)
+    for node in graph.nodes:
+        if node.op == "call_function" and any(a in backward_nodes for a in node.all_input_nodes):
+            backward_nodes.add(node)
+    forward_outputs = results[:n_out]
+    if any(isinstance(o, fx.Node) and o in backward_nodes for o in forward_outputs):
+        raise TraceError("an output of the step depends on its own gradient")
+    saved: list[fx.Node] = []
+    for node in graph.nodes:
+        if node in backward_nodes and node.op == "call_function":
+            for a in node.all_input_nodes:
+                if a not in backward_nodes and a not in saved:
+                    saved.append(a)
+    for r in results[n_out:]:  # gradients that do not read a tangent (constants, zeros)
+        if isinstance(r, fx.Node) and r not in backward_nodes and r not in saved:
+            saved.append(r)
+    root = torch.nn.Module()
+    fw = fx.GraphModule(root, _cut(graph, primal_nodes, forward_outputs + saved))
+    bw = fx.GraphModule(root, _cut(graph, saved + tangent_nodes, results[n_out:]))
+    return fw, bw, n_out
+
+
+def _cut(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any]) -> fx.Graph:
+    """A new graph computing ``outputs`` from ``inputs`` (nodes of ``graph``)."""
+    new = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for i, node in enumerate(inputs):
+        env[node] = new.placeholder(f"in{i}_{node.name}")
+        env[node].meta = dict(node.meta)
+
+    def copy(node: fx.Node) -> fx.Node:
+        if node not in env:
+            for a in node.all_input_nodes:
+                copy(a)
+            env[node] = new.node_copy(node, lambda n: env[n])
+        return env[node]
+
+    new.output(tuple(copy(o) if isinstance(o, fx.Node) else o for o in outputs))
+    new.eliminate_dead_code()
+    return new
+
+
+def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["val"].shape)
+
+
+def _dtype(node: fx.Node, like: Tensor) -> torch.dtype:
+    return node.meta["val"].dtype if "val" in node.meta else like.dtype
+
+
+def _outputs_that_alias(gm: fx.GraphModule) -> set[int]:
+    """Outputs of the step graph that are inputs or views (of inputs or of other values):
+    cloned, so every output is a fresh tensor and the derived graphs return it as such."""
+    views = _SHAPE_OPS | {aten.slice.Tensor, aten.select.int, aten.expand.default, aten.alias.default,
+                          aten.as_strided.default, aten.narrow.default, aten.detach.default, operator.getitem}
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    return {i for i, node in enumerate(out.args[0])
+            if isinstance(node, fx.Node) and (node.op == "placeholder"
+                                              or (node.op == "call_function" and node.target in views))}
+
+
+def _defer_weight_products(bw: fx.GraphModule, const_slots: range,
+                           transposed: dict[int, bool]) -> dict[int, fx.GraphModule]:
+    """Rewrite ``bw`` so gradients of consts that are (views of) one ``mm`` come out as the
+    ``mm``'s two operands instead; returns, per const, the graph that maps the product
+    summed over all steps to the gradient."""
+    graph = bw.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    results = list(out.args[0])
+    deferred: dict[int, fx.GraphModule] = {}
+    extra: list[fx.Node] = []
+    for k, slot in enumerate(const_slots):
+        node = results[slot]
+        if not isinstance(node, fx.Node):
+            continue
+        chain = []
+        while node.op == "call_function" and node.target in _SHAPE_OPS and len(node.users) == 1:
+            chain.append(node)
+            node = node.args[0]
+        if not (node.op == "call_function" and node.target is aten.mm.default and len(node.users) == 1):
+            continue
+        post = fx.Graph()
+        value = post.placeholder("summed_product")
+        for link in reversed(chain):
+            value = post.node_copy(link, lambda n, v=value: v)  # type: ignore[misc]
+        post.output(value)
+        deferred[k] = fx.GraphModule(torch.nn.Module(), post)
+        results[slot] = None
+        lhs, rhs = node.args[:2]
+        # sum_t A_t B_t = [A_1 … A_T][B_1; …; B_T]. When A_t = X_tᵀ, stacking the X_t
+        # row-wise is a plain copy; stacking transposed columns is a strided one.
+        if isinstance(lhs, fx.Node) and lhs.target is aten.t.default:
+            lhs = lhs.args[0]
+            transposed[k] = True
+        else:
+            transposed[k] = False
+        extra.extend([lhs, rhs])
+    out.args = (tuple(results) + tuple(extra),)
+    graph.eliminate_dead_code()
+    return deferred
