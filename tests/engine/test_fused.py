@@ -21,7 +21,6 @@ from torch import Tensor, nn
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
 from torchcells.engine import derive as derive_module
-from torchcells.engine import fused as fused_module
 from torchcells.engine.fused import run_fused
 from torchcells.engine.run import run
 from torchcells.engine.trace import TraceError, trace_cell

@@ -12,8 +12,9 @@ From a cell's traced step (:mod:`.trace`):
    code with no autograd bookkeeping, saving only what the backward reads;
 3. in the backward, the gradient of every weight used by a per-step product
    (``h_{t-1} W_hhᵀ``) is not computed per step: the step's backward hands out the
-   two operands and one matrix product over all ``T·B`` rows follows the loop --
-   the structure cuDNN uses. Other parameter gradients are summed over steps.
+   two operands, and products over chunks of at least 1024 rows (all ``T·B`` rows
+   when fewer) sum them -- the structure cuDNN uses, without holding every step's
+   operands at once. Other parameter gradients are summed over steps.
 
 The derivation (tracing, cutting, rewriting, caching) lives in :mod:`.derive`; this
 module runs the result. ``run_fused`` has exactly the contract of
