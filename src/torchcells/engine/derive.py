@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, fx, nn
 
-from .trace import CellProgram, TraceError, drop_detach, fast_targets, trace_cell
+from .trace import CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -215,29 +215,9 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModul
         if isinstance(r, fx.Node) and r not in backward_nodes and r not in saved:
             saved.append(r)
     root = torch.nn.Module()
-    fw = fx.GraphModule(root, _cut(graph, primal_nodes, forward_outputs + saved))
-    bw = fx.GraphModule(root, _cut(graph, saved + tangent_nodes, results[n_out:]))
+    fw = fx.GraphModule(root, cut_graph(graph, primal_nodes, forward_outputs + saved))
+    bw = fx.GraphModule(root, cut_graph(graph, saved + tangent_nodes, results[n_out:]))
     return fw, bw, n_out
-
-
-def _cut(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any]) -> fx.Graph:
-    """A new graph computing ``outputs`` from ``inputs`` (nodes of ``graph``)."""
-    new = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for i, node in enumerate(inputs):
-        env[node] = new.placeholder(f"in{i}_{node.name}")
-        env[node].meta = dict(node.meta)
-
-    def copy(node: fx.Node) -> fx.Node:
-        if node not in env:
-            for a in node.all_input_nodes:
-                copy(a)
-            env[node] = new.node_copy(node, lambda n: env[n])
-        return env[node]
-
-    new.output(tuple(copy(o) if isinstance(o, fx.Node) else o for o in outputs))
-    new.eliminate_dead_code()
-    return new
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:

@@ -74,7 +74,6 @@ class _FusedSequence(torch.autograd.Function):
         ctx.steps = steps
         ctx.save_for_backward(*[v for step in saved for v in step])
         ctx.want_states = want_states
-        ctx.hoisted_meta = [(h.shape, h.dtype) for h in hoisted]
         outputs = [torch.stack(ys)] + state
         if want_states:
             outputs += [torch.stack([s[j] for s in history]) for j in range(n_state)]

@@ -20,15 +20,15 @@ time, so any per-step code is hoisted correctly whatever dims it names), and
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-__all__ = ["CellProgram", "TraceError", "drop_detach", "fast_targets", "trace_cell"]
+__all__ = ["CellProgram", "TraceError", "cut_graph", "drop_detach", "fast_targets", "trace_cell"]
 
 aten = torch.ops.aten
 
@@ -56,27 +56,14 @@ class CellProgram:
     n_const: int
     #: index of the state leaf that the output ``y`` is (``None`` if ``y`` is distinct).
     y_is_state: Optional[int]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def fast_step_fn(self) -> fx.GraphModule:
-        """``step_fn`` with torch twins for aten calls, for running without autograd."""
-        cached = self.__dict__.get("_fast_step")
-        if cached is None:
-            import copy
-            cached = copy.deepcopy(self.step_fn)
-            fast_targets(cached.graph)
-            cached.recompile()
-            self.__dict__["_fast_step"] = cached
-        return cached
+    #: ``step_fn`` with torch twins for aten calls, for running without autograd.
+    fast_step_fn: fx.GraphModule
 
     def params(self, cell: nn.Module) -> list[Tensor]:
         named: dict[str, Tensor] = dict(cell.named_parameters())
         named.update(dict(cell.named_buffers()))
         return [named[n] for n in self.param_names]
 
-    def unflatten_state(self, leaves: list[Tensor]) -> Any:
-        return tree_unflatten(list(leaves), self.state_spec)
 
 
 def _op_name(node: fx.Node) -> str:
@@ -160,12 +147,11 @@ def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -
     y_node = outputs[0]
     y_is_state = next((i for i, o in enumerate(outputs[1:]) if o is y_node), None)
 
-    const_fn = _subgraph(gm, param_nodes, consts)
-    input_fn = _subgraph(gm, [x_node] + param_nodes, hoisted)
-    step_fn = _subgraph(gm, hoisted + state_nodes + consts, outputs)
-    stats = {"step_ops": _count_ops(step_fn), "hoisted_ops": _count_ops(input_fn), "const_ops": _count_ops(const_fn)}
+    const_fn = fx.GraphModule(gm, cut_graph(graph, param_nodes, consts))
+    input_fn = fx.GraphModule(gm, cut_graph(graph, [x_node] + param_nodes, hoisted))
+    step_fn = fx.GraphModule(gm, cut_graph(graph, hoisted + state_nodes + consts, outputs))
     return CellProgram(names, spec, n_state, const_fn, input_fn, step_fn, len(hoisted), len(consts),
-                       y_is_state, stats)
+                       y_is_state, _fast_copy(step_fn))
 
 
 def _classify(graph: fx.Graph, region: dict[fx.Node, str]) -> None:
@@ -226,8 +212,15 @@ def _same_shape(a: fx.Node, b: fx.Node) -> bool:
     return isinstance(va, Tensor) and isinstance(vb, Tensor) and va.shape == vb.shape and va.dtype == vb.dtype
 
 
-def _subgraph(gm: fx.GraphModule, inputs: list[fx.Node], outputs: list[Any]) -> fx.GraphModule:
-    """A graph computing ``outputs`` from ``inputs`` (nodes of ``gm``), copying what is needed."""
+def _fast_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    fast = copy.deepcopy(gm)
+    fast_targets(fast.graph)
+    fast.recompile()
+    return fast
+
+
+def cut_graph(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any]) -> fx.Graph:
+    """A new graph computing ``outputs`` from ``inputs`` (nodes of ``graph``), copying what is needed."""
     new = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for i, node in enumerate(inputs):
@@ -235,19 +228,15 @@ def _subgraph(gm: fx.GraphModule, inputs: list[fx.Node], outputs: list[Any]) -> 
         env[node].meta = dict(node.meta)
 
     def copy(node: fx.Node) -> fx.Node:
-        if node in env:
-            return env[node]
-        for a in node.all_input_nodes:
-            copy(a)
-        env[node] = new.node_copy(node, lambda n: env[n])
+        if node not in env:
+            for a in node.all_input_nodes:
+                copy(a)
+            env[node] = new.node_copy(node, lambda n: env[n])
         return env[node]
 
-    for out in outputs:
-        if isinstance(out, fx.Node):
-            copy(out)
-    new.output(tuple(env[o] if isinstance(o, fx.Node) else o for o in outputs))
+    new.output(tuple(copy(o) if isinstance(o, fx.Node) else o for o in outputs))
     new.eliminate_dead_code()
-    return fx.GraphModule(gm, new)
+    return new
 
 
 def drop_detach(graph: fx.Graph) -> None:
@@ -257,9 +246,6 @@ def drop_detach(graph: fx.Graph) -> None:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
 
-
-def _count_ops(gm: fx.GraphModule) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem)
 
 
 # aten overloads with a torch function of the same signature and semantics: the torch
