@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	@# The native runtime (C++, built once and cached); without a compiler the Python loop runs.
+	$(PY) -m torchcells.engine.native
 	touch $(STAMP)
 
 demo: $(STAMP)

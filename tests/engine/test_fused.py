@@ -22,6 +22,8 @@ import torchcells as tc
 from torchcells.cell import map_state, state_leaves
 from torchcells.engine import derive as derive_module
 from torchcells.engine.fused import run_fused
+from torchcells.engine.native import available as native_library_available
+from torchcells.engine.native import notice as native_notice
 from torchcells.engine.run import run
 from torchcells.engine.trace import TraceError, trace_cell
 from torchcells.engine.unroll import unroll
@@ -130,11 +132,46 @@ def run_and_grad(path, cell, x, state, **kw):
 GRID = list(itertools.product([False, True], [False, True], [False, True]))
 
 
+def native_or_skip() -> None:
+    if not native_library_available():
+        pytest.skip(f"native runtime not built here: {native_notice()}")
+
+
+def fused_path(runtime: str):
+    """run_fused with its time loops in Python or in the native runtime (asserted to be used)."""
+    if runtime == "native":
+        native_or_skip()
+
+    def path(cell, x, state, **kw):
+        result = run_fused(cell, x, state, native=runtime == "native", **kw)
+        expected = "NativeSequenceBackward" if runtime == "native" else "_FusedSequenceBackward"
+        assert expected in autograd_nodes(result[0])
+        return result
+    return path
+
+
+def autograd_nodes(t: Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``t``."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+RUNTIMES = ["python", "native"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize("use_lengths, reverse, all_states", GRID,
                          ids=[f"{'len' if a else 'full'}-{'rev' if b else 'fwd'}-{'all' if c else 'final'}"
                               for a, b, c in GRID])
-def test_fused_equals_loop_float64(name, use_lengths, reverse, all_states):
+def test_fused_equals_loop_float64(name, use_lengths, reverse, all_states, runtime):
     cell = make(name)
     x = torch.randn(T, B, I, dtype=torch.float64)
     if use_lengths:
@@ -142,18 +179,19 @@ def test_fused_equals_loop_float64(name, use_lengths, reverse, all_states):
     state = random_state(cell, torch.float64)
     kw = dict(lengths=LENGTHS if use_lengths else None, reverse=reverse, all_states=all_states)
     want, want_grads = run_and_grad(unroll, cell, x, state, **kw)
-    got, got_grads = run_and_grad(run_fused, cell, x, state, **kw)
+    got, got_grads = run_and_grad(fused_path(runtime), cell, x, state, **kw)
     for g, w in zip(got + got_grads, want + want_grads):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", ["lstm", "gru", "elman-tanh", "passthrough"])
-def test_fused_equals_loop_float32(name):
+def test_fused_equals_loop_float32(name, runtime):
     cell = make(name, torch.float32)
     x = torch.randn(T, B, I)
     state = random_state(cell, torch.float32)
     want, want_grads = run_and_grad(unroll, cell, x, state, lengths=LENGTHS, reverse=True)
-    got, got_grads = run_and_grad(run_fused, cell, x, state, lengths=LENGTHS, reverse=True)
+    got, got_grads = run_and_grad(fused_path(runtime), cell, x, state, lengths=LENGTHS, reverse=True)
     for g, w in zip(got + got_grads, want + want_grads):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
@@ -183,7 +221,7 @@ def test_recurrent_uses_fused_by_default_and_matches_the_loop():
         warnings.simplefilter("error")  # no fallback warning: this cell traces
         out, (h, m) = fast(x, lengths=[6, 1, 3, 0])
     ref, (h2, m2) = slow(x, lengths=[6, 1, 3, 0])
-    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+    assert type(out.grad_fn).__name__ in ("_FusedSequenceBackward", "NativeSequenceBackward")
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(m, m2, atol=1e-12, rtol=0)
 

@@ -46,6 +46,8 @@ class FusedKernels:
     transposed: dict[int, bool]        # const index -> the deferred left operands come transposed
     n_grads: int                       # backward outputs before the deferred operands (one per primal)
     tangent_meta: list[tuple[torch.Size, torch.dtype]]  # shape and dtype of each output's gradient
+    native: Optional[Any] = None       # native.NativeKernels: the same graphs planned for the C++ runtime
+    native_why: Optional[str] = None   # why there is no native plan
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
@@ -121,7 +123,9 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     program = trace_cell(cell, x_t, state)
     step_fn = program.step_fn
     n_h, n_s, n_c = program.n_hoisted, program.n_state, program.n_const
-    y_is_state = None if masked else program.y_is_state
+    # y gets its own output and gradient even when it is a state leaf: the backward then adds
+    # its tangent inside the step graph (one fused operation) rather than outside it.
+    y_is_state = None
     placeholder_outputs = _outputs_that_alias(step_fn)
 
     def wrapper(*args: Tensor):
@@ -150,13 +154,26 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     for gm in (fw, bw):
         drop_detach(gm.graph)
         gm.graph.eliminate_dead_code()
+    native, native_why = _plan_native(fw, bw, n_outputs, n_h, n_s, n_c, y_is_state)
+    for gm in (fw, bw):
         fast_targets(gm.graph)
         gm.graph.lint()
         gm.recompile()
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
     return FusedKernels(program, masked, fw, bw, n_outputs, y_is_state, deferred, transposed, n_grads,
-                        tangent_meta)
+                        tangent_meta, native, native_why)
+
+
+def _plan_native(fw: fx.GraphModule, bw: fx.GraphModule, n_outputs: int, n_h: int, n_s: int, n_c: int,
+                 y_index: Optional[int]) -> tuple[Optional[Any], Optional[str]]:
+    """The graphs planned for the native runtime, or why not (they still run from Python)."""
+    from .native import NotNative, plan_kernels
+    try:
+        return plan_kernels(fw, bw, n_outputs=n_outputs, n_hoisted=n_h, n_state=n_s, n_const=n_c,
+                            y_index=y_index), None
+    except NotNative as e:
+        return None, str(e)
 
 
 def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModule, fx.GraphModule, int]:

@@ -223,12 +223,22 @@ def _finish(prep: _Prepared, outputs: Tensor, final: list[Tensor], stacked: Opti
 
 
 def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
-              reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
-    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
+              reverse: bool = False, all_states: bool = False,
+              native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
+    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused.
+
+    The time loops run in the native runtime where it is built and the step could be
+    planned for it (``native=False`` keeps them in Python)."""
     prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
     n = len(prep.leaves)
-    result = _FusedSequence.apply(prep.kernels, prep.valid, len(prep.hoisted), n, all_states,
-                                  *prep.hoisted, *prep.leaves, *prep.consts)
+    node: Any = _FusedSequence
+    if native is not False and prep.kernels.native is not None and x.device.type == "cpu":
+        from .native import library
+        from .native.sequence import NativeSequence
+        if library() is not None:
+            node = NativeSequence
+    result = node.apply(prep.kernels, prep.valid, len(prep.hoisted), n, all_states,
+                        *prep.hoisted, *prep.leaves, *prep.consts)
     return _finish(prep, result[0], list(result[1:1 + n]), list(result[1 + n:]) if all_states else None,
                    lengths, reverse)
 

@@ -1,0 +1,79 @@
+"""Building and loading the native runtime (once per machine, cached by torch).
+
+``library()`` compiles ``runtime.cpp`` with ``torch.utils.cpp_extension.load`` the
+first time (about half a minute; ``make install`` does it ahead of time) and loads
+the cached build afterwards. The vector width follows torch's own CPU capability
+(AVX512, AVX2, or plain C++). Without a working compiler -- or with
+``TORCHCELLS_NATIVE=0`` -- it returns ``None`` and the fused engine keeps its
+Python-driven loop; ``notice()`` says so once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+_SOURCE = Path(__file__).with_name("runtime.cpp")
+_STATE: dict[str, Any] = {}
+
+
+def _flags() -> list[str]:
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-std=c++20", "-fno-math-errno"]
+    if capability == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2",
+                  "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    elif capability == "AVX2":
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+def _disabled() -> bool:
+    return os.environ.get("TORCHCELLS_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}
+
+
+def library(*, verbose: bool = False) -> Optional[Any]:
+    """The loaded runtime module, building it on first use; ``None`` where it cannot be built."""
+    if _disabled():
+        return None
+    if "lib" in _STATE:
+        return _STATE["lib"]
+    lib = None
+    try:
+        import torch
+        from torch.utils import cpp_extension
+
+        tag = torch.backends.cpu.get_cpu_capability().lower()
+        lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
+                                 extra_cflags=_flags(), verbose=verbose)
+    except Exception as e:  # no compiler, no ninja, a failed build: the Python path runs
+        first = (str(e).strip().splitlines() or [""])[-1][:200]
+        _STATE["why"] = f"{type(e).__name__}: {first}"
+        lib = None
+    _STATE["lib"] = lib
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def notice() -> Optional[str]:
+    """One line saying why the native runtime is not in use (``None`` when it is)."""
+    if _disabled():
+        return "torchcells: native runtime disabled (TORCHCELLS_NATIVE=0); the fused engine loops in Python"
+    if library() is not None:
+        return None
+    return f"torchcells: native runtime unavailable ({_STATE.get('why', 'unknown')}); the fused engine loops in Python"
+
+
+def main() -> int:
+    """``python -m torchcells.engine.native``: build the runtime now (make install runs it)."""
+    library(verbose="-v" in sys.argv)
+    print(notice() or "torchcells: native runtime built and cached")
+    return 0
+

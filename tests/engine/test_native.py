@@ -1,0 +1,153 @@
+"""The native runtime: each elementwise opcode equals torch, plans have the intended shape,
+and the fused engine says so when the runtime is missing.
+
+(Whole cells through the native runtime are checked against the reference loop in
+``test_fused.py``, which runs every row of its table on both runtimes.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import torchcells as tc
+from torchcells.bench import UserLSTMCell
+from torchcells.engine.derive import fused_program
+from torchcells.engine.native import available, library, notice
+from torchcells.engine.native.plan import plan_graph
+
+pytestmark = pytest.mark.skipif(not available(), reason=f"native runtime not built here: {notice()}")
+
+R, C = 5, 37  # C not a multiple of any vector width: tails are exercised
+
+
+def run_program(fn, *args):
+    gm = make_fx(fn, tracing_mode="fake")(*args)
+    spec = plan_graph(gm)
+    return spec, spec.build(library()).run(list(args), [])
+
+
+def full(dtype, gen, lo=-3.0, hi=3.0):
+    return (torch.rand(R, C, dtype=dtype, generator=gen) * (hi - lo) + lo)
+
+
+ELEMENTWISE = {
+    "add": lambda a, b: a + b,
+    "add-alpha": lambda a, b: torch.add(a, b, alpha=0.5),
+    "sub": lambda a, b: a - b,
+    "sub-alpha": lambda a, b: torch.sub(a, b, alpha=3),
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / (b.abs() + 1),
+    "neg": lambda a, b: -a,
+    "sigmoid": lambda a, b: torch.sigmoid(a),
+    "tanh": lambda a, b: torch.tanh(a),
+    "tanh-tiny": lambda a, b: torch.tanh(a * 1e-6),
+    "tanh-huge": lambda a, b: torch.tanh(a * 100),
+    "exp": lambda a, b: torch.exp(a),
+    "log": lambda a, b: torch.log(a.abs() + 0.1),
+    "relu": lambda a, b: torch.relu(a),
+    "sqrt": lambda a, b: torch.sqrt(a.abs()),
+    "rsqrt": lambda a, b: torch.rsqrt(a.abs() + 0.5),
+    "reciprocal": lambda a, b: torch.reciprocal(a.abs() + 0.5),
+    "abs": lambda a, b: a.abs(),
+    "scalars": lambda a, b: (a * 2.5 + 1) / 4 - 0.25,
+    "rsub": lambda a, b: 1 - a,
+    "square": lambda a, b: a ** 2,
+    "maximum": lambda a, b: torch.maximum(a, b),
+    "minimum": lambda a, b: torch.minimum(a, b),
+    "where": lambda a, b: torch.where(a > 0, a, b),
+    "masked_fill": lambda a, b: a.masked_fill(b > 0, 0.5),
+    "clone": lambda a, b: a.clone() * 1,
+    "row-broadcast": lambda a, b: a + b[0],
+    "column-broadcast": lambda a, b: a * b[:, :1],
+    "scalar-broadcast": lambda a, b: a - b[2, 3],
+    "chain": lambda a, b: torch.sigmoid(a) * torch.tanh(b) + (1 - torch.sigmoid(a)) * b,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_each_elementwise_operation_equals_torch(name, dtype):
+    gen = torch.Generator().manual_seed(0)
+    a, b = full(dtype, gen), full(dtype, gen)
+    fn = ELEMENTWISE[name]
+    spec, (got,) = run_program(lambda a, b: (fn(a, b),), a, b)
+    assert spec.n_fused_ops >= 1
+    want = fn(a, b)
+    tol = dict(atol=1e-13, rtol=1e-12) if dtype == torch.float64 else dict(atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_activation_gradients_equal_torch():
+    """The backward opcodes (sigmoid_backward, tanh_backward, threshold_backward)."""
+    gen = torch.Generator().manual_seed(1)
+    x, g = full(torch.float64, gen), full(torch.float64, gen)
+
+    def grads(x, g):
+        return (torch.ops.aten.sigmoid_backward(g, torch.sigmoid(x)),
+                torch.ops.aten.tanh_backward(g, torch.tanh(x)),
+                torch.ops.aten.threshold_backward(g, x, 0.0))
+
+    spec, got = run_program(grads, x, g)
+    assert spec.n_calls == 0
+    for a, b in zip(got, grads(x, g)):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
+
+
+def test_nan_and_infinity_pass_through_like_torch():
+    a = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 40.0, -40.0, 1e-30]])
+    fn = lambda a: (torch.tanh(a), torch.sigmoid(a), torch.exp(a))  # noqa: E731
+    _, got = run_program(fn, a)
+    for g, w in zip(got, fn(a)):
+        torch.testing.assert_close(g, w, equal_nan=True, atol=1e-7, rtol=1e-6)
+
+
+def test_lstm_step_plans_to_one_product_and_one_fused_group():
+    """The forward of an LSTM step: the recurrent product, then one group reading the gates
+    in place (no split, no copies); the backward's gate gradients land in one buffer (cat folded)."""
+    cell = UserLSTMCell(4, 8)
+    kernels = fused_program(cell, torch.randn(3, 4), cell.init_state(3), masked=False)
+    fw, bw = kernels.native.forward, kernels.native.backward
+    kinds = [b[0] for b in fw.blocks]
+    assert kinds.count("fused") == 1 and fw.n_calls <= 2
+    assert [b[1] for b in fw.blocks if b[0] == "call"][0] == "aten::addmm"
+    assert not any(b[0] == "call" and "split" in b[1] for b in fw.blocks)
+    assert not any(b[0] == "call" and b[1] == "aten::cat" for b in bw.blocks)
+    # h_{t-1} and c_{t-1} come from the state history; the deferred weight gradient needs no copies
+    assert kernels.native.deferred_source and all(k != 0 for k in kernels.native.deferred_source[0][::2])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_gradcheck_through_the_native_runtime(name):
+    from torchcells.engine.fused import run_fused
+
+    torch.manual_seed(0)
+    cell = (tc.LSTMCell(2, 3) if name == "lstm" else tc.GRUCell(2, 3)).double()
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2])
+
+    def f(x, *params):
+        return run_fused(cell, x, cell.init_state(2, dtype=torch.float64), lengths=lengths, native=True)[0]
+
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_disabled_runtime_gives_a_notice_and_the_python_loop_still_runs():
+    code = ("import torch, torchcells as tc\n"
+            "from torchcells.engine.native import notice, available\n"
+            "layer = tc.Recurrent(tc.LSTMCell(3, 4), engine='fused')\n"
+            "y, _ = layer(torch.randn(5, 2, 3))\n"
+            "y.sum().backward()\n"
+            "print(available(), y.grad_fn is not None)\n"
+            "print(notice())\n")
+    env = dict(os.environ, TORCHCELLS_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().splitlines()
+    assert first == "False True"
+    assert "TORCHCELLS_NATIVE=0" in second
