@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
 from torchcells.engine import derive as derive_module
-from torchcells.engine.fused import run_fused
+from torchcells.engine.fused import run_fused, run_inference
 from torchcells.engine.native import available as native_library_available
 from torchcells.engine.native import notice as native_notice
 from torchcells.engine.run import run
@@ -196,16 +196,21 @@ def test_fused_equals_loop_float32(name, runtime):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize("use_lengths", [False, True])
-def test_inference_path_equals_loop(name, use_lengths):
+def test_inference_path_equals_loop(name, use_lengths, runtime):
+    if runtime == "native":
+        native_or_skip()
     cell = make(name)
     x = torch.randn(T, B, I, dtype=torch.float64)
     state = random_state(cell, torch.float64)
     lengths = LENGTHS if use_lengths else None
     with torch.no_grad():
         want = unroll(cell, x, state, lengths=lengths, reverse=True, all_states=True)
-        got = run(cell, x, state, lengths=lengths, reverse=True, all_states=True, engine="fused")
+        got = run_inference(cell, x, state, lengths=lengths, reverse=True, all_states=True,
+                            native=runtime == "native")
+        assert run(cell, x, state, lengths=lengths, engine="fused")[0].shape == want[0].shape
     assert not got[0].requires_grad
     for g, w in zip([got[0], *state_leaves(got[1]), *state_leaves(got[2])],
                     [want[0], *state_leaves(want[1]), *state_leaves(want[2])]):

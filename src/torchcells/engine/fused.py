@@ -244,9 +244,21 @@ def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tenso
 
 
 def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
-                  reverse: bool = False, all_states: bool = False) -> tuple[Tensor, Any, Optional[Any]]:
+                  reverse: bool = False, all_states: bool = False,
+                  native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
     """The fused path without autograd: hoisted input part, then the step graph per step,
-    nothing saved for a backward. Same contract as :func:`.unroll.unroll`."""
+    nothing saved for a backward (the loop in the native runtime where it is built, unless
+    ``native=False``). Same contract as :func:`.unroll.unroll`."""
+    if native is not False and x.device.type == "cpu":
+        from .native import library
+        if library() is not None:
+            prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
+            if prep.kernels.native is not None:
+                from .native.sequence import run_without_grad
+                ys, final, history = run_without_grad(prep.kernels, list(prep.hoisted), prep.leaves, prep.consts,
+                                                      prep.valid)
+                stacked = [h[1:] for h in history] if all_states else None
+                return _finish(prep, ys, final, stacked, lengths, reverse)
     prep = _prepare(cell, x, state, lengths, reverse, masked=False)
     step = prep.kernels.program.fast_step_fn.forward
     per_step = [h.unbind(0) for h in prep.hoisted]

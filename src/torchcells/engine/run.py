@@ -11,8 +11,9 @@ Paths, all with :func:`.unroll.unroll`'s contract and tested equal to it:
 * ``"torch"`` -- torch's own fused kernel, for the built-in Elman/LSTM/GRU cells
   only (:mod:`.torch_kernels`);
 * ``"auto"``  -- scan where declared, else torch's kernel for a built-in cell where
-  it applies, else fused where the cell traces, else loop (with a one-time warning
-  saying why).
+  it applies and is the faster (LSTM and Elman; GRU on CPU runs fused where the native
+  runtime is built), else fused where the cell traces, else loop (with a one-time
+  warning saying why).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cell import state_leaves
+from ..cells import GRUCell
 from . import scan
 from .fused import explain_fallback, run_fused, run_inference
 from .torch_kernels import has_torch_kernel, run_torch_kernel
@@ -42,7 +44,8 @@ def run(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None, r
             raise TypeError(f"{_name(cell)} does not declare scan_coefficients(); engine='scan' needs a cell "
                             f"whose update is linear in the state")
         return scan.scan_linear(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
-    if engine == "torch" or (engine == "auto" and has_torch_kernel(cell, x, lengths, all_states)):
+    if engine == "torch" or (engine == "auto" and has_torch_kernel(cell, x, lengths, all_states)
+                             and not _native_is_faster(cell, x)):
         if not has_torch_kernel(cell, x, lengths, all_states):
             raise TypeError(f"{_name(cell)}: engine='torch' runs only ElmanCell, LSTMCell and GRUCell, without "
                             f"every-step states or zero lengths")
@@ -56,6 +59,14 @@ def run(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None, r
             raise TypeError(f"{_name(cell)} cannot run on the fused engine: {error}") from error
         explain_fallback(cell, error)
         return unroll(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
+
+
+def _native_is_faster(cell: Any, x: Tensor) -> bool:
+    """GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
+    if not isinstance(cell, GRUCell) or x.device.type != "cpu":
+        return False
+    from .native import library
+    return library() is not None
 
 
 def _name(cell: Any) -> str:

@@ -91,6 +91,7 @@ class NativeKernels:
     backward: ProgramSpec
     saved_kind: list[int]   # per saved value: 0 per step, 1 once, 2+s state s before, 2+n_s+s after
     y_alias: int            # the state leaf the forward's y is (its history is the output), or -1
+    inference: ProgramSpec  # the forward without the saved values, for runs without autograd
     deferred_source: list[list[int]]  # per deferred pair: where both operands already lie, for all steps
 
 
@@ -280,7 +281,8 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
     spec = ProgramSpec(n_inputs, 0, [])
     for b in blocks:
         if isinstance(b, _Group):
-            spec.blocks.append(_encode_group(b, slot, column_of, group_of, output_node, skipped_splits))
+            spec.blocks.append(_encode_group(b, slot, column_of, group_of, output_node, skipped_splits,
+                                             None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)}))
             spec.n_fused_ops += len(b.nodes)
         elif b in folded_cats or b in skipped_splits:
             continue
@@ -296,7 +298,7 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
 
 
 def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output_node: fx.Node,
-                  skipped_splits: set) -> tuple:
+                  skipped_splits: set, needed: Optional[set]) -> tuple:
     rows, cols, _ = g.key
     members = set(g.nodes)
     regs: dict[fx.Node, int] = {}
@@ -387,8 +389,8 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
         for k, part in enumerate(_args(cat)[0]):
             cat_place[part] = (slot[cat], k * cols)
     for node in g.nodes:
-        outside = [u for u in node.users if u not in members]
-        if not outside and node not in cat_place:
+        outside = [u for u in node.users if u not in members and (u.op != "output" or needed is None)]
+        if not outside and node not in cat_place and not (needed is not None and node in needed):
             continue
         into, offset = cat_place.get(node, (-1, 0))
         outputs.append([regs[node], slot[node], into, offset])
@@ -498,7 +500,8 @@ def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_ho
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
     n_grads = n_hoisted + n_state + n_const + (len(placeholders) - n_hoisted - n_state - n_const)
     sources = _deferred_sources(bw_spec, n_grads, n_hoisted, kinds, n_state)
-    return NativeKernels(fw_spec, bw_spec, kinds, y_alias, sources)
+    inference = plan_graph(fw, outputs=outs)
+    return NativeKernels(fw_spec, bw_spec, kinds, y_alias, inference, sources)
 
 
 def _deferred_sources(bw: ProgramSpec, n_grads: int, n_hoisted: int, kinds: list[int], n_state: int) -> list[list[int]]:

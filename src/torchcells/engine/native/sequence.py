@@ -79,3 +79,14 @@ class NativeSequence(torch.autograd.Function):
         for k, summed in zip(order, result[n_h + n_s + n_c:]):
             d_consts[k] = kernels.deferred[k](summed) if summed is not None else None
         return (None, None, None, None, None, *d_hoisted, *d_state, *d_consts)
+
+
+def run_without_grad(kernels: Any, hoisted: list[Tensor], state: list[Tensor], consts: list[Tensor],
+                     valid: Optional[Tensor]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The forward only, nothing saved: ``(ys, final leaves, histories [T+1, ...])``."""
+    lib: Any = library()
+    native = kernels.native
+    n_state = len(state)
+    result = lib.forward_sequence(native.inference.build(lib), hoisted, [s.contiguous() for s in state],
+                                  [c.contiguous() for c in consts], valid, kernels.n_outputs, native.y_alias, [])
+    return result[0], list(result[1:1 + n_state]), list(result[1 + n_state:1 + 2 * n_state])
