@@ -127,6 +127,8 @@ def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -
     _classify(graph, region)
     if _fold_into_products(graph, region):
         _classify(graph, region)
+    if _merge_biases(graph, region):
+        _classify(graph, region)
 
     # Values crossing from const/input into the step region (or straight to the output).
     consumers = [n for n in graph.nodes if region.get(n) == "step"] + [output]
@@ -200,6 +202,34 @@ def _fold_into_products(graph: fx.Graph, region: dict[fx.Node, str]) -> bool:
             else:
                 continue
             product.meta = dict(node.meta)
+            node.replace_all_uses_with(product)
+            graph.erase_node(node)
+            changed = True
+            break
+    return changed
+
+
+def _merge_biases(graph: fx.Graph, region: dict[fx.Node, str]) -> bool:
+    """``addmm(b1, x, W) + b2`` with both biases const becomes ``addmm(b1 + b2, x, W)``: one
+    pass over the hoisted ``[T·B, ...]`` product instead of two (``b2`` is typically the
+    recurrent bias that :func:`_fold_into_products` moved out of the step)."""
+    changed = False
+    for node in list(graph.nodes):
+        if not (node.op == "call_function" and node.target is aten.add.Tensor and len(node.args) == 2
+                and not node.kwargs and region.get(node) == "input"):
+            continue
+        for product, bias in (node.args, node.args[::-1]):
+            if not (isinstance(product, fx.Node) and isinstance(bias, fx.Node)
+                    and product.op == "call_function" and product.target is aten.addmm.default
+                    and len(product.args) == 3 and not product.kwargs and len(product.users) == 1
+                    and region.get(bias) == "const" and isinstance(product.args[0], fx.Node)
+                    and region.get(product.args[0]) == "const" and _same_shape(product.args[0], bias)
+                    and _same_shape(product, node)):
+                continue
+            with graph.inserting_before(product):
+                merged = graph.call_function(aten.add.Tensor, (product.args[0], bias))
+                merged.meta = dict(bias.meta)
+            product.args = (merged,) + tuple(product.args[1:])
             node.replace_all_uses_with(product)
             graph.erase_node(node)
             changed = True

@@ -258,6 +258,17 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
             if only_groups:
                 skipped_splits.add(b)
 
+    # 3b. addmm(U, h, W) read only through such a split: run mm(h, W) and let the groups add
+    # U's columns as they read (no copy of U into the product's output first)
+    bias_of: dict[fx.Node, fx.Node] = {}
+    for b in skipped_splits:
+        base = _args(b)[0]
+        if (base.op == "call_function" and base.target is aten.addmm.default and len(base.users) == 1
+                and not base.kwargs and len(_args(base)) == 3 and isinstance(_args(base)[0], fx.Node)
+                and tuple(_val(_args(base)[0]).shape) == tuple(_val(base).shape)
+                and _val(_args(base)[0]).dtype == _val(base).dtype):
+            bias_of[base] = _args(base)[0]
+
     # 4. slots and encoded blocks
     slot: dict[fx.Node, Any] = {p: alias[i] for i, p in enumerate(placeholders)}
     counter = [n_inputs]
@@ -282,12 +293,18 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
     for b in blocks:
         if isinstance(b, _Group):
             spec.blocks.append(_encode_group(b, slot, column_of, group_of, output_node, skipped_splits,
-                                             None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)}))
+                                             None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)},
+                                             bias_of))
             spec.n_fused_ops += len(b.nodes)
         elif b in folded_cats or b in skipped_splits:
             continue
         elif _is_number(b) and all(u in group_of for u in b.users):
             continue
+        elif b in bias_of:
+            a, w = _args(b)[1], _args(b)[2]
+            spec.blocks.append(("call", "aten::mm", "", [A_TENSOR, A_TENSOR], [slot[a], slot[w]], [0.0, 0.0],
+                                [[], []], [slot[b]]))
+            spec.n_calls += 1
         else:
             spec.blocks.append(_encode_call(b, slot))
             spec.n_calls += 1
@@ -298,11 +315,12 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
 
 
 def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output_node: fx.Node,
-                  skipped_splits: set, needed: Optional[set]) -> tuple:
+                  skipped_splits: set, needed: Optional[set], bias_of: dict) -> tuple:
     rows, cols, _ = g.key
     members = set(g.nodes)
     regs: dict[fx.Node, int] = {}
     inputs: list[list[int]] = []
+    pending: list[tuple[fx.Node, int]] = []
     for node in g.nodes:
         for a in _tensor_operands(node):
             if a in members or a in regs:
@@ -319,6 +337,9 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
             regs[a] = len(inputs)
             inputs.append([slot[src], int(lay) if lay is not None else L_FULL, int(offset),
                            int(_val(a).dtype == torch.bool)])
+            if src in bias_of:  # the column of mm(h, W) plus the same column of U
+                pending.append((a, len(inputs)))
+                inputs.append([slot[bias_of[src]], L_FULL, int(offset), 0])
     n_regs = [len(inputs)]
 
     def reg() -> int:
@@ -341,6 +362,8 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
         r = reg()
         return emit(O_FILL, r, r, imm=float(x))
 
+    for a, bias_reg in pending:
+        regs[a] = emit(O_ADD, reg(), regs[a], bias_reg)
     for node in g.nodes:
         t, args = node.target, _args(node)
         dst = reg()
