@@ -255,10 +255,10 @@ def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[T
             prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
             if prep.kernels.native is not None:
                 from .native.sequence import run_without_grad
-                ys, final, history = run_without_grad(prep.kernels, list(prep.hoisted), prep.leaves, prep.consts,
-                                                      prep.valid)
-                stacked = [h[1:] for h in history] if all_states else None
-                return _finish(prep, ys, final, stacked, lengths, reverse)
+                out, final, histories = run_without_grad(prep.kernels, list(prep.hoisted), prep.leaves,
+                                                         prep.consts, prep.valid)
+                every = [h[1:] for h in histories] if all_states else None
+                return _finish(prep, out, final, every, lengths, reverse)
     prep = _prepare(cell, x, state, lengths, reverse, masked=False)
     step = prep.kernels.program.fast_step_fn.forward
     per_step = [h.unbind(0) for h in prep.hoisted]
