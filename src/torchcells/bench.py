@@ -103,18 +103,44 @@ def lstm_rows(runs: int, shapes: Optional[list] = None) -> list[Row]:
         ours = Recurrent(UserLSTMCell(i, h))
         rows.append(_pair("user LSTM cell in Recurrent vs nn.LSTM", shape, "Recurrent(UserLSTMCell)", ours,
                           "nn.LSTM", nn.LSTM(i, h), runs, targets.get(shape, "")))
+        rows.append(_pair("same cell, fused with its loop in Python vs nn.LSTM", shape,
+                          "Recurrent(UserLSTMCell), TORCHCELLS_NATIVE=0", _PythonLoop(ours), "nn.LSTM",
+                          nn.LSTM(i, h), runs, "(context)"))
         loop = Recurrent(ours.cell, engine="loop")
         rows.append(_pair("same cell, reference loop vs nn.LSTM", shape, "Recurrent(UserLSTMCell, engine='loop')",
                           loop, "nn.LSTM", nn.LSTM(i, h), runs, "(context)"))
     return rows
 
 
+class _PythonLoop(nn.Module):
+    """A layer run with the native runtime switched off (the fused path's Python-driven loop)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor):
+        before = os.environ.get("TORCHCELLS_NATIVE")
+        os.environ["TORCHCELLS_NATIVE"] = "0"
+        try:
+            return self.layer(x)
+        finally:
+            if before is None:
+                del os.environ["TORCHCELLS_NATIVE"]
+            else:
+                os.environ["TORCHCELLS_NATIVE"] = before
+
+
 def gru_rows(runs: int) -> list[Row]:
     shape = (32, 100, 64, 256)
     b, t, i, h = shape
     torch.manual_seed(0)
-    return [_pair("torchcells.GRU vs nn.GRU", shape, "torchcells.GRU", GRU(i, h), "nn.GRU", nn.GRU(i, h), runs,
-                  "≤ 0.75× (final ≤ 0.6×)")]
+    from .cells import GRUCell
+    ours = GRU(i, h)
+    return [_pair("torchcells.GRU vs nn.GRU", shape, "torchcells.GRU", ours, "nn.GRU", nn.GRU(i, h), runs,
+                  "≤ 0.75× (final ≤ 0.6×)"),
+            _pair("GRUCell on torch's kernel vs nn.GRU", shape, "Recurrent(GRUCell, engine='torch')",
+                  Recurrent(GRUCell(i, h), engine="torch"), "nn.GRU", nn.GRU(i, h), runs, "(context)")]
 
 
 def scan_rows(runs: int) -> list[Row]:
@@ -207,12 +233,22 @@ def memory_rows(shapes: Optional[list] = None) -> list[Row]:
     return rows
 
 
+def _native_status() -> str:
+    from .engine.native import library, notice
+    lib = library()
+    if lib is None:
+        return notice() or "unavailable"
+    return (f"built ({torch.backends.cpu.get_cpu_capability()}, {lib.vector_width()} float lanes per vector); "
+            f"its build is set-up, cached by torch.utils.cpp_extension")
+
+
 def environment() -> dict[str, str]:
     env = {
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.processor() or 'cpu'}",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
+        "native runtime": _native_status(),
         "allocator": ", ".join(f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
                                if k in os.environ) or "glibc malloc defaults",
     }

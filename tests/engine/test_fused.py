@@ -315,3 +315,31 @@ def test_gradcheck_fused_path():
     h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (x, h0, c0))
+
+
+class ClockCell(tc.Cell):
+    """Ignores its input: nothing to hoist; the state alone drives the step."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.rec = nn.Linear(h, h)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.rec(h))
+        return h, h
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_cell_that_ignores_its_input(runtime):
+    torch.manual_seed(0)
+    cell = ClockCell(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = random_state(cell, torch.float64)
+    results = []
+    for path in (unroll, fused_path(runtime)):
+        cell.zero_grad()
+        out, final, _ = path(cell, x, state, lengths=LENGTHS)
+        (out.sin().sum() + final.sum()).backward()
+        results.append([out, final, *[p.grad.clone() for p in cell.parameters()]])
+    for g, w in zip(*results[::-1]):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)

@@ -42,12 +42,11 @@ class _FusedSequence(torch.autograd.Function):
     """The step region over all steps: one node in the autograd graph."""
 
     @staticmethod
-    def forward(ctx, kernels: FusedKernels, valid: Optional[Tensor], n_hoisted: int, n_state: int,
+    def forward(ctx, kernels: FusedKernels, valid: Optional[Tensor], steps: int, n_hoisted: int, n_state: int,
                 want_states: bool, *flat: Tensor):
         hoisted = flat[:n_hoisted]
         state = list(flat[n_hoisted:n_hoisted + n_state])
         consts = list(flat[n_hoisted + n_state:])
-        steps = hoisted[0].shape[0]
         per_step = [h.unbind(0) for h in hoisted]
         masks = valid.unbind(0) if valid is not None else None
         fw, n_out, y_index = kernels.forward.forward, kernels.n_outputs, kernels.y_index
@@ -141,7 +140,7 @@ class _FusedSequence(torch.autograd.Function):
         d_consts: list[Optional[Tensor]] = list(acc)
         for k, post in kernels.deferred.items():
             d_consts[k] = post(summed[k])
-        return (None, None, None, None, None, *d_hoisted, *carry, *d_consts)
+        return (None, None, None, None, None, None, *d_hoisted, *carry, *d_consts)
 
 
 _PRODUCT_ROWS = 1024
@@ -237,7 +236,7 @@ def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tenso
         from .native.sequence import NativeSequence
         if library() is not None:
             node = NativeSequence
-    result = node.apply(prep.kernels, prep.valid, len(prep.hoisted), n, all_states,
+    result = node.apply(prep.kernels, prep.valid, x.shape[0], len(prep.hoisted), n, all_states,
                         *prep.hoisted, *prep.leaves, *prep.consts)
     return _finish(prep, result[0], list(result[1:1 + n]), list(result[1 + n:]) if all_states else None,
                    lengths, reverse)
@@ -256,7 +255,7 @@ def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[T
             if prep.kernels.native is not None:
                 from .native.sequence import run_without_grad
                 out, final, histories = run_without_grad(prep.kernels, list(prep.hoisted), prep.leaves,
-                                                         prep.consts, prep.valid)
+                                                         prep.consts, prep.valid, x.shape[0])
                 every = [h[1:] for h in histories] if all_states else None
                 return _finish(prep, out, final, every, lengths, reverse)
     prep = _prepare(cell, x, state, lengths, reverse, masked=False)

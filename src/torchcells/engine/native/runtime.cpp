@@ -377,12 +377,12 @@ at::Tensor step_of(const at::Tensor& t, int64_t k) { return t.select(0, k); }
 //   saved_kind[j]: 0 = per step (kept in a [T, ...] buffer), 1 = once (kept from step 0),
 //                  2 + s = state leaf s before the step, 2 + n_s + s = after it (both read from
 //                  the state history, nothing copied).
+//   T: the number of steps.
 // Returns [ys, *final_state, *history(T+1, ...) per leaf, *saved buffers (kind 0/1 in order)].
 std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Tensor>& per_step,
                                          const std::vector<at::Tensor>& state, const std::vector<at::Tensor>& consts,
                                          const c10::optional<at::Tensor>& valid, int64_t n_out, int64_t y_alias,
-                                         const std::vector<int64_t>& saved_kind) {
-  const int64_t T = per_step.empty() ? valid.value().size(0) : per_step[0].size(0);
+                                         const std::vector<int64_t>& saved_kind, int64_t T) {
   const size_t n_s = state.size();
   std::vector<at::Tensor> history(n_s);
   for (size_t s = 0; s < n_s; ++s) {

@@ -23,8 +23,8 @@ _PRODUCT_ROWS = 1024
 
 class NativeSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels: Any, valid: Optional[Tensor], n_hoisted: int, n_state: int, want_states: bool,
-                *flat: Tensor):
+    def forward(ctx, kernels: Any, valid: Optional[Tensor], steps: int, n_hoisted: int, n_state: int,
+                want_states: bool, *flat: Tensor):
         lib: Any = library()
         native = kernels.native
         hoisted = list(flat[:n_hoisted])
@@ -32,7 +32,7 @@ class NativeSequence(torch.autograd.Function):
         # one contiguous copy of each per-sequence value (a transposed weight): faster products
         consts = [c.contiguous() for c in flat[n_hoisted + n_state:]]
         result = lib.forward_sequence(native.forward.build(lib), hoisted, state, consts, valid,
-                                      kernels.n_outputs, native.y_alias, native.saved_kind)
+                                      kernels.n_outputs, native.y_alias, native.saved_kind, steps)
         ys = result[0]
         final = result[1:1 + n_state]
         history = result[1 + n_state:1 + 2 * n_state]
@@ -78,15 +78,16 @@ class NativeSequence(torch.autograd.Function):
         d_consts = list(result[n_h + n_s:n_h + n_s + n_c])
         for k, summed in zip(order, result[n_h + n_s + n_c:]):
             d_consts[k] = kernels.deferred[k](summed) if summed is not None else None
-        return (None, None, None, None, None, *d_hoisted, *d_state, *d_consts)
+        return (None, None, None, None, None, None, *d_hoisted, *d_state, *d_consts)
 
 
 def run_without_grad(kernels: Any, hoisted: list[Tensor], state: list[Tensor], consts: list[Tensor],
-                     valid: Optional[Tensor]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+                     valid: Optional[Tensor], steps: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """The forward only, nothing saved: ``(ys, final leaves, histories [T+1, ...])``."""
     lib: Any = library()
     native = kernels.native
     n_state = len(state)
     result = lib.forward_sequence(native.inference.build(lib), hoisted, [s.contiguous() for s in state],
-                                  [c.contiguous() for c in consts], valid, kernels.n_outputs, native.y_alias, [])
+                                  [c.contiguous() for c in consts], valid, kernels.n_outputs, native.y_alias, [],
+                                  steps)
     return result[0], list(result[1:1 + n_state]), list(result[1 + n_state:1 + 2 * n_state])
