@@ -21,8 +21,31 @@ def test_user_lstm_cell_is_an_lstm():
 
 def test_rows_and_markdown():
     rows = lstm_rows(runs=2, shapes=[(2, 3, 4, 5)])
-    assert [r.ours for r in rows] == ["Recurrent(UserLSTMCell)", "Recurrent(UserLSTMCell, engine='loop')"]
+    assert [r.ours for r in rows] == ["Recurrent(UserLSTMCell)", "Recurrent(UserLSTMCell), TORCHCELLS_NATIVE=0",
+                                      "Recurrent(UserLSTMCell, engine='loop')"]
     assert all(r.ms_ours > 0 and r.ms_theirs > 0 and r.runs == 2 for r in rows)
     text = to_markdown(environment(), rows)
     assert "| user LSTM cell in Recurrent vs nn.LSTM | 2, 3, 4, 5 |" in text
     assert "torch: " + torch.__version__ in text and "threads: " in text and "allocator: " in text
+    assert "native runtime: " in text
+
+
+def test_python_loop_contender_switches_the_native_runtime_off_only_while_it_runs(monkeypatch):
+    import os
+
+    from torchcells.bench import UserLSTMCell, _PythonLoop
+    from torchcells.engine.native import available
+
+    monkeypatch.delenv("TORCHCELLS_NATIVE", raising=False)
+    layer = _PythonLoop(Recurrent(UserLSTMCell(3, 4)))
+    out = layer(torch.randn(5, 2, 3, requires_grad=True))[0]
+    names = set()
+    fn = out.grad_fn
+    while fn is not None:
+        names.add(type(fn).__name__)
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    assert "_FusedSequenceBackward" in names
+    assert "TORCHCELLS_NATIVE" not in os.environ
+    if available():
+        direct = Recurrent(UserLSTMCell(3, 4))(torch.randn(5, 2, 3, requires_grad=True))[0]
+        assert type(direct.grad_fn).__name__ == "NativeSequenceBackward"
