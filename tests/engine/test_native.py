@@ -153,3 +153,24 @@ def test_disabled_runtime_gives_a_notice_and_the_python_loop_still_runs():
     first, second = out.stdout.strip().splitlines()
     assert first == "False True"
     assert "TORCHCELLS_NATIVE=0" in second
+
+
+def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(monkeypatch):
+    from torch.utils import cpp_extension
+
+    from torchcells.engine.native import build
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(build, "_STATE", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert build.library() is None
+    assert build.library() is None  # no second warning, no second build attempt
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "native runtime unavailable" in messages[0] and "command not found" in messages[0]
+    layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"

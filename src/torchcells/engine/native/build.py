@@ -5,13 +5,15 @@ first time (about half a minute; ``make install`` does it ahead of time) and loa
 the cached build afterwards. The vector width follows torch's own CPU capability
 (AVX512, AVX2, or plain C++). Without a working compiler -- or with
 ``TORCHCELLS_NATIVE=0`` -- it returns ``None`` and the fused engine keeps its
-Python-driven loop; ``notice()`` says so once.
+Python-driven loop; a failed build says so once, in one line (a ``RuntimeWarning``
+with ``notice()``'s text).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,6 +57,8 @@ def library(*, verbose: bool = False) -> Optional[Any]:
         _STATE["why"] = f"{type(e).__name__}: {first}"
         lib = None
     _STATE["lib"] = lib
+    if lib is None:
+        warnings.warn(notice() or "", RuntimeWarning, stacklevel=2)
     return lib
 
 
