@@ -40,6 +40,7 @@ class NativeSequence(torch.autograd.Function):
         ctx.kernels, ctx.n_hoisted, ctx.n_state, ctx.want_states = kernels, n_hoisted, n_state, want_states
         ctx.steps = ys.shape[0]
         ctx.hoisted_meta = [(h.shape, h.dtype) for h in hoisted]
+        ctx.device = ys.device
         ctx.has_saved = [s is not None for s in saved]
         ctx.save_for_backward(*history, *[s for s in saved if s is not None])
         outputs = [ys] + [f.clone() for f in final]
@@ -62,12 +63,10 @@ class NativeSequence(torch.autograd.Function):
         d_final = list(d_rest[:n_s])
         d_hist = list(d_rest[n_s:]) if ctx.want_states else []
         d_hist = [g.contiguous() if g is not None else None for g in d_hist]
-        zero_like = [torch.zeros(shape, dtype=dtype, device=history[0].device)
-                     for shape, dtype in kernels.tangent_meta]
+        zero_like = [torch.zeros(shape, dtype=dtype, device=ctx.device) for shape, dtype in kernels.tangent_meta]
         order = sorted(kernels.deferred)
         n_c = kernels.program.n_const
-        device = history[0].device
-        d_hoisted_buffers = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in ctx.hoisted_meta]
+        d_hoisted_buffers = [torch.empty(shape, dtype=dtype, device=ctx.device) for shape, dtype in ctx.hoisted_meta]
         result = lib.backward_sequence(
             native.backward.build(lib), saved, native.saved_kind, history,
             d_ys.contiguous() if d_ys is not None else None, d_final, d_hist, d_hoisted_buffers, n_c,
