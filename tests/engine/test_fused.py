@@ -80,6 +80,19 @@ class ViewOutputCell(tc.Cell):
         return h[:, :2], h
 
 
+class NormedCell(tc.Cell):
+    """A layer-normalized recurrence: a reduction inside the step (and a list of flags in its backward)."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.lin = nn.Linear(i + h, h)
+        self.norm = nn.LayerNorm(h)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.norm(self.lin(torch.cat([x, h], -1))))
+        return h, h
+
+
 class BranchyCell(tc.Cell):
     """Data-dependent control flow: cannot be traced; must fall back to the loop."""
 
@@ -105,6 +118,7 @@ CELLS = {
     "passthrough": lambda: PassThroughCell(I, H),
     "dim-one": lambda: DimOneCell(I, H),
     "view-output": lambda: ViewOutputCell(I, H),
+    "layer-norm": lambda: NormedCell(I, H),
 }
 
 

@@ -40,7 +40,7 @@ class NotNative(Exception):
  O_SIGMOID_BWD, O_TANH_BWD, O_WHERE, O_THRESHOLD_BWD, O_MAX, O_MIN, O_SQRT, O_RSQRT, O_RECIP, O_ABS, O_COPY,
  O_SQUARE, O_DIVS_R, O_GT, O_LT, O_GE, O_LE, O_FILL) = range(32)
 L_FULL, L_ROW, L_COL, L_SCALAR = range(4)
-A_TENSOR, A_INT, A_DOUBLE, A_BOOL, A_NONE, A_INTLIST, A_TENSORLIST, A_SCALAR_INT, A_SCALAR_DOUBLE = range(9)
+A_TENSOR, A_INT, A_DOUBLE, A_BOOL, A_NONE, A_INTLIST, A_TENSORLIST, A_SCALAR_INT, A_SCALAR_DOUBLE, A_BOOLLIST = range(10)
 
 _UNARY = {aten.neg.default: O_NEG, aten.sigmoid.default: O_SIGMOID, aten.tanh.default: O_TANH,
           aten.exp.default: O_EXP, aten.log.default: O_LOG, aten.relu.default: O_RELU,
@@ -456,6 +456,8 @@ def _encode_call(node: fx.Node, slot: dict) -> tuple:
             kind, dv = (A_SCALAR_DOUBLE if "Scalar" in type_name else A_DOUBLE), v
         elif isinstance(v, (list, tuple)) and all(isinstance(e, fx.Node) for e in v) and v:
             kind, lv = A_TENSORLIST, [slot[e] for e in v]
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(e, bool) for e in v):
+            kind, lv = A_BOOLLIST, [int(e) for e in v]
         elif isinstance(v, (list, tuple)) and all(isinstance(e, int) and not isinstance(e, bool) for e in v):
             kind, lv = A_INTLIST, [int(e) for e in v]
         else:

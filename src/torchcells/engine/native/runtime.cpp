@@ -22,7 +22,7 @@
 namespace {
 
 enum ArgKind : int64_t { A_TENSOR = 0, A_INT = 1, A_DOUBLE = 2, A_BOOL = 3, A_NONE = 4, A_INTLIST = 5,
-                         A_TENSORLIST = 6, A_SCALAR_INT = 7, A_SCALAR_DOUBLE = 8 };
+                         A_TENSORLIST = 6, A_SCALAR_INT = 7, A_SCALAR_DOUBLE = 8, A_BOOLLIST = 9 };
 
 struct Arg {
   int64_t kind;
@@ -278,6 +278,12 @@ class Program {
           break;
         }
         case A_SCALAR_INT: stack.emplace_back(c10::Scalar(a.i)); break;
+        case A_BOOLLIST: {
+          c10::List<bool> flags;
+          for (int64_t v : a.list) flags.push_back(v != 0);
+          stack.emplace_back(flags);
+          break;
+        }
         default: stack.emplace_back(c10::Scalar(a.d)); break;
       }
     }
