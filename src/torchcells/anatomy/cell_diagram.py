@@ -35,7 +35,7 @@ def cell_svg(anatomy: Anatomy, name: Optional[str] = None) -> str:
     """The inside of one application of a layer's cell, traced from its ``forward``."""
     layer = pick_layer(anatomy, name)
     if layer.kind in ("dense", "conv"):
-        from .diagrams import neuron_svg
+        from .model_diagram import neuron_svg
         return neuron_svg(layer)
     if layer.trace_cell is None or layer.step_shape is None:
         raise ValueError(f"Anatomy.to_svg('cell'): the cell of {layer.name} cannot be traced (no cell module "

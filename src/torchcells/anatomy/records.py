@@ -193,15 +193,23 @@ class Anatomy:
         if kind == "cell":
             from .cell_diagram import cell_svg
             return cell_svg(self, layer)
-        from .diagrams import model_svg, unrolled_svg
+        from .diagrams import unrolled_svg
+        from .model_diagram import model_svg
         return unrolled_svg(self) if kind == "unrolled" else model_svg(self)
 
+    def svg_kinds(self) -> list[str]:
+        """The diagrams this model has: ``"unrolled"`` only with a recurrent layer, ``"cell"`` only with
+        a recurrent, dense or convolution layer."""
+        kinds = {la.kind for la in self.layers}
+        return [k for k in SVG_KINDS if k == "model" or (k == "unrolled" and kinds & {"recurrent", "step"})
+                or (k == "cell" and kinds & {"recurrent", "step", "dense", "conv"})]
+
     def save_svg(self, directory: Union[str, Path]) -> list[Path]:
-        """Write ``cell.svg``, ``unrolled.svg`` and ``model.svg`` into ``directory``; return the paths."""
+        """Write ``cell.svg``, ``unrolled.svg`` and ``model.svg`` (those in :meth:`svg_kinds`) into
+        ``directory``; return the paths."""
         from .files import write_atomic
         folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        return [write_atomic(folder / f"{kind}.svg", self.to_svg(kind)) for kind in SVG_KINDS]
+        return [write_atomic(folder / f"{kind}.svg", self.to_svg(kind)) for kind in self.svg_kinds()]
 
     def save_html(self, path: Union[str, Path]) -> Path:
         """Write one self-contained page (diagrams, tables, glossary); return its path."""

@@ -42,8 +42,9 @@ def anatomy_text(a: Anatomy, *, gates: bool = True) -> str:
         params = fmt(la.parameters) + (f" (+{fmt(la.shared_parameters)} shared)" if la.shared_parameters else "")
         rows.append([name, la.cell, la.kind, la.step_function, fmt(la.units), fmt(la.applications), _state(la),
                      params, fmt(la.macs_per_application), fmt(la.macs)])
-    rows.append(["total", "", "", "", "", fmt(sum(la.applications for la in a.layers if la.kind == "recurrent"))
-                 + " (recurrent)", "", fmt(a.total_parameters), "", fmt(a.macs)])
+    recurrent = [la.applications for la in a.layers if la.kind in ("recurrent", "step")]
+    rows.append(["total", "", "", "", "", f"{fmt(sum(recurrent))} (recurrent)" if recurrent else "", "",
+                 fmt(a.total_parameters), "", fmt(a.macs)])
     out = [head, "", table(["layer", "cell", "kind", "step function", "units", "applications", "state",
                             "parameters", "MACs/app", "MACs"], rows, right={4, 5, 7, 8, 9})]
     if gates:
