@@ -64,9 +64,23 @@ def explain(model: nn.Module, example_input: Any, *, batch_size: Optional[int] =
     if counted != total:  # pragma: no cover - a bug in a mapper, never silent
         raise RuntimeError(f"explain: the layers hold {counted:,} parameters but the model has {total:,}")
     return Anatomy(model=type(model).__name__, total_parameters=total, layers=rows, batch_size=ctx.batch,
-                   input_shape=_shape(example_input if not isinstance(example_input, tuple) else
-                                      (example_input[0] if example_input else None)),
-                   output_shape=_shape(output))
+                   input_shape=_plain(_shape(_first(example_input))), output_shape=_plain(_shape(output)))
+
+
+def _first(example: Any) -> Any:
+    """The first input: the tensor itself, a tuple's first item, a dict's first value."""
+    if isinstance(example, dict):
+        return next(iter(example.values()), None)
+    if isinstance(example, tuple) and not isinstance(example, PackedSequence):
+        return example[0] if example else None
+    return example
+
+
+def _plain(shape: Any) -> Optional[tuple[int, ...]]:
+    """A recorded shape as plain ints; a PackedSequence's as its padded ``(T, B, F)``."""
+    if not shape:
+        return None
+    return tuple(shape[1:]) if shape[0] == "packed" else tuple(shape)
 
 
 def _record(model: nn.Module, example_input: Any) -> tuple[dict[nn.Module, Calls], Any]:
@@ -94,7 +108,7 @@ def _record(model: nn.Module, example_input: Any) -> tuple[dict[nn.Module, Calls
         with torch.no_grad():
             if isinstance(example_input, dict):
                 output = model(**example_input)
-            elif isinstance(example_input, tuple):
+            elif isinstance(example_input, tuple) and not isinstance(example_input, PackedSequence):
                 output = model(*example_input)
             else:
                 output = model(example_input)
@@ -139,7 +153,7 @@ def _guess_batch(model: nn.Module, calls: dict[nn.Module, Calls], example_input:
         b = batch_of(module, rec)
         if b is not None:
             return b
-    shape = _shape(example_input[0] if isinstance(example_input, tuple) and example_input else example_input)
+    shape = _shape(_first(example_input))
     if shape and shape[0] == "packed":
         return int(shape[2])
     return int(shape[0]) if shape and len(shape) >= 2 else 1

@@ -176,10 +176,11 @@ class Anatomy:
         from .text import anatomy_text
         return anatomy_text(self, gates=gates)
 
-    def account(self) -> str:
-        """A few sentences per layer: its cells in the three senses, with this model's numbers."""
+    def account(self, *, sequence: str = "sequence", examples: int = 0) -> str:
+        """A few lines per layer: its cells in the three senses, with this model's numbers
+        (``sequence`` names one example, e.g. ``"image"``; ``examples`` adds a total over that many)."""
         from .text import account
-        return account(self)
+        return account(self, sequence=sequence, examples=examples)
 
     def to_svg(self, kind: str, *, layer: Optional[str] = None) -> str:
         """A standalone SVG: ``"cell"`` (a cell's inside, traced from its forward),
