@@ -88,8 +88,8 @@ def layout(graph: CellGraph) -> tuple[dict[str, tuple[float, float]], list[float
     for n in order:
         col[n] = 0 if nodes[n].kind in ("input", "state_in") else max((col[p] + 1 for p in pred[n]), default=0)
     last = max(col.values(), default=0) + 1
-    for n, d in nodes.items():
-        if d.kind in ("output", "state_out"):
+    for n, node in nodes.items():
+        if node.kind in ("output", "state_out"):
             col[n] = last
     # pointwise operations move right, next to what reads them (shorter edges, straight state lines)
     for n in reversed(order):
@@ -127,13 +127,13 @@ def layout(graph: CellGraph) -> tuple[dict[str, tuple[float, float]], list[float
             _sort_by(cols[c], down, cols[c + 1], keep_outputs=False, nodes=nodes)
     # coordinates
     widths = [max((sizes[n][0] for n in column), default=10) for column in cols]
-    xs, x = [], 24.0
-    for w in widths:
-        xs.append(x + w / 2)
-        x += w + _GAP_X
+    xs, left = [], 24.0
+    for width in widths:
+        xs.append(left + width / 2)
+        left += width + _GAP_X
     y_of: dict[str, float] = {}
     for column in cols:
-        y = _TOP
+        y = float(_TOP)
         for n in column:
             y_of[n] = y + sizes[n][1] / 2
             y += sizes[n][1] + _GAP_Y
@@ -222,8 +222,8 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
                 dpath += f" C{ax + mid:.1f},{ay:.1f} {bx - mid:.1f},{by:.1f} {bx:.1f},{by:.1f}"
         is_state = s in state_ids or d in state_ids
         c.path(dpath, color=COLORS["state"] if is_state else COLORS["line"], width=2.2 if is_state else 1.3)
-    for n, d in nodes.items():
-        _draw_node(c, d, pos[n], sizes[n])
+    for n, node in nodes.items():
+        _draw_node(c, node, pos[n], sizes[n])
     _legend(c, legend_y)
     return c.svg(element_id="cell-diagram")
 

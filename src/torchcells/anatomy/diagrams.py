@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from .svg import COLORS, Canvas, fmt, text_width
+from .svg import COLORS, Canvas, fmt
 
 if TYPE_CHECKING:
     from .records import Anatomy, Layer

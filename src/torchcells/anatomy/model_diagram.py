@@ -102,7 +102,7 @@ def _layer(c: Canvas, item: list[Layer], y: float, h: float) -> None:
     shared = sum(x.shared_parameters for x in item)
     right = fmt(params) + (f" (+{fmt(shared)} shared)" if shared else "")
     c.text(_X + _W + 22, y + h / 2, right, size=12, anchor="start", mono=True)
-    name = la.block if la.kind == "recurrent" and len(item) == 2 else la.name
+    name = (la.block or la.name) if la.kind == "recurrent" and len(item) == 2 else la.name
     if not learned:
         c.text(_X + 12, y + h / 2, f"{name}", size=12, anchor="start", weight="bold")
         c.text(_X + 20 + text_width(name, 12), y + h / 2, f"{la.kind}: {la.step_function}", size=11, anchor="start",

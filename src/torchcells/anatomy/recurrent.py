@@ -150,7 +150,8 @@ def _cell_parts(ctx: Context, cell: nn.Module) -> dict[str, Any]:
         macs = gated_macs(gates)
     else:
         macs = traced_macs(cell, step_shape)
-    short = cell.short_name() if hasattr(cell, "short_name") else f"{type(cell).__name__}({size}→{H})"
+    namer = getattr(cell, "short_name", None)
+    short = str(namer()) if callable(namer) else f"{type(cell).__name__}({size}→{H})"
     return dict(cell=kind, units=H, gates=gates, state=state, macs_per_application=macs, step_function=short,
                 input_size=int(size) if size else None, trace_cell=cell, step_shape=step_shape)
 

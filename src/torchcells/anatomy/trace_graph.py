@@ -79,7 +79,7 @@ def _op(node: fx.Node) -> str:
         return "getitem"
     target = node.target
     packet = getattr(target, "overloadpacket", None)
-    name = getattr(packet, "__name__", None) or getattr(target, "__name__", str(target))
+    name = str(getattr(packet, "__name__", None) or getattr(target, "__name__", str(target)))
     return name.split(".")[0].rstrip("_")
 
 
@@ -310,7 +310,7 @@ def _merge_same_gate(node: fx.Node, args: list[fx.Node], rep: dict, nodes: dict[
     ids = [rep.get(a) for a in args]
     if len(ids) != 2 or not all(isinstance(i, str) and nodes[i].kind == "proj" for i in ids):
         return False
-    a, b = nodes[ids[0]], nodes[ids[1]]
+    a, b = nodes[str(ids[0])], nodes[str(ids[1])]
     if a.label != b.label or a.id == b.id or any(len(x.users) != 1 for x in args):
         return False
     nid = f"{a.id}&{b.id}"
@@ -352,5 +352,5 @@ def _prune(nodes: dict[str, DNode], edges: list[tuple[str, str]]) -> None:
     keep |= {n for n, d in nodes.items() if d.kind in ("input", "state_in")}
     for n in [n for n in nodes if n not in keep]:
         del nodes[n]
-    seen: set[tuple[str, str]] = set()
-    edges[:] = [e for e in edges if e[0] in keep and e[1] in keep and not (e in seen or seen.add(e))]
+    kept = [e for e in edges if e[0] in keep and e[1] in keep]
+    edges[:] = list(dict.fromkeys(kept))
