@@ -118,13 +118,26 @@ def layout(graph: CellGraph) -> tuple[dict[str, tuple[float, float]], list[float
     for a, b in links:
         down.setdefault(a, []).append(b)
         up.setdefault(b, []).append(a)
-    state_first = {"state_in": 0, "input": 1, "param": 2, "state_out": 0, "output": 1}
-    cols[0].sort(key=lambda n: (state_first.get(nodes[n].kind, 3) if n in nodes else 3))
+    # first column, top to bottom: state that no projection reads (the LSTM's c "conveyor belt"),
+    # then state read by projections, then the input -- the order of the textbook figures
+    def rank0(n: str) -> int:
+        if n not in nodes:
+            return 3
+        if nodes[n].kind == "state_in":
+            return 1 if any(nodes[m].kind == "proj" for m in succ[n]) else 0
+        return 2
+    cols[0].sort(key=rank0)
     for _ in range(6):
-        for c in range(1, last + 1):
-            _sort_by(cols[c], up, cols[c - 1], keep_outputs=(c == last), nodes=nodes)
+        for c in range(1, last):
+            _sort_by(cols[c], up, cols[c - 1])
         for c in range(last - 1, 0, -1):
-            _sort_by(cols[c], down, cols[c + 1], keep_outputs=False, nodes=nodes)
+            _sort_by(cols[c], down, cols[c + 1])
+    # last column: new state in the order of the old state in the first, then the output
+    first = {n.split(":", 1)[-1]: i for i, n in enumerate(cols[0])}
+    cols[last].sort(key=lambda n: (first.get(n.split(":", 1)[-1], len(first)) if nodes[n].kind == "state_out"
+                                   else len(first) + 1))
+    for c in range(last - 1, 0, -1):
+        _sort_by(cols[c], down, cols[c + 1])
     # coordinates
     widths = [max((sizes[n][0] for n in column), default=10) for column in cols]
     xs, left = [], 24.0
@@ -166,16 +179,13 @@ def _topo(nodes: dict[str, DNode], succ: dict[str, list[str]], pred: dict[str, l
     return out + [n for n in nodes if n not in out]
 
 
-def _sort_by(column: list[str], nbrs: dict[str, list[str]], other: list[str], *, keep_outputs: bool,
-             nodes: dict[str, DNode]) -> None:
+def _sort_by(column: list[str], nbrs: dict[str, list[str]], other: list[str]) -> None:
+    """Order ``column`` by the mean position of each node's neighbours in ``other`` (barycentre)."""
     index = {n: i for i, n in enumerate(other)}
 
-    def key(n: str) -> tuple[float, float]:
+    def key(n: str) -> float:
         ns = [index[m] for m in nbrs.get(n, []) if m in index]
-        bary = sum(ns) / len(ns) if ns else column.index(n)
-        if keep_outputs and n in nodes:
-            return (0.0 if nodes[n].kind == "state_out" else 1.0, bary)
-        return (0.0, bary)
+        return sum(ns) / len(ns) if ns else float(column.index(n))
     column.sort(key=key)
 
 

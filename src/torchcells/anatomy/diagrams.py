@@ -49,7 +49,7 @@ def unrolled_svg(anatomy: Anatomy) -> str:
     heights = [74.0 if len(b) == 2 else 48.0 for b in blocks]
     gap = 44.0
     top = 78.0
-    height = top + 26 + sum(heights) + gap * len(blocks) + 40 + 40
+    height = top + 26 + sum(heights) + gap * len(blocks) + 36
     width = left + col_w * len(cols) + 60
     title = f"{anatomy.model} unrolled over {fmt(steps)} steps"
     c = Canvas(width, height, title=title)

@@ -9,7 +9,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from .svg import fmt
-from .text import shape_text
+from .text import layer_count, shape_text
 
 if TYPE_CHECKING:
     from .records import Anatomy, Layer
@@ -35,7 +35,7 @@ def anatomy_html(a: Anatomy) -> str:
     """The page for ``a`` (a complete HTML document)."""
     from .. import __version__
     parts = [f"<h1>Anatomy of <code>{escape(a.model)}</code></h1>",
-             f'<p class="summary">{fmt(a.total_parameters)} parameters in {len(a.layers)} layers · '
+             f'<p class="summary">{fmt(a.total_parameters)} parameters in {layer_count(a)} · '
              f"{fmt(a.macs)} multiply-adds per example · input {escape(shape_text(a.input_shape))} → "
              f"output {escape(shape_text(a.output_shape))} (batch of {a.batch_size} in the example)</p>",
              _glossary(a), '<h2 id="model">The model: input → layers → output</h2>',
@@ -100,9 +100,9 @@ def _glossary(a: Anatomy) -> str:
              f"reads one step <i>x<sub>t</sub></i> ({rec.input_size} features) and the state {escape(state)}, and "
              f"returns the output and the new state. It is one function with "
              f"{fmt(rec.parameters + rec.shared_parameters)} parameters."),
-            ("Unit: the 1997 LSTM paper's “memory cell”",
+            ("Unit: one element of the state (the 1997 LSTM paper's “memory cell”)",
              f"The step function is made of <b>{rec.units} units</b>{escape(per_unit)}. "
-             f"A unit is one neuron-like element of the state."),
+             f"An LSTM with 128 hidden units has 128 “memory cells” in the paper's sense."),
             ("Application: one box of an unrolled diagram",
              f"For one sequence of {fmt(rec.steps or 0)} steps, <code>{escape(rec.name)}</code> applies its cell "
              f"<b>{fmt(rec.applications)} times</b>, always with the same weights. Over all its recurrent layers "

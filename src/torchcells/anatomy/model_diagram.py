@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .diagrams import recurrent_blocks, shown_steps
 from .svg import COLORS, Canvas, fmt, text_width
-from .text import shape_text
+from .text import layer_count, shape_text
 
 if TYPE_CHECKING:
     from .records import Anatomy, Layer
@@ -51,7 +51,7 @@ def model_svg(anatomy: Anatomy) -> str:
     heights = [_height(i) for i in items]
     width = _X * 2 + _W + 170
     height = 70 + 40 + sum(heights) + (gap + 16) * (len(items) + 1) + 20
-    title = f"{anatomy.model}: {fmt(anatomy.total_parameters)} parameters in {len(anatomy.layers)} layers"
+    title = f"{anatomy.model}: {fmt(anatomy.total_parameters)} parameters in {layer_count(anatomy)}"
     c = Canvas(width, height, title=title)
     c.text(16, 18, title, size=14, anchor="start", weight="bold")
     c.text(16, 38, "data flows down; yellow = learned cells, numbers on the right = parameters", size=11,

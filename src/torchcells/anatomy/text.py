@@ -19,6 +19,14 @@ def shape_text(shape: object) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"  # type: ignore[attr-defined]
 
 
+def layer_count(a: Anatomy) -> str:
+    """``"2 layers (4 counting each direction)"``: the two directions of a bidirectional layer are one layer."""
+    rows = len(a.layers)
+    blocks = len({la.block if la.kind == "recurrent" and la.block else la.name for la in a.layers})
+    out = f"{blocks} layer{'s' if blocks != 1 else ''}"
+    return out + (f" ({rows} counting each direction)" if rows != blocks else "")
+
+
 def _state(layer: Layer) -> str:
     return ", ".join(f"{n} {s}" for n, s in layer.state) or "-"
 
@@ -34,7 +42,7 @@ def table(headers: list[str], rows: list[list[str]], *, right: set[int]) -> str:
 def anatomy_text(a: Anatomy, *, gates: bool = True) -> str:
     """The layer table (one row per layer and direction), totals, then the gate tables."""
     head = (f"{a.model}: input {shape_text(a.input_shape)} -> output {shape_text(a.output_shape)}; "
-            f"{fmt(a.total_parameters)} parameters, {fmt(a.macs)} multiply-adds per example "
+            f"{fmt(a.total_parameters)} parameters in {layer_count(a)}, {fmt(a.macs)} multiply-adds per example "
             f"(batch of {a.batch_size} in the example)")
     rows = []
     for la in a.layers:
@@ -80,7 +88,8 @@ def account(a: Anatomy, *, sequence: str = "sequence", examples: int = 0) -> str
             if la.cell == "LSTM":
                 units += " -- the 1997 paper's 'memory cells'"
             lines += [
-                f"{la.name}  recurrent layer, {la.direction}" + (" (reads time backwards)" if la.direction == "backward" else ""),
+                f"{la.name}  recurrent layer" + (", backward direction (reads time from the end)"
+                                                 if la.direction == "backward" else ""),
                 f"    step function : 1 {la.step_function} -- 'the cell' of PyTorch/Keras" + (f" ({twin})" if twin else ""),
                 f"    units         : {units}",
                 f"    applications  : {la.applications} per {sequence}, one per time step, all sharing the same "
