@@ -49,7 +49,15 @@ def _explain(args: argparse.Namespace) -> int:
     if args.html:
         print(f"wrote {anatomy.save_html(args.html)}", file=sys.stderr)
     if args.svg:
-        for path in anatomy.save_svg(args.svg):
+        from pathlib import Path
+
+        from .anatomy.files import write_atomic
+        for kind in anatomy.svg_kinds():
+            try:
+                path = write_atomic(Path(args.svg) / f"{kind}.svg", anatomy.to_svg(kind))
+            except ValueError as e:
+                print(f"torchcells explain: no {kind}.svg: {e}", file=sys.stderr)
+                continue
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

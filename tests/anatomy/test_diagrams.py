@@ -172,3 +172,25 @@ def test_model_diagram_shows_stacked_bidirectional_layers_and_each_layers_cells(
     assert "12 neurons × 16 inputs, applied 7×" in words and "×12" in words
     assert "→ ×7" in words and "← ×7" in words
     assert words.index("rnn.l0") < words.index("rnn.l1") < words.index("head")
+
+
+class Branchy(Cell):
+    """Python control flow on a tensor's value: cannot be traced."""
+
+    def __init__(self):
+        super().__init__(3, 4)
+        self.lin = nn.Linear(7, 4)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+        return (-h, -h) if h.sum() > 0 else (h, h)
+
+
+def test_a_cell_that_cannot_be_traced_is_said_so(tmp_path):
+    with pytest.warns(UserWarning):  # the engine falls back to the loop, and says why
+        a = explain(Recurrent(Branchy()), torch.randn(5, 2, 3))
+    assert a.layers[0].applications == 5 and a.total_parameters == 32
+    with pytest.raises(ValueError, match=r"the step of Branchy\(3→4\) \(layer \(model\)\) cannot be traced"):
+        a.to_svg("cell")
+    page = a.save_html(tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "cannot be traced, so its inside cannot be drawn" in page and 'id="unrolled-diagram"' in page

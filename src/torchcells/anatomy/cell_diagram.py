@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from ..engine.trace import TraceError
 from .svg import COLORS, Canvas, fmt, text_width
 from .trace_graph import CellGraph, DNode, cell_graph
 
@@ -41,9 +42,13 @@ def cell_svg(anatomy: Anatomy, name: Optional[str] = None) -> str:
         raise ValueError(f"Anatomy.to_svg('cell'): the cell of {layer.name} cannot be traced (no cell module "
                          f"or no step shape was recorded)")
     labels = _param_labels(layer)
-    graph = cell_graph(layer.trace_cell, layer.step_shape, gates=tuple(g.name for g in layer.gates
-                                                                        if g.name != "projection") or None,
-                       param_labels=labels)
+    try:
+        graph = cell_graph(layer.trace_cell, layer.step_shape, gates=tuple(g.name for g in layer.gates
+                                                                            if g.name != "projection") or None,
+                           param_labels=labels)
+    except TraceError as e:
+        raise ValueError(f"Anatomy.to_svg('cell'): the step of {layer.step_function} (layer {layer.name}) cannot be "
+                         f"traced, so its inside cannot be drawn: {e}") from e
     title = f"Inside one application of {layer.step_function} — layer {layer.name}"
     note = (f"traced from {type(layer.trace_cell).__name__}.forward; one of {fmt(layer.applications)} applications, "
             f"all sharing {fmt(layer.parameters + layer.shared_parameters)} parameters")

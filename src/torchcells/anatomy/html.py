@@ -47,7 +47,11 @@ def anatomy_html(a: Anatomy) -> str:
     if "cell" in a.svg_kinds():
         parts.append('<h2 id="cells">Inside a cell</h2>')
     for i, la in enumerate(_distinct_cells(a)):
-        svg = a.to_svg("cell", layer=la.name).replace('id="cell-diagram"', f'id="cell-diagram-{i}"', 1)
+        try:
+            svg = a.to_svg("cell", layer=la.name).replace('id="cell-diagram"', f'id="cell-diagram-{i}"', 1)
+        except ValueError as e:  # a cell whose forward cannot be traced
+            parts.append(f"<p><b>{escape(la.name)}</b>: {escape(str(e))}</p>")
+            continue
         caption = (f"{escape(la.step_function)} of layer {escape(la.name)}, read from its traced forward: yellow "
                    f"boxes are learned projections, pink discs pointwise operations, blue lines the state."
                    if la.kind in ("recurrent", "step") else
