@@ -194,3 +194,10 @@ def test_a_cell_that_cannot_be_traced_is_said_so(tmp_path):
         a.to_svg("cell")
     page = a.save_html(tmp_path / "p.html").read_text(encoding="utf-8")
     assert "cannot be traced, so its inside cannot be drawn" in page and 'id="unrolled-diagram"' in page
+
+
+def test_the_subtracted_operand_is_marked():
+    g = cell_graph(GRUCell(4, 6), (4,))  # h = n + z ⊙ (h_{t-1} − n)
+    (sub,) = [n.id for n in g.nodes.values() if n.label == "−"]
+    into = {s: g.notes.get((s, d)) for s, d in g.edges if d == sub}
+    assert into["in:h"] is None and [g.nodes[s].label for s, note in into.items() if note == "−"] == ["tanh"]

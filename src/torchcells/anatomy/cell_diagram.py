@@ -220,6 +220,7 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
     if note:
         c.text(16, 38, note, size=11, anchor="start", color=COLORS["muted"])
     state_ids = {n for n, d in nodes.items() if d.kind in ("state_in", "state_out")}
+    noted = {d for _, d in graph.notes}
     for (s, d), chain in chains.items():
         # waypoints run straight across their column; curves only in the gaps between columns
         pts = [(pos[s][0] + sizes[s][0] / 2, pos[s][1])]
@@ -227,7 +228,11 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
             x, y = pos[w]
             half = widths[col_of[w]] / 2
             pts += [(x - half, y), (x + half, y)]
-        pts.append((pos[d][0] - sizes[d][0] / 2 - 1, pos[d][1]))
+        # into a − b or a ÷ b the two operands arrive apart, the second one marked
+        shift = 0.0
+        if d in noted:
+            shift = 7.0 if (s, d) in graph.notes else -7.0
+        pts.append((pos[d][0] - sizes[d][0] / 2 + (2 if shift else -1), pos[d][1] + shift))
         dpath = f"M{pts[0][0]:.1f},{pts[0][1]:.1f}"
         for (ax, ay), (bx, by) in zip(pts, pts[1:]):
             if abs(ay - by) < 0.5:
@@ -237,6 +242,9 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
                 dpath += f" C{ax + mid:.1f},{ay:.1f} {bx - mid:.1f},{by:.1f} {bx:.1f},{by:.1f}"
         is_state = s in state_ids or d in state_ids
         c.path(dpath, color=COLORS["state"] if is_state else COLORS["line"], width=2.2 if is_state else 1.3)
+        mark = graph.notes.get((s, d))
+        if mark:  # the subtracted (or dividing) operand, marked where it arrives
+            c.text(pts[-1][0] - 12, pts[-1][1] + 11, mark, size=13, weight="bold", color=COLORS["op_edge"])
     for n, node in nodes.items():
         _draw_node(c, node, pos[n], sizes[n])
     _legend(c, legend_y)

@@ -34,6 +34,7 @@ _SEE_THROUGH = {"t", "transpose", "view", "reshape", "_unsafe_view", "unsqueeze"
                 "expand_as", "view_as", "flatten"}
 _PRODUCTS = {"mm", "addmm", "bmm", "matmul", "linear", "baddbmm", "convolution", "einsum", "addmv", "mv"}
 _SPLITS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
+_SECOND = {"sub": "−", "div": "÷"}
 _SYMBOLS = {"add": "+", "sub": "−", "mul": "⊙", "div": "÷", "sigmoid": "σ", "tanh": "tanh", "relu": "ReLU",
             "neg": "−x", "exp": "exp", "log": "log", "cat": "concat", "stack": "stack", "sum": "Σ",
             "mean": "mean", "gelu": "GELU", "silu": "SiLU", "softplus": "softplus", "sqrt": "√", "rsqrt": "1/√",
@@ -64,6 +65,8 @@ class CellGraph:
     edges: list[tuple[str, str]]
     gm: fx.GraphModule
     state_names: list[str] = field(default_factory=list)
+    #: edges into a non-commutative operation marked with the side they are (``"−"`` subtracted, ``"÷"`` divisor).
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +177,7 @@ def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str
         return r
 
     proj_parts: dict[str, list[str]] = {}  # projection id -> weight labels
+    notes: dict[tuple[str, str], str] = {}  # edge -> the operand it is ("−": subtracted, "÷": divisor)
     counter = [0]
 
     def new_id(prefix: str) -> str:
@@ -216,10 +220,12 @@ def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str
             continue
         nid = new_id("op")
         nodes[nid] = DNode(nid, "op", _symbol(name, node), size=_width(node))
-        for a in args:
+        for i, a in enumerate(args):
             s = source(a)
             if s and (s, nid) not in edges:
                 edges.append((s, nid))
+                if i == 1 and name in _SECOND:  # which side of a − b, a ÷ b
+                    notes[(s, nid)] = _SECOND[name]
         rep[node] = nid
     output = next(n for n in graph.nodes if n.op == "output")
     outs = list(output.args[0])
@@ -234,7 +240,8 @@ def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str
     for nid, weights in proj_parts.items():
         nodes[nid].detail = _weights_detail(weights)
     _prune(nodes, edges)
-    return CellGraph(nodes, edges, traced.gm, traced.state_names)
+    return CellGraph(nodes, edges, traced.gm, traced.state_names,
+                     {e: n for e, n in notes.items() if e in edges})
 
 
 def _weights_detail(weights: list[str]) -> str:
