@@ -139,6 +139,7 @@ def test_linear_is_neuron_cells_applied_once_per_example_or_once_per_step():
     (nn.Conv1d(4, 6, 3, stride=2, padding=1), torch.randn(2, 4, 10), 5),
     (nn.Conv2d(3, 8, (3, 5), padding=(1, 2)), torch.randn(2, 3, 6, 7), 42),
     (nn.Conv2d(4, 8, 3, groups=2), torch.randn(1, 4, 5, 5), 9),
+    (nn.Conv3d(2, 3, (1, 2, 2)), torch.randn(2, 2, 4, 3, 3), 16),
 ])
 def test_convolution_is_kernel_cells_applied_at_every_output_position(conv, x, positions):
     (la,) = explain(conv, x).layers
@@ -296,3 +297,24 @@ def test_bad_input_gets_errors_that_say_what_was_expected():
         a.to_svg("unrolled")
     with pytest.raises(KeyError, match=r"no layer 'nope'; the layers are \['\(model\)'\]"):
         a.layer("nope")
+
+
+@pytest.mark.parametrize("pool, x, channels, positions", [
+    (nn.MaxPool2d(2), torch.randn(2, 3, 8, 6), 3, 12),
+    (nn.AvgPool1d(3, stride=1), torch.randn(1, 5, 7), 5, 5),
+    (nn.AdaptiveAvgPool2d((2, 3)), torch.randn(4, 6, 9, 9), 6, 6),
+])
+def test_pooling_is_one_window_per_channel_at_every_output_position(pool, x, channels, positions):
+    (la,) = explain(pool, x).layers
+    assert (la.cell, la.units, la.applications, la.parameters, la.macs) == ("pool", channels, positions, 0, 0)
+
+
+def test_relu_rnn_gate_and_bidirectional_stack_inside():
+    (la,) = explain(nn.RNN(3, 4, nonlinearity="relu"), torch.randn(2, 1, 3)).layers
+    assert [(g.name, g.activation) for g in la.gates] == [("h", "relu")]
+    inner = Bidirectional(Stack([Recurrent(GRUCell(3, 4)), Recurrent(GRUCell(4, 4))]))
+    a = explain(inner, torch.randn(6, 2, 3))
+    assert [(la.name, la.direction, la.block) for la in a.layers] == [
+        ("forward_layer.layers.0", "forward", "layers.0"), ("forward_layer.layers.1", "forward", "layers.1"),
+        ("backward_layer.layers.0", "backward", "layers.0"), ("backward_layer.layers.1", "backward", "layers.1")]
+    assert a.total_parameters == total(inner) and all(la.applications == 6 for la in a.layers)

@@ -55,6 +55,7 @@ def test_page_is_self_contained_with_three_diagrams_tables_and_glossary(page):
     # the glossary answers "cell or layer?" with this model's numbers
     assert "<code>LSTMCell(8→20)</code>" in html and "<b>20 units</b>, each with 4 gate neurons (i, f, g, o)" in html
     assert "applies its cell <b>5 times</b>" in html and "makes 20 applications per sequence" in html
+    assert "Its twin <code>rnn.l0_reverse</code> reads the sequence from the end" in html
     assert "<code>head</code> is 5 neuron cells side by side" in html and "8 kernel cells" in html
     assert "<code>conv</code> → <code>rnn.l0</code> → <code>rnn.l1</code> → <code>head</code>" in html
     assert '<table class="layers">' in html and html.count('<table class="gates">') == 4

@@ -111,7 +111,7 @@ def _glossary(a: Anatomy) -> str:
              f"For one sequence of {fmt(rec.steps or 0)} steps, <code>{escape(rec.name)}</code> applies its cell "
              f"<b>{fmt(rec.applications)} times</b>, always with the same weights. Over all its recurrent layers "
              f"this model makes {fmt(sum(la.applications for la in a.layers if la.kind in ('recurrent', 'step')))} "
-             f"applications per sequence."),
+             f"applications per sequence." + _twin_text(a, rec)),
         ]
     layer_text = []
     if rec is not None:
@@ -133,6 +133,17 @@ def _glossary(a: Anatomy) -> str:
                   f"each layer are its cells."))
     body = "".join(f"<dt>{t}</dt><dd>{d}</dd>" for t, d in items)
     return f'<h2 id="glossary">What is a cell, what is a layer — in this model</h2><dl class="glossary">{body}</dl>'
+
+
+def _twin_text(a: Anatomy, rec: Layer) -> str:
+    """A sentence on the backward direction of ``rec``'s bidirectional layer, if it has one."""
+    twins = [la for la in a.layers if la.block == rec.block and la is not rec and la.kind == "recurrent"]
+    if not twins:
+        return ""
+    twin = twins[0]
+    return (f" Its twin <code>{escape(twin.name)}</code> reads the sequence from the end with a cell of its own "
+            f"({fmt(twin.parameters + twin.shared_parameters)} other weights, {fmt(twin.applications)} more "
+            f"applications); the two directions make one bidirectional layer whose outputs are joined.")
 
 
 def _unique_blocks(a: Anatomy) -> list[Layer]:
