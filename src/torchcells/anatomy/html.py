@@ -28,6 +28,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0.92em; background: #f4f4f4;
        padding: 0 3px; border-radius: 3px; }
 dl.glossary dt { font-weight: bold; margin-top: 10px; } dl.glossary dd { margin-left: 18px; }
+.gatebox { display: inline-block; vertical-align: top; margin-right: 28px; }
 """
 
 
@@ -61,9 +62,11 @@ def anatomy_html(a: Anatomy) -> str:
     gated = [la for la in a.layers if la.gates]
     if gated:
         parts.append('<h2 id="gates">Parameters per gate</h2>')
+        parts.append(f"<p>Gate <i>k</i> of a layer is the same rows of every weight it reads: a dense layer of "
+                     f"as many neurons as the layer has units.</p>")
         for la in gated:
-            parts += [f"<p><b>{escape(la.name)}</b> — {escape(la.step_function)}: gate <i>k</i> is the same rows "
-                      f"of every weight it reads.</p>", _gates_table(la)]
+            parts.append(f'<div class="gatebox"><p><b>{escape(la.name)}</b> — {escape(la.step_function)}</p>'
+                         f"{_gates_table(la)}</div>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>Anatomy of {escape(a.model)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"
