@@ -318,3 +318,32 @@ def test_relu_rnn_gate_and_bidirectional_stack_inside():
         ("forward_layer.layers.0", "forward", "layers.0"), ("forward_layer.layers.1", "forward", "layers.1"),
         ("backward_layer.layers.0", "backward", "layers.0"), ("backward_layer.layers.1", "backward", "layers.1")]
     assert a.total_parameters == total(inner) and all(la.applications == 6 for la in a.layers)
+
+
+def test_a_user_cell_called_step_by_step_without_sizes():
+    class Decay(Cell):
+        """No input_size: the step shape comes from the call the hooks saw."""
+
+        def __init__(self):
+            super().__init__(None, 5)
+            self.w = nn.Linear(3, 5)
+
+        def forward(self, x, h):
+            h = 0.5 * h + self.w(x)
+            return h, h
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = Decay()
+
+        def forward(self, x):
+            h = self.cell.init_state(x.shape[1])
+            for t in range(x.shape[0]):
+                _, h = self.cell(x[t], h)
+            return h
+    a = explain(Loop(), torch.randn(4, 2, 3))
+    (la,) = a.layers
+    assert (la.kind, la.cell, la.applications, la.units, la.step_shape, la.macs_per_application) == \
+        ("step", "Decay", 4, 5, (3,), 15)
+    assert "×0.5" in a.to_svg("cell")

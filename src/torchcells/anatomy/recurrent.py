@@ -212,6 +212,11 @@ def cell_row(ctx: Context, cell: Any, path: str) -> Layer:
         facts["trace_cell"] = _twin(facts["cell"], cell.input_size, cell.hidden_size, bias=cell.bias,
                                     nonlinearity=getattr(cell, "nonlinearity", "tanh"))
         facts["step_function"] = f"{facts['cell']}Cell({cell.input_size}→{cell.hidden_size})"
+    elif rec and rec.inputs and rec.inputs[0] and rec.inputs[0][0] != "packed":
+        rank = getattr(cell, "step_rank", 1)  # a torchcells cell called directly: trace it at the shape it saw
+        facts["step_shape"] = tuple(rec.inputs[0][-rank:])
+        if not facts["macs_per_application"]:
+            facts["macs_per_application"] = traced_macs(cell, facts["step_shape"])
     params = list(cell.parameters())
     new, shared = ctx.count(params)
     return Layer(name=path or "(model)", kind="step", module=type(cell).__name__,
