@@ -62,8 +62,8 @@ def anatomy_html(a: Anatomy) -> str:
     gated = [la for la in a.layers if la.gates]
     if gated:
         parts.append('<h2 id="gates">Parameters per gate</h2>')
-        parts.append(f"<p>Gate <i>k</i> of a layer is the same rows of every weight it reads: a dense layer of "
-                     f"as many neurons as the layer has units.</p>")
+        parts.append("<p>Gate <i>k</i> of a layer is the same rows of every weight it reads: a dense layer of "
+                     "as many neurons as the layer has units.</p>")
         for la in gated:
             parts.append(f'<div class="gatebox"><p><b>{escape(la.name)}</b> — {escape(la.step_function)}</p>'
                          f"{_gates_table(la)}</div>")
