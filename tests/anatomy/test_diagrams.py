@@ -201,3 +201,10 @@ def test_the_subtracted_operand_is_marked():
     (sub,) = [n.id for n in g.nodes.values() if n.label == "−"]
     into = {s: g.notes.get((s, d)) for s, d in g.edges if d == sub}
     assert into["in:h"] is None and [g.nodes[s].label for s, note in into.items() if note == "−"] == ["tanh"]
+
+
+def test_projected_lstm_ends_in_a_projection_of_proj_size_neurons():
+    g = cell_graph(LSTMCell(6, 8, proj_size=3), (6,))
+    (proj,) = [n for n in g.nodes.values() if n.label == "projection"]
+    assert proj.kind == "proj" and proj.sub == "3 neurons"
+    assert {g.nodes[d].label for s, d in g.edges if s == proj.id} == {"h_{t}", "y_{t}"}

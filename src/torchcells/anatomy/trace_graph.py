@@ -264,10 +264,13 @@ def _width(node: Any) -> int:
 
 
 def _proj_title(weights: list[str]) -> str:
+    """A projection's name: its module (``mix`` for ``mix.weight``), torch's "projection" for
+    ``weight_hr``, else the weight's own name."""
     mats = [w for w in weights if not w.rsplit(".", 1)[-1].startswith("bias")] or weights
-    base = mats[0]
-    head, _, last = base.rpartition(".")
-    return head.rsplit(".", 1)[-1] if head and last in ("weight",) else last
+    head, _, last = mats[0].rpartition(".")
+    if head and last == "weight":
+        return head.rsplit(".", 1)[-1]
+    return "projection" if last.startswith("weight_hr") else last
 
 
 def _split_part(split: fx.Node, k: int, rep: dict, nodes: dict[str, DNode], edges: list,
