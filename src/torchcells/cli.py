@@ -32,6 +32,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"--input-shape should be positive integers separated by commas, like 5,1,10; got {text!r}")
+    return shape
+
+
 def _explain(args: argparse.Namespace) -> int:
     import json
 
@@ -39,7 +49,7 @@ def _explain(args: argparse.Namespace) -> int:
     from .anatomy.spec import build
 
     try:
-        shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+        shape = _shape_arg(args.input_shape) if args.input_shape else None
         model, example = build(args.spec, seq_len=args.seq_len, batch=args.batch, input_shape=shape)
         anatomy = explain(model, example)
     except ValueError as e:
@@ -90,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "batch_first,nobias,relu,torchcells], mlp[:input=N,hidden=N/N,output=N], "
                              "cnn[:channels=N,size=N,filters=N,kernel=N,classes=N], or package.module:factory")
     explain.add_argument("spec", metavar="SPEC", help="e.g. lstm:input=10,hidden=20,layers=2,bidirectional")
-    explain.add_argument("--seq-len", type=int, default=5, help="time steps of the example input (default 5)")
-    explain.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
+    explain.add_argument("--seq-len", type=int, default=5,
+                         help="time steps of a built-in SPEC's example input (default 5)")
+    explain.add_argument("--batch", type=int, default=1,
+                         help="batch size of a built-in SPEC's example input (default 1; counts are per example)")
     explain.add_argument("--input-shape", default="", help="example input shape for a factory that returns "
                          "only a module, e.g. 5,1,10")
     explain.add_argument("--html", default="", help="write the anatomy page here")

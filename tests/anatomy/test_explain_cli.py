@@ -68,6 +68,9 @@ def test_explain_a_users_factory(tmp_path, monkeypatch, capsys):
     assert "GRUCell(5→6)" in capsys.readouterr().out
     assert main(["explain", "my_models:module_only", "--input-shape", "2,3"]) == 0
     assert "Neuron(3→1) ×2" in capsys.readouterr().out
+    assert main(["explain", "my_models:module_only", "--input-shape", "2,x"]) == 2
+    assert "--input-shape should be positive integers separated by commas, like 5,1,10; got '2,x'" in \
+        capsys.readouterr().err
     assert main(["explain", "my_models:module_only"]) == 2
     assert "give its shape with --input-shape" in capsys.readouterr().err
     assert main(["explain", "my_models:not_a_model"]) == 2
