@@ -6,9 +6,11 @@ import sys
 from torchcells.cli import main
 
 
-def test_demo_prints_accuracy_and_the_cell_account(capsys):
-    assert main(["demo", "--epochs", "2", "--hidden", "16", "--no-progress"]) == 0
+def test_demo_prints_accuracy_and_the_cell_account(capsys, tmp_path):
+    page = tmp_path / "demo-anatomy.html"
+    assert main(["demo", "--epochs", "2", "--hidden", "16", "--no-progress", "--html", str(page)]) == 0
     out = capsys.readouterr().out
+    assert f"{page} -- open it in a browser" in out and "GRUCell(8→16)" in page.read_text(encoding="utf-8")
     assert "held-out accuracy: " in out
     accuracy = float(out.split("held-out accuracy: ")[1].split()[0])
     assert 0.1 < accuracy <= 1.0

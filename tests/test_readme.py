@@ -41,3 +41,34 @@ def test_drop_in_example_matches_torch():
     torch.testing.assert_close(ours_out, theirs_out)
     torch.testing.assert_close(h, h2)
     torch.testing.assert_close(c, c2)
+
+
+def test_anatomy_example_and_its_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = run_block("torchcells.explain(")
+    anatomy = ns["anatomy"]
+    assert anatomy.total_parameters == 15_040 and (tmp_path / "out" / "lstm-anatomy.html").exists()
+    assert ns["cell_svg"].startswith("<svg") and [r["applications"] for r in ns["rows"]] == [5, 5, 5, 5]
+    text = anatomy.to_text().splitlines()
+    table = TEXT.split("```\nlayer ", 1)[1].split("```", 1)[0]
+    lines = ("layer " + table).strip().splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        assert line in text, line
+
+
+def test_anatomy_diagrams_in_docs_are_what_the_code_draws():
+    from torchcells.anatomy.spec import build
+    docs = README.parent / "docs" / "anatomy"
+    model, example = build("lstm:input=10,hidden=20,layers=2,bidirectional", seq_len=5)
+    anatomy = torchcells_explain(model, example)
+    for kind in ("cell", "unrolled", "model"):
+        assert (docs / f"{kind}.svg").read_text(encoding="utf-8") == anatomy.to_svg(kind), (
+            f"docs/anatomy/{kind}.svg is stale: rerun `torchcells explain "
+            f"lstm:input=10,hidden=20,layers=2,bidirectional --svg docs/anatomy`")
+    assert "](docs/anatomy/cell.svg)" in TEXT
+
+
+def torchcells_explain(model, example):
+    from torchcells import explain
+    return explain(model, example)

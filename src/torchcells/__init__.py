@@ -8,6 +8,7 @@ from .cell import Cell, PairState, State, map_state
 from .cells import ElmanCell, GRUCell, LSTMCell, LSTMState, MinGRUCell, MinLSTMCell
 from .engine import unroll
 from .layers import GRU, LSTM, RNN, Bidirectional, BidirectionalState, Recurrent, Stack
+from .anatomy import Anatomy, explain
 
 __version__ = "0.1.0"
 
@@ -15,3 +16,4 @@ __all__ = [
     "Bidirectional", "BidirectionalState", "Cell", "ElmanCell", "GRU", "GRUCell", "LSTM", "LSTMCell",
     "LSTMState", "MinGRUCell", "MinLSTMCell", "PairState", "RNN", "Recurrent", "Stack", "State", "map_state", "unroll", "__version__",
 ]
+__all__ += ["Anatomy", "explain"]

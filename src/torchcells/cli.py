@@ -1,4 +1,4 @@
-"""Command line: ``torchcells demo`` (also ``python -m torchcells demo``)."""
+"""Command line: ``torchcells demo``, ``torchcells explain SPEC``, ``torchcells bench`` (also ``python -m torchcells``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from . import __version__
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .anatomy import census, describe_census
+    from .anatomy import explain
     from .tasks.digits import train_digits
 
     if args.threads:
@@ -24,7 +24,51 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nheld-out accuracy: {result.accuracy:.4f} on {result.test_size} test images "
           f"({args.epochs} epochs, {result.seconds:.1f} s, {torch.get_num_threads()} threads)")
     print("\nWhere the cells are in this model:")
-    print(describe_census(census(result.model, steps=8), samples=result.test_size, sequence="image"))
+    anatomy = explain(result.model, torch.zeros(1, 8, 8))
+    print(anatomy.account(sequence="image", examples=result.test_size))
+    if args.html:
+        path = anatomy.save_html(args.html)
+        print(f"\nThe model's anatomy (diagrams, tables, glossary): {path} -- open it in a browser")
+    return 0
+
+
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"--input-shape should be positive integers separated by commas, like 5,1,10; got {text!r}")
+    return shape
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .anatomy import explain
+    from .anatomy.spec import build
+
+    try:
+        shape = _shape_arg(args.input_shape) if args.input_shape else None
+        model, example = build(args.spec, seq_len=args.seq_len, batch=args.batch, input_shape=shape)
+        anatomy = explain(model, example)
+    except ValueError as e:
+        print(f"torchcells explain: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(anatomy.to_dict(), indent=1) if args.json else anatomy.to_text())
+    if args.html:
+        print(f"wrote {anatomy.save_html(args.html)}", file=sys.stderr)
+    if args.svg:
+        from pathlib import Path
+
+        from .anatomy.files import write_atomic
+        for kind in anatomy.svg_kinds():
+            try:
+                path = write_atomic(Path(args.svg) / f"{kind}.svg", anatomy.to_svg(kind))
+            except ValueError as e:
+                print(f"torchcells explain: no {kind}.svg: {e}", file=sys.stderr)
+                continue
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -48,7 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--html", default="out/demo-anatomy.html",
+                      help="where to write the model's anatomy page (default out/demo-anatomy.html; '' for none)")
     demo.set_defaults(run=_demo)
+    explain = sub.add_parser("explain", help="show where the cells are in a model: table, diagrams, HTML page",
+                             description="SPEC: lstm|gru|rnn[:input=N,hidden=N,layers=N,proj=N,bidirectional,"
+                             "batch_first,nobias,relu,torchcells], mlp[:input=N,hidden=N/N,output=N], "
+                             "cnn[:channels=N,size=N,filters=N,kernel=N,classes=N], or package.module:factory")
+    explain.add_argument("spec", metavar="SPEC", help="e.g. lstm:input=10,hidden=20,layers=2,bidirectional")
+    explain.add_argument("--seq-len", type=int, default=5,
+                         help="time steps of a built-in SPEC's example input (default 5)")
+    explain.add_argument("--batch", type=int, default=1,
+                         help="batch size of a built-in SPEC's example input (default 1; counts are per example)")
+    explain.add_argument("--input-shape", default="", help="example input shape for a factory that returns "
+                         "only a module, e.g. 5,1,10")
+    explain.add_argument("--html", default="", help="write the anatomy page here")
+    explain.add_argument("--svg", default="", metavar="DIR", help="write cell.svg, unrolled.svg, model.svg here")
+    explain.add_argument("--json", action="store_true", help="print the anatomy as JSON instead of a table")
+    explain.set_defaults(run=_explain)
     bench = sub.add_parser("bench", help="measure torchcells against torch.nn (ratios of medians, one run)")
     bench.add_argument("--runs", type=int, default=9, help="timed runs per contender (default 9)")
     bench.add_argument("--quick", action="store_true", help="only the first LSTM row and the GRU row")

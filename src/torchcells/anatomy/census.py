@@ -5,8 +5,8 @@
    (``nn.LSTMCell``'s sense);
 3. **application** -- one unrolled copy of the step function at one time step.
 
-This is the small census the demo prints; the full anatomy (per-gate parameters,
-diagrams) builds on it.
+Superseded by :func:`torchcells.explain` (any model, per-gate parameters, diagrams,
+the demo's account); kept because tests of the cell zoo count cells with it.
 """
 
 from __future__ import annotations

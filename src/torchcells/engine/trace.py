@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-__all__ = ["CellProgram", "TraceError", "cut_graph", "drop_detach", "fast_targets", "trace_cell"]
+__all__ = ["CellProgram", "TraceError", "cut_graph", "drop_detach", "fast_targets", "trace_cell", "trace_step"]
 
 aten = torch.ops.aten
 
@@ -81,6 +81,17 @@ def trace_cell(cell: nn.Module, x: Tensor, state: Any) -> CellProgram:
     Raises :class:`TraceError` when the step cannot be traced (data-dependent
     control flow, random operations, state that is not a tree of tensors).
     """
+    gm, names, spec = trace_step(cell, x, state)
+    return _split(gm, names, spec, spec.num_leaves)
+
+
+def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, list[str], TreeSpec]:
+    """The whole step as one aten graph, unsplit: ``(graph_module, param_names, state_spec)``.
+
+    The graph's placeholders are the parameters and buffers (``param_names`` order),
+    ``x_t``, then the state's leaves; its output is ``(y_t, *new_state_leaves)``.
+    Raises :class:`TraceError` as :func:`trace_cell` does.
+    """
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.func import functional_call
 
@@ -107,7 +118,7 @@ def trace_cell(cell: nn.Module, x: Tensor, state: Any) -> CellProgram:
     except Exception as e:  # data-dependent control flow, unsupported ops, ...
         raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    return _split(gm, names, spec, len(leaves))
+    return gm, names, spec
 
 
 def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -> CellProgram:

@@ -1,0 +1,244 @@
+"""Recurrent rows: one per layer and direction, with the gates' weight rows.
+
+A gated cell (LSTM, GRU, Elman and torchcells cells with ``GATES``) keeps gate
+``k`` in rows ``k·H … (k+1)·H − 1`` of ``weight_ih``, ``weight_hh`` and both biases;
+torch.nn's ``nn.LSTM`` names them per layer and direction (``weight_ih_l1_reverse``).
+Multiply-adds per application: ``G·H·I + G·H·R (+ P·H)`` for a gated cell; for any
+other cell they are counted from its traced step (matrix products at batch 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+from torch import nn
+
+from ..cell import Cell, is_namedtuple, state_leaves
+from ..cells import ElmanCell, GRUCell, LSTMCell
+from .records import Gate, Layer, WeightRows
+
+if TYPE_CHECKING:
+    from .mappers import Context
+
+#: cell kind -> (gates, activations); torch's gate order.
+KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "LSTM": (("i", "f", "g", "o"), ("σ", "σ", "tanh", "σ")),
+    "GRU": (("r", "z", "n"), ("σ", "σ", "tanh")),
+    "Elman": (("h",), ("tanh",)),
+    "minGRU": (("z", "h"), ("σ", "g")),
+    "minLSTM": (("f", "i", "h"), ("σ", "σ", "g")),
+}
+_CELL_KIND = {"LSTMCell": "LSTM", "GRUCell": "GRU", "ElmanCell": "Elman", "RNNCell": "Elman",
+              "MinGRUCell": "minGRU", "MinLSTMCell": "minLSTM", "LSTM": "LSTM", "GRU": "GRU", "RNN": "Elman"}
+_ROLES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def cell_kind(module: nn.Module) -> str:
+    """``"LSTM"``, ``"GRU"``, ``"Elman"``, ... for the built-in cells; the class name otherwise."""
+    return _CELL_KIND.get(type(module).__name__, type(module).__name__) \
+        if type(module).__module__.startswith(("torch.nn", "torchcells.cells")) else type(module).__name__
+
+
+def gated_gates(kind: str, hidden: int, gates: tuple[str, ...], named: dict[str, Any],
+                activation: Optional[str] = None) -> tuple[Gate, ...]:
+    """Gate rows of ``named`` (role -> ``(state_dict name, shape)``; roles as in ``_ROLES`` and ``weight_hr``)."""
+    acts = KINDS[kind][1] if kind in KINDS else ("",) * len(gates)
+    if activation and kind == "Elman":
+        acts = (activation,)
+    out = []
+    for k, (gate, act) in enumerate(zip(gates, acts)):
+        parts = tuple(WeightRows(named[r][0], k * hidden, (k + 1) * hidden, (hidden,) + tuple(named[r][1][1:]))
+                      for r in _ROLES if r in named and named[r][1][0] == len(gates) * hidden)
+        out.append(Gate(gate, act, parts))
+    if "weight_hr" in named:
+        name, shape = named["weight_hr"]
+        out.append(Gate("projection", "", (WeightRows(name, 0, shape[0], tuple(shape)),)))
+    return tuple(out)
+
+
+def gated_macs(gates: tuple[Gate, ...]) -> int:
+    """Multiply-adds of one application: one per weight-matrix element (biases are adds)."""
+    return sum(p.numel for g in gates for p in g.parts if len(p.shape) == 2)
+
+
+def _twin(kind: str, input_size: int, hidden: int, *, bias: bool, proj: int = 0,
+          nonlinearity: str = "tanh") -> Optional[Cell]:
+    """A torchcells cell with the same step as a torch.nn layer, on the meta device (for tracing)."""
+    if kind == "LSTM":
+        return LSTMCell(input_size, hidden, bias=bias, proj_size=proj, device="meta")
+    if kind == "GRU":
+        return GRUCell(input_size, hidden, bias=bias, device="meta")
+    if kind == "Elman":
+        return ElmanCell(input_size, hidden, bias=bias, nonlinearity=nonlinearity, device="meta")
+    return None  # pragma: no cover
+
+
+def torch_rnn_rows(ctx: Context, module: Any, path: str) -> list[Layer]:
+    """``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: one row per layer and direction."""
+    kind = _CELL_KIND[type(module).__name__] if type(module).__name__ in _CELL_KIND else \
+        {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "Elman")
+    nonlinearity = "relu" if module.mode == "RNN_RELU" else "tanh"
+    rec = ctx.calls.get(module)
+    steps = _steps(rec.inputs[0], module.batch_first, 1) if rec and rec.inputs else 0
+    gates = KINDS[kind][0]
+    H, P = module.hidden_size, getattr(module, "proj_size", 0)
+    directions = 2 if module.bidirectional else 1
+    rows = []
+    for layer in range(module.num_layers):
+        for d in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if d else "")
+            params = [getattr(module, n) for n in module._flat_weights_names if n.endswith(suffix)]
+            named = {n[: -len(suffix)]: (ctx.name(getattr(module, n)), tuple(getattr(module, n).shape))
+                     for n in module._flat_weights_names if n.endswith(suffix)}
+            I = named["weight_ih"][1][1]
+            g = gated_gates(kind, H, gates, named, nonlinearity)
+            new, shared = ctx.count(params)
+            out = (P or H)
+            rows.append(Layer(
+                name=f"{path + '.' if path else ''}l{layer}{'_reverse' if d else ''}", cell=kind, kind="recurrent",
+                module=f"nn.{type(module).__name__}", step_function=f"{kind}Cell({I}→{H}"
+                + (f", proj {P})" if P else ")"), units=H, applications=steps, parameters=new,
+                shared_parameters=shared, weights=tuple((ctx.name(p), tuple(p.shape)) for p in params), gates=g,
+                state=(("h", out), ("c", H)) if kind == "LSTM" else (("h", H),),
+                macs_per_application=gated_macs(g), steps=steps, direction="backward" if d else "forward",
+                group=path or "(model)", block=f"{path + '.' if path else ''}l{layer}", input_size=I,
+                input_shape=(steps, ctx.batch, I), output_shape=(steps, ctx.batch, out),
+                order=ctx.order(module) + (layer * directions + d) / 100,
+                trace_cell=_twin(kind, I, H, bias=module.bias, proj=P, nonlinearity=nonlinearity),
+                step_shape=(I,)))
+    return rows
+
+
+def _steps(shape: Any, batch_first: bool, step_rank: int) -> int:
+    if not shape:
+        return 0
+    if shape[0] == "packed":
+        return int(shape[1])
+    if len(shape) == step_rank + 2:
+        return int(shape[1] if batch_first else shape[0])
+    return int(shape[0])  # unbatched (T, ...)
+
+
+def _cell_parts(ctx: Context, cell: nn.Module) -> dict[str, Any]:
+    """Facts about a cell module shared by the recurrent and step rows."""
+    kind = cell_kind(cell)
+    H = int(getattr(cell, "hidden_size", 0) or 0)
+    params = list(cell.parameters())
+    gates: tuple[Gate, ...] = ()
+    names = getattr(cell, "GATES", None) or (KINDS[kind][0] if kind in KINDS else None)
+    if names and H:
+        named = {n: (ctx.name(p), tuple(p.shape)) for n, p in cell.named_parameters(recurse=False)}
+        gates = gated_gates(kind, H, tuple(names), named, getattr(cell, "nonlinearity", None))
+    state: tuple[tuple[str, int], ...] = ()
+    step_shape: Optional[tuple[int, ...]] = None
+    try:
+        ref = next(iter(params), None)
+        if isinstance(cell, Cell):
+            init = cell.init_state(1, device="meta", dtype=ref.dtype if ref is not None else None)
+            state = _state_sizes(init)
+        elif kind == "LSTM":
+            state = (("h", H), ("c", H))
+        else:
+            state = (("h", H),)
+    except Exception:  # a cell whose init_state needs more than a batch size
+        state = ()
+    size = getattr(cell, "input_size", None)
+    if size:
+        step_shape = (int(size),)
+    if gates and all(len(p.shape) <= 2 for g in gates for p in g.parts):
+        macs = gated_macs(gates)
+    else:
+        macs = traced_macs(cell, step_shape)
+    namer = getattr(cell, "short_name", None)
+    short = str(namer()) if callable(namer) else f"{type(cell).__name__}({size}→{H})"
+    return dict(cell=kind, units=H, gates=gates, state=state, macs_per_application=macs, step_function=short,
+                input_size=int(size) if size else None, trace_cell=cell, step_shape=step_shape)
+
+
+def _state_sizes(state: Any) -> tuple[tuple[str, int], ...]:
+    if is_namedtuple(state):
+        out: list[tuple[str, int]] = []
+        for name, part in zip(type(state)._fields, state):
+            sub = _state_sizes(part)
+            out += [(name if len(sub) == 1 else f"{name}.{n}", s) for n, s in sub]
+        return tuple(out)
+    leaves = state_leaves(state)
+    if len(leaves) == 1:
+        return (("h", math.prod(leaves[0].shape[1:])),)
+    return tuple((f"s{i}", math.prod(t.shape[1:])) for i, t in enumerate(leaves))
+
+
+def traced_macs(cell: nn.Module, step_shape: Optional[tuple[int, ...]]) -> int:
+    """Multiply-adds of one step at batch 1, counted from the traced graph (0 if it cannot trace)."""
+    from .trace_graph import graph_macs, trace_for_diagram
+    if step_shape is None:
+        return 0
+    try:
+        traced = trace_for_diagram(cell, step_shape)
+    except Exception:
+        return 0
+    return graph_macs(traced.gm)
+
+
+def recurrent_rows(ctx: Context, module: Any, path: str) -> list[Layer]:
+    """``Recurrent(cell)``: one row, ``T`` applications of the cell."""
+    rec = ctx.calls.get(module)
+    cell = module.cell
+    rank = getattr(cell, "step_rank", 1)
+    steps = _steps(rec.inputs[0], module.batch_first, rank) if rec and rec.inputs else 0
+    facts = _cell_parts(ctx, cell)
+    if rec and rec.inputs and rec.inputs[0] and rec.inputs[0][0] != "packed":
+        facts["step_shape"] = tuple(rec.inputs[0][-rank:])
+        if not facts["macs_per_application"]:
+            facts["macs_per_application"] = traced_macs(cell, facts["step_shape"])
+    params = list(module.parameters())
+    new, shared = ctx.count(params)
+    group, block = _group(ctx, path)
+    out_shape = rec.outputs[0] if rec and rec.outputs else None
+    return [Layer(name=path or "(model)", kind="recurrent", module="Recurrent", applications=steps * (rec.count if rec else 0),
+                  parameters=new, shared_parameters=shared, weights=tuple((ctx.name(p), tuple(p.shape)) for p in params),
+                  steps=steps, direction="backward" if module.reverse else "forward", group=group, block=block,
+                  input_shape=(steps, ctx.batch, facts["input_size"] or 0),
+                  output_shape=(steps, ctx.batch, out_shape[-1]) if out_shape else None,
+                  order=ctx.order(module), **facts)]
+
+
+def cell_row(ctx: Context, cell: Any, path: str) -> Layer:
+    """A cell called directly (``nn.LSTMCell``, a torchcells cell in a hand-written loop): one application per call."""
+    rec = ctx.calls.get(cell)
+    facts = _cell_parts(ctx, cell)
+    if isinstance(cell, nn.RNNCellBase):
+        facts["trace_cell"] = _twin(facts["cell"], cell.input_size, cell.hidden_size, bias=cell.bias,
+                                    nonlinearity=getattr(cell, "nonlinearity", "tanh"))
+        facts["step_function"] = f"{facts['cell']}Cell({cell.input_size}→{cell.hidden_size})"
+    elif rec and rec.inputs and rec.inputs[0] and rec.inputs[0][0] != "packed":
+        rank = getattr(cell, "step_rank", 1)  # a torchcells cell called directly: trace it at the shape it saw
+        facts["step_shape"] = tuple(rec.inputs[0][-rank:])
+        if not facts["macs_per_application"]:
+            facts["macs_per_application"] = traced_macs(cell, facts["step_shape"])
+    params = list(cell.parameters())
+    new, shared = ctx.count(params)
+    return Layer(name=path or "(model)", kind="step", module=type(cell).__name__,
+                 applications=rec.count if rec else 0, parameters=new, shared_parameters=shared,
+                 weights=tuple((ctx.name(p), tuple(p.shape)) for p in params), steps=rec.count if rec else 0,
+                 input_shape=rec.inputs[0] if rec and rec.inputs else None,
+                 output_shape=rec.outputs[0] if rec and rec.outputs else None,
+                 order=ctx.order(cell), group=path or "(model)", block=path or "(model)", **facts)
+
+
+def _group(ctx: Context, path: str) -> tuple[str, str]:
+    """The outermost recurrent container above ``path`` (Stack, Bidirectional, drop-in), and the
+    layer's block: its path with the direction taken out, shared by a bidirectional pair."""
+    from ..layers import Bidirectional, Stack
+    group = path
+    cur = path
+    while cur in ctx.parents:
+        parent_path, parent = ctx.parents[cur]
+        if isinstance(parent, (Stack, Bidirectional, nn.ModuleList)) or hasattr(parent, "_internal_names"):
+            group = parent_path
+            cur = parent_path
+        else:
+            break
+    block = ".".join(p for p in path.split(".") if p not in ("forward_layer", "backward_layer"))
+    return group or "(model)", block or "(model)"

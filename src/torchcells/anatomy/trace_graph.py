@@ -1,0 +1,366 @@
+"""A cell's inside as a small graph, read from its traced ``forward``.
+
+The step is traced once (:func:`torchcells.engine.trace.trace_step`, fake tensors
+at batch 1, nothing computed) into aten operations, which are then read as a
+diagram:
+
+* a matrix product with a parameter (``addmm``, ``mm``, ``linear``, a convolution)
+  is a **learned projection**: a dense layer of as many neurons as it has outputs;
+  split into gates (``chunk``), each gate becomes its own projection of ``H``
+  neurons, named from the cell's ``GATES``, and two projections of the same gate
+  that are only added (``W_ih x + W_hh h``) become one;
+* everything else that computes is a **pointwise** (or joining) operation: σ, tanh, ⊙, +, concat, ...;
+* views, transposes and copies are see-through; a parameter used outside a
+  product (a learned vector) is drawn as a source.
+
+The drawing code knows no cell: the same reading serves built-in and user cells.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import TreeSpec
+
+from ..cell import is_namedtuple
+from ..engine.trace import trace_step
+
+_SEE_THROUGH = {"t", "transpose", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
+                "permute", "clone", "detach", "alias", "contiguous", "_to_copy", "to", "lift_fresh_copy",
+                "expand_as", "view_as", "flatten"}
+_PRODUCTS = {"mm", "addmm", "bmm", "matmul", "linear", "baddbmm", "convolution", "einsum", "addmv", "mv"}
+_SPLITS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
+_SECOND = {"sub": "−", "div": "÷"}
+_SYMBOLS = {"add": "+", "sub": "−", "mul": "⊙", "div": "÷", "sigmoid": "σ", "tanh": "tanh", "relu": "ReLU",
+            "neg": "−x", "exp": "exp", "log": "log", "cat": "concat", "stack": "stack", "sum": "Σ",
+            "mean": "mean", "gelu": "GELU", "silu": "SiLU", "softplus": "softplus", "sqrt": "√", "rsqrt": "1/√",
+            "pow": "^", "abs": "|x|", "where": "where", "ge": "≥", "gt": ">", "le": "≤", "lt": "<",
+            "maximum": "max", "minimum": "min", "clamp": "clamp", "softmax": "softmax", "_softmax": "softmax",
+            "log_sigmoid_forward": "log σ", "reciprocal": "1/x", "hardtanh": "hardtanh", "elu": "ELU",
+            "leaky_relu": "LReLU", "sin": "sin", "cos": "cos", "square": "x²", "layer_norm": "norm",
+            "native_layer_norm": "norm", "dropout": "dropout", "slice": "slice", "select": "select"}
+
+
+@dataclass
+class DNode:
+    """A node of the diagram: ``kind`` is input, state_in, param, proj, op, output or state_out."""
+
+    id: str
+    kind: str
+    label: str
+    sub: str = ""
+    detail: str = ""
+    size: int = 0
+
+
+@dataclass
+class CellGraph:
+    """The diagram graph of one cell: nodes and edges ``(src, dst)``, plus the traced graph."""
+
+    nodes: dict[str, DNode]
+    edges: list[tuple[str, str]]
+    gm: fx.GraphModule
+    state_names: list[str] = field(default_factory=list)
+    #: edges into a non-commutative operation marked with the side they are (``"−"`` subtracted, ``"÷"`` divisor).
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class Traced:
+    gm: fx.GraphModule
+    param_names: list[str]
+    spec: TreeSpec
+    state_names: list[str]
+
+
+def _op(node: fx.Node) -> str:
+    if node.target is operator.getitem:
+        return "getitem"
+    target = node.target
+    packet = getattr(target, "overloadpacket", None)
+    name = str(getattr(packet, "__name__", None) or getattr(target, "__name__", str(target)))
+    return name.split(".")[0].rstrip("_")
+
+
+def trace_for_diagram(cell: nn.Module, step_shape: tuple[int, ...]) -> Traced:
+    """Trace one step of ``cell`` at batch 1 for an input of ``step_shape`` (without the batch)."""
+    ref = next(iter(cell.parameters()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    x = torch.zeros((1, *step_shape), device=device, dtype=dtype)
+    init = getattr(cell, "init_state", None)
+    if init is None:
+        raise TypeError(f"{type(cell).__name__} has no init_state(batch_size); cannot trace its step")
+    state = init(1, device=device, dtype=dtype)
+    gm, names, spec = trace_step(cell, x, state)
+    gm.graph.eliminate_dead_code()
+    return Traced(gm, names, spec, _leaf_names(state))
+
+
+def _leaf_names(state: Any, prefix: str = "") -> list[str]:
+    if isinstance(state, torch.Tensor):
+        return [prefix or "h"]
+    out: list[str] = []
+    fields = type(state)._fields if is_namedtuple(state) else None
+    for i, part in enumerate(state):
+        name = fields[i] if fields else f"s{i}"
+        out += _leaf_names(part, f"{prefix}.{name}" if prefix else name)
+    return out
+
+
+def graph_macs(gm: fx.GraphModule) -> int:
+    """Multiply-adds of the matrix products and convolutions in ``gm``."""
+    total = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op(node)
+        vals = [a.meta.get("val") for a in node.all_input_nodes]
+        out = node.meta.get("val")
+        if name in ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "mv", "addmv") and isinstance(out, torch.Tensor):
+            a = vals[1] if name in ("addmm", "baddbmm", "addmv") else vals[0]
+            if isinstance(a, torch.Tensor):
+                total += out.numel() * int(a.shape[-1])
+        elif name == "convolution" and isinstance(out, torch.Tensor) and isinstance(vals[1], torch.Tensor):
+            w = vals[1]
+            total += out.numel() * int(w[0].numel())
+    return total
+
+
+def cell_graph(cell: nn.Module, step_shape: tuple[int, ...], *, gates: Optional[tuple[str, ...]] = None,
+               param_labels: Optional[dict[str, str]] = None) -> CellGraph:
+    """The diagram graph of one application of ``cell``.
+
+    ``gates`` names the chunks of a split projection (default: the cell's ``GATES``);
+    ``param_labels`` renames parameters (e.g. to torch.nn's ``weight_ih_l0``).
+    """
+    traced = trace_for_diagram(cell, step_shape)
+    return read_graph(traced, gates=gates if gates is not None else tuple(getattr(cell, "GATES", ()) or ()),
+                      param_labels=param_labels or {})
+
+
+def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str, str]) -> CellGraph:
+    graph = traced.gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    n_params = len(traced.param_names)
+    params = {p: traced.param_names[i] for i, p in enumerate(placeholders[:n_params])}
+    nodes: dict[str, DNode] = {}
+    edges: list[tuple[str, str]] = []
+    rep: dict[fx.Node, Any] = {}  # fx node -> diagram node id, or ("param", name)
+    nodes["x"] = DNode("x", "input", "x_{t}", size=_width(placeholders[n_params]))
+    rep[placeholders[n_params]] = "x"
+    for leaf, name in zip(placeholders[n_params + 1:], traced.state_names):
+        nid = f"in:{name}"
+        nodes[nid] = DNode(nid, "state_in", f"{name}_{{t−1}}", size=_width(leaf))
+        rep[leaf] = nid
+    for p, name in params.items():
+        rep[p] = ("param", param_labels.get(name, name))
+    param_nodes: dict[str, str] = {}
+
+    def source(a: Any) -> Optional[str]:
+        """Diagram id for an fx argument (a parameter used as a value becomes a source node)."""
+        if not isinstance(a, fx.Node):
+            return None
+        r = rep.get(a)
+        if isinstance(r, tuple):
+            name = r[1]
+            if name not in param_nodes:
+                nid = f"param:{name}"
+                nodes[nid] = DNode(nid, "param", name.rsplit(".", 1)[0] if name.endswith(("weight", "bias"))
+                                   else name, sub=f"{_width(a)} learned", size=_width(a))
+                param_nodes[name] = nid
+            return param_nodes[name]
+        return r
+
+    proj_parts: dict[str, list[str]] = {}  # projection id -> weight labels
+    notes: dict[tuple[str, str], str] = {}  # edge -> the operand it is ("−": subtracted, "÷": divisor)
+    counter = [0]
+
+    def new_id(prefix: str) -> str:
+        counter[0] += 1
+        return f"{prefix}{counter[0]}"
+
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _op(node)
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        for a in node.args:
+            if isinstance(a, (list, tuple)):
+                args += [b for b in a if isinstance(b, fx.Node)]
+        if name in _SEE_THROUGH and args:
+            rep[node] = rep.get(args[0])
+            continue
+        if name in _PRODUCTS and any(isinstance(rep.get(a), tuple) for a in args):
+            weights = [rep[a][1] for a in args if isinstance(rep.get(a), tuple)]
+            inputs = [a for a in args if not isinstance(rep.get(a), tuple)]
+            nid = new_id("proj")
+            width = _width(node)
+            nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} neurons", size=width)
+            proj_parts[nid] = weights
+            for a in inputs:
+                s = source(a)
+                if s:
+                    edges.append((s, nid))
+            rep[node] = nid
+            continue
+        if name in _SPLITS:
+            rep[node] = ("split", node)
+            continue
+        if name == "getitem" and isinstance(rep.get(node.args[0]), tuple) and rep[node.args[0]][0] == "split":
+            split_node = rep[node.args[0]][1]
+            k = int(node.args[1])
+            rep[node] = _split_part(split_node, k, rep, nodes, edges, proj_parts, gates, source, _width(node))
+            continue
+        if name == "add" and _merge_same_gate(node, args, rep, nodes, edges, proj_parts):
+            continue
+        nid = new_id("op")
+        nodes[nid] = DNode(nid, "op", _symbol(name, node), size=_width(node))
+        for i, a in enumerate(args):
+            s = source(a)
+            if s and (s, nid) not in edges:
+                edges.append((s, nid))
+                if i == 1 and name in _SECOND:  # which side of a − b, a ÷ b
+                    notes[(s, nid)] = _SECOND[name]
+        rep[node] = nid
+    output = next(n for n in graph.nodes if n.op == "output")
+    outs = list(output.args[0])
+    nodes["y"] = DNode("y", "output", "y_{t}", size=_width(outs[0]))
+    if (s := source(outs[0])):
+        edges.append((s, "y"))
+    for leaf, name in zip(outs[1:], traced.state_names):
+        nid = f"out:{name}"
+        nodes[nid] = DNode(nid, "state_out", f"{name}_{{t}}", size=_width(leaf))
+        if (s := source(leaf)):
+            edges.append((s, nid))
+    for nid, weights in proj_parts.items():
+        nodes[nid].detail = _weights_detail(weights)
+    _prune(nodes, edges)
+    return CellGraph(nodes, edges, traced.gm, traced.state_names,
+                     {e: n for e, n in notes.items() if e in edges})
+
+
+def _weights_detail(weights: list[str]) -> str:
+    """``"weight_ih, weight_hh + bias\nrows 0–19"``: the matrices a projection reads, and which rows."""
+    names = [w.split("[")[0] for w in weights]
+    rows = {w[w.index("[") + 1:-1] for w in weights if "[" in w}
+    mats = list(dict.fromkeys(n for n in names if not n.rsplit(".", 1)[-1].startswith("bias")))
+    line = ", ".join(mats) + (" + bias" if len(mats) < len(set(names)) else "")
+    if len(rows) == 1:
+        start, stop = (int(v) for v in rows.pop().split(":"))
+        line += f"\nrows {start}–{stop - 1}"
+    return line
+
+
+def _width(node: Any) -> int:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if isinstance(val, torch.Tensor) and val.dim():
+        return int(val.shape[-1])
+    return 1
+
+
+def _proj_title(weights: list[str]) -> str:
+    """A projection's name: its module (``mix`` for ``mix.weight``), torch's "projection" for
+    ``weight_hr``, else the weight's own name."""
+    mats = [w for w in weights if not w.rsplit(".", 1)[-1].startswith("bias")] or weights
+    head, _, last = mats[0].rpartition(".")
+    if head and last == "weight":
+        return head.rsplit(".", 1)[-1]
+    return "projection" if last.startswith("weight_hr") else last
+
+
+def _split_part(split: fx.Node, k: int, rep: dict, nodes: dict[str, DNode], edges: list,
+                proj_parts: dict[str, list[str]], gates: tuple[str, ...], source: Any, width: int) -> str:
+    """Chunk ``k`` of a split: a gate projection when the split's source is made of projections."""
+    src = split.args[0]
+    parts = split.meta.get("val")
+    chunks = len(parts) if isinstance(parts, (list, tuple)) else len(split.users)
+    projs = _projections_behind(src, rep, nodes)
+    if projs:
+        gate = gates[k] if len(gates) == chunks else f"part {k + 1}"
+        nid = f"gate:{gate}:{'+'.join(projs)}"
+        if nid not in nodes:
+            weights = [w for p in projs for w in proj_parts[p]]
+            rows = f"[{k * width}:{(k + 1) * width}]"
+            nodes[nid] = DNode(nid, "proj", gate, sub=f"{width} neurons", size=width)
+            proj_parts[nid] = [w + rows for w in weights]
+            for p in projs:
+                for s, d in list(edges):
+                    if d == p and (s, nid) not in edges:
+                        edges.append((s, nid))
+        return nid
+    nid = f"{source(src)}#{k}"
+    if nid not in nodes:
+        nodes[nid] = DNode(nid, "op", f"part {k + 1}", size=width)
+        if (s := source(src)):
+            edges.append((s, nid))
+    return nid
+
+
+def _projections_behind(src: Any, rep: dict, nodes: dict[str, DNode]) -> list[str]:
+    """The projections that ``src`` is (one), or the sum of (``W_ih x + W_hh h``)."""
+    r = rep.get(src)
+    if isinstance(r, str) and nodes.get(r) and nodes[r].kind == "proj":
+        return [r]
+    if isinstance(src, fx.Node) and _op(src) == "add" and isinstance(r, str) and r in nodes \
+            and nodes[r].kind == "op":
+        parts = [rep.get(a) for a in src.args if isinstance(a, fx.Node)]
+        if len(parts) == 2 and all(isinstance(p, str) and nodes[p].kind == "proj" for p in parts):
+            return [str(p) for p in parts]
+    return []
+
+
+def _merge_same_gate(node: fx.Node, args: list[fx.Node], rep: dict, nodes: dict[str, DNode], edges: list,
+                     proj_parts: dict[str, list[str]]) -> bool:
+    """``add`` of two projections of the same gate, each used only here: one projection."""
+    ids = [rep.get(a) for a in args]
+    if len(ids) != 2 or not all(isinstance(i, str) and nodes[i].kind == "proj" for i in ids):
+        return False
+    a, b = nodes[str(ids[0])], nodes[str(ids[1])]
+    if a.label != b.label or a.id == b.id or any(len(x.users) != 1 for x in args):
+        return False
+    nid = f"{a.id}&{b.id}"
+    nodes[nid] = DNode(nid, "proj", a.label, sub=a.sub, size=a.size)
+    proj_parts[nid] = proj_parts.pop(a.id) + proj_parts.pop(b.id)
+    for old in (a.id, b.id):
+        for i, (s, d) in enumerate(edges):
+            if d == old:
+                edges[i] = (s, nid)
+        del nodes[old]
+    rep[node] = nid
+    return True
+
+
+def _symbol(name: str, node: fx.Node) -> str:
+    scalars = [a for a in node.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    if name == "rsub" and scalars:
+        return f"{_num(scalars[0])}−"
+    if name in ("add", "sub", "mul", "div", "ge", "gt", "le", "lt", "pow") and scalars:
+        sym = {"mul": "×", "add": "+", "sub": "−"}.get(name, _SYMBOLS.get(name, name))
+        return f"{sym}{_num(scalars[0])}"
+    return _SYMBOLS.get(name, name)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _prune(nodes: dict[str, DNode], edges: list[tuple[str, str]]) -> None:
+    """Drop nodes that reach no output (and their edges), and duplicate edges."""
+    keep = {n for n, d in nodes.items() if d.kind in ("output", "state_out")}
+    changed = True
+    while changed:
+        changed = False
+        for s, d in edges:
+            if d in keep and s not in keep:
+                keep.add(s)
+                changed = True
+    keep |= {n for n, d in nodes.items() if d.kind in ("input", "state_in")}
+    for n in [n for n in nodes if n not in keep]:
+        del nodes[n]
+    kept = [e for e in edges if e[0] in keep and e[1] in keep]
+    edges[:] = list(dict.fromkeys(kept))
