@@ -21,6 +21,7 @@ time, so any per-step code is hoisted correctly whatever dims it names), and
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -140,6 +141,7 @@ def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -
         _classify(graph, region)
     if _merge_biases(graph, region):
         _classify(graph, region)
+    _split_in_the_step(graph, region)
 
     # Values crossing from const/input into the step region (or straight to the output).
     consumers = [n for n in graph.nodes if region.get(n) == "step"] + [output]
@@ -246,6 +248,27 @@ def _merge_biases(graph: fx.Graph, region: dict[fx.Node, str]) -> bool:
             changed = True
             break
     return changed
+
+
+_SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unsafe_split.Tensor}
+
+
+def _split_in_the_step(graph: fx.Graph, region: dict[fx.Node, str]) -> None:
+    """Hoist a product whole, not its pieces: when every piece of a split hoisted value is read
+    only by the step, the split moves into the step (a view per step). The step then reads one
+    ``(T, B, n)`` hoisted tensor, and its backward writes that tensor's gradient in one piece
+    rather than in parts that autograd would have to join."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _SPLITS or region.get(node) != "input":
+            continue
+        pieces = list(node.users)
+        if not pieces or any(p.target is not operator.getitem for p in pieces):
+            continue
+        if all(all(region.get(u) == "step" or u is output for u in p.users) for p in pieces):
+            region[node] = "step"
+            for p in pieces:
+                region[p] = "step"
 
 
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:

@@ -406,17 +406,17 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
 
     outputs: list[list[int]] = []
     allocs: list[list[int]] = []
-    cat_place: dict[fx.Node, tuple[int, int]] = {}
+    cat_place: dict[fx.Node, list[tuple[int, int]]] = {}
     for cat in g.cats:
         allocs.append([slot[cat], rows, cols * len(_args(cat)[0])])
         for k, part in enumerate(_args(cat)[0]):
-            cat_place[part] = (slot[cat], k * cols)
+            cat_place.setdefault(part, []).append((slot[cat], k * cols))  # a part may be in several cats
     for node in g.nodes:
         outside = [u for u in node.users if u not in members and (u.op != "output" or needed is None)]
         if not outside and node not in cat_place and not (needed is not None and node in needed):
             continue
-        into, offset = cat_place.get(node, (-1, 0))
-        outputs.append([regs[node], slot[node], into, offset])
+        for into, offset in cat_place.get(node, [(-1, 0)]):
+            outputs.append([regs[node], slot[node], into, offset])
     return ("fused", rows, cols, inputs, code, imms, outputs, allocs, n_regs[0])
 
 

@@ -449,8 +449,9 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
 //   deferred: const index per deferred pair; transposed: whether the left operand comes transposed;
 //   source: per pair, where both operands lie for all steps already ([kind, index] twice: 1 the
 //   d_hoisted buffer, 2 a saved buffer, 3/4 the state history before/after the step; 0 made per
-//   step) -- then the pair's product is one product over all T·B rows after the loop, nothing
-//   collected; otherwise operands are collected and multiplied in chunks of >= chunk_rows rows.
+//   step, then kept in a [T, ...] buffer of its own) -- the pair's product is one product over
+//   all T·B rows after the loop. Pairs whose left operand is not transposed, or whose operands
+//   are not 2-D, are collected and multiplied in chunks of >= chunk_rows rows instead.
 //   zero_like: one tensor per tangent giving its shape and dtype when a tangent is missing.
 // Returns [*d_hoisted (or undefined), *d_state, *d_consts (summed), *summed deferred products].
 std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::optional<at::Tensor>>& saved,
@@ -470,8 +471,18 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   std::vector<bool> got(static_cast<size_t>(n_h), false);
   std::vector<at::Tensor> acc(static_cast<size_t>(n_c));
   const size_t n_def = deferred.size();
+  // A transposed pair's operands are read for all steps at once after the loop: from where they
+  // already lie (source), or else from a [T, ...] buffer of their own, filled step by step.
   std::vector<bool> from_buffers(n_def);
-  for (size_t p = 0; p < n_def; ++p) from_buffers[p] = transposed[p] && source[p][0] != 0 && source[p][2] != 0;
+  std::vector<int64_t> kinds(2 * n_def), indices(2 * n_def);
+  std::vector<at::Tensor> own(2 * n_def);
+  for (size_t p = 0; p < n_def; ++p) {
+    from_buffers[p] = transposed[p];
+    for (size_t k = 0; k < 2; ++k) {
+      kinds[2 * p + k] = source[p][2 * k] != 0 ? source[p][2 * k] : 5;
+      indices[2 * p + k] = source[p][2 * k] != 0 ? source[p][2 * k + 1] : static_cast<int64_t>(2 * p + k);
+    }
+  }
   std::vector<std::vector<at::Tensor>> lhs(n_def), rhs(n_def);
   std::vector<at::Tensor> summed(n_def);
   std::vector<at::Tensor> inputs;
@@ -498,8 +509,11 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
       if (!tangents[k].defined()) tangents[k] = at::zeros_like(zero_like[k]);
       inputs.push_back(tangents[k]);
     }
-    dest.assign(static_cast<size_t>(n_grads), at::Tensor());
+    dest.assign(static_cast<size_t>(n_grads) + 2 * n_def, at::Tensor());
     for (int64_t i = 0; i < n_h; ++i) dest[i] = d_hoisted[i].select(0, t);
+    for (size_t j = 0; j < 2 * n_def; ++j) {
+      if (own[j].defined()) dest[n_grads + j] = own[j].select(0, t);
+    }
     std::vector<at::Tensor> out = prog.run(inputs, dest);
     for (int64_t i = 0; i < n_h; ++i) got[i] = got[i] || out[i].defined();
     for (int64_t s = 0; s < n_s; ++s) carry[s] = out[n_h + s];
@@ -512,7 +526,20 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
     for (size_t p = 0; p < n_def; ++p) {
       const at::Tensor& a = out[n_grads + 2 * p];
       const at::Tensor& b = out[n_grads + 2 * p + 1];
-      if (from_buffers[p] && t == T - 1 && (a.dim() != 2 || b.dim() != 2)) from_buffers[p] = false;
+      if (from_buffers[p] && t == T - 1) {
+        if (a.dim() != 2 || b.dim() != 2) {
+          from_buffers[p] = false;
+        } else {
+          for (size_t k = 0; k < 2; ++k) {
+            if (kinds[2 * p + k] != 5) continue;
+            const at::Tensor& v = k == 0 ? a : b;
+            auto shape = v.sizes().vec();
+            shape.insert(shape.begin(), T);
+            own[2 * p + k] = at::empty(shape, v.options());
+            own[2 * p + k].select(0, t).copy_(v);
+          }
+        }
+      }
       if (from_buffers[p]) continue;
       rows_per_step = std::max<int64_t>(1, transposed[p] ? a.size(0) : a.size(-1));
       lhs[p].push_back(a);
@@ -530,7 +557,8 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   }
   auto all_steps = [&](int64_t kind, int64_t index) -> at::Tensor {
     at::Tensor b;
-    if (kind == 1) b = d_hoisted[index];
+    if (kind == 5) b = own[index];
+    else if (kind == 1) b = d_hoisted[index];
     else if (kind == 2) b = *saved[index];
     else if (kind == 3) b = history[index].narrow(0, 0, T);
     else b = history[index].narrow(0, 1, T);
@@ -538,7 +566,8 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   };
   for (size_t p = 0; p < n_def; ++p) {
     if (from_buffers[p] && T > 0) {
-      summed[p] = at::mm(all_steps(source[p][0], source[p][1]).t(), all_steps(source[p][2], source[p][3]));
+      summed[p] = at::mm(all_steps(kinds[2 * p], indices[2 * p]).t(),
+                         all_steps(kinds[2 * p + 1], indices[2 * p + 1]));
     }
   }
   std::vector<at::Tensor> result;
