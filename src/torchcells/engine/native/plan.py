@@ -172,6 +172,22 @@ def _fusable(node: fx.Node) -> Optional[tuple]:
     return dom
 
 
+def _bias_of(node: fx.Node) -> Optional[tuple[fx.Node, int]]:
+    """``addmm(U, h, W)`` (only used by one split) with ``U`` full-shaped or a row: ``(U, layout)``."""
+    args = _args(node)
+    if not (node.op == "call_function" and node.target is aten.addmm.default and len(node.users) == 1
+            and not node.kwargs and len(args) == 3 and isinstance(args[0], fx.Node)):
+        return None
+    u, out = _val(args[0]), _val(node)
+    if u.dtype != out.dtype or out.dim() != 2:
+        return None
+    if tuple(u.shape) == tuple(out.shape):
+        return args[0], L_FULL
+    if tuple(u.shape) in ((out.shape[1],), (1, out.shape[1])):
+        return args[0], L_ROW
+    return None
+
+
 class _Group:
     def __init__(self, key: tuple) -> None:
         self.key = key
@@ -237,6 +253,8 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
     # 3. splits read in place by groups: a column block of the base
     column_of: dict[fx.Node, tuple[Any, int]] = {}
     skipped_splits: set[fx.Node] = set()
+    bias_of: dict[fx.Node, tuple[fx.Node, int]] = {}
+    materialize: set[fx.Node] = set()
     for b in blocks:
         if isinstance(b, fx.Node) and b.target in _SPLITS:
             base = _args(b)[0]
@@ -255,19 +273,18 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
             only_groups = all(all(u in group_of for u in g.users) for g in getters)
             for g in getters:
                 column_of[g] = (base, offsets[_args(g)[1]])
-            if only_groups:
+            bias = _bias_of(base)
+            # 3b. addmm(U, h, W) read through such a split: run mm(h, W) and let the groups add
+            # U's columns (or U's row, for a bias) as they read -- no copy of U into the product
+            # first. A piece also read outside (saved for the backward) is written by a group.
+            if bias is not None and all(any(u in group_of for u in g.users)
+                                        and all(u in group_of or u is output_node for u in g.users)
+                                        for g in getters):
+                bias_of[base] = bias
+                materialize.update(g for g in getters if output_node in g.users)
                 skipped_splits.add(b)
-
-    # 3b. addmm(U, h, W) read only through such a split: run mm(h, W) and let the groups add
-    # U's columns as they read (no copy of U into the product's output first)
-    bias_of: dict[fx.Node, fx.Node] = {}
-    for b in skipped_splits:
-        base = _args(b)[0]
-        if (base.op == "call_function" and base.target is aten.addmm.default and len(base.users) == 1
-                and not base.kwargs and len(_args(base)) == 3 and isinstance(_args(base)[0], fx.Node)
-                and tuple(_val(_args(base)[0]).shape) == tuple(_val(base).shape)
-                and _val(_args(base)[0]).dtype == _val(base).dtype):
-            bias_of[base] = _args(base)[0]
+            elif only_groups:
+                skipped_splits.add(b)
 
     # 4. slots and encoded blocks
     slot: dict[fx.Node, Any] = {p: alias[i] for i, p in enumerate(placeholders)}
@@ -294,7 +311,7 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
         if isinstance(b, _Group):
             spec.blocks.append(_encode_group(b, slot, column_of, group_of, output_node, skipped_splits,
                                              None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)},
-                                             bias_of))
+                                             bias_of, materialize))
             spec.n_fused_ops += len(b.nodes)
         elif b in folded_cats or b in skipped_splits:
             continue
@@ -315,7 +332,7 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
 
 
 def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output_node: fx.Node,
-                  skipped_splits: set, needed: Optional[set], bias_of: dict) -> tuple:
+                  skipped_splits: set, needed: Optional[set], bias_of: dict, materialize: set) -> tuple:
     rows, cols, _ = g.key
     members = set(g.nodes)
     regs: dict[fx.Node, int] = {}
@@ -339,7 +356,8 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
                            int(_val(a).dtype == torch.bool)])
             if src in bias_of:  # the column of mm(h, W) plus the same column of U
                 pending.append((a, len(inputs)))
-                inputs.append([slot[bias_of[src]], L_FULL, int(offset), 0])
+                bias, bias_layout = bias_of[src]
+                inputs.append([slot[bias], bias_layout, int(offset), 0])
     n_regs = [len(inputs)]
 
     def reg() -> int:
@@ -362,8 +380,12 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
         r = reg()
         return emit(O_FILL, r, r, imm=float(x))
 
+    written: list[list[int]] = []
     for a, bias_reg in pending:
         regs[a] = emit(O_ADD, reg(), regs[a], bias_reg)
+        if a in materialize:  # read outside too: this group writes it (once)
+            materialize.discard(a)
+            written.append([regs[a], slot[a], -1, 0])
     for node in g.nodes:
         t, args = node.target, _args(node)
         dst = reg()
@@ -404,7 +426,7 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
             raise NotNative(f"no elementwise code for {t}")
         regs[node] = dst
 
-    outputs: list[list[int]] = []
+    outputs: list[list[int]] = written
     allocs: list[list[int]] = []
     cat_place: dict[fx.Node, list[tuple[int, int]]] = {}
     for cat in g.cats:

@@ -76,6 +76,8 @@ struct Step {
 };
 
 constexpr int64_t TILE = 128;
+// Elements per task when a fused group is split over threads (smaller groups run on one).
+constexpr int64_t kGrainElements = 8192;
 
 template <typename scalar_t>
 struct Machine {
@@ -99,7 +101,7 @@ struct Machine {
   static void run(const Fused& f, const std::vector<const void*>& in_ptr, const std::vector<int64_t>& in_rs,
                   const std::vector<scalar_t*>& out_ptr, const std::vector<int64_t>& out_rs) {
     const int64_t C = f.cols;
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, C));
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, C));
     at::parallel_for(0, f.rows, grain, [&](int64_t r0, int64_t r1) {
       std::vector<scalar_t> regs_store(static_cast<size_t>(f.n_regs * TILE) + 64);
       scalar_t* base = regs_store.data();
