@@ -77,7 +77,7 @@ struct Step {
 
 constexpr int64_t TILE = 128;
 // Elements per task when a fused group is split over threads (smaller groups run on one).
-constexpr int64_t kGrainElements = 8192;
+constexpr int64_t kGrainElements = 4096;
 
 template <typename scalar_t>
 struct Machine {
