@@ -1,0 +1,77 @@
+"""Shared plumbing of the zoo cells: argument checks and one checked ``forward``.
+
+:class:`StepCell` gives a cell a ``forward(x, state=None)`` that checks one step's
+input and state (errors name the cell, the argument, what was expected and what
+came), fills a missing state with ``init_state``, accepts an unbatched step
+``(I,)`` with an unbatched state, and then calls ``step(x, state)`` on a batch.
+A subclass writes ``init_state`` and ``step`` only.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..cell import Cell, check_state, map_state
+
+__all__ = ["StepCell", "check_probability", "check_size", "output_size"]
+
+
+def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (bools refused), else a ValueError naming ``owner`` and ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{owner}: {name} should be {kind}, got {value!r}")
+    return int(value)
+
+
+def check_probability(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float in ``[0, 1)`` (a drop probability), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{owner}: {name} should be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def output_size(cell: nn.Module) -> Optional[int]:
+    """Features of a cell's output ``y``: ``output_size`` if it has one, else ``hidden_size``."""
+    size = getattr(cell, "output_size", None)
+    return size if size is not None else getattr(cell, "hidden_size", None)
+
+
+def cell_name(cell: nn.Module) -> str:
+    name = getattr(cell, "short_name", None)
+    return name() if callable(name) else type(cell).__name__
+
+
+class StepCell(Cell):
+    """A cell whose ``forward`` checks its arguments and then runs ``step`` on a batch."""
+
+    def state_template(self, batch_size: int, dtype: Optional[torch.dtype]) -> Any:
+        """The state's structure and shapes for checks (no memory, no random draws): ``init_state`` on meta."""
+        return self.init_state(batch_size, device="meta", dtype=dtype)
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        self.check_step_input(x)
+        unbatched = x.dim() == self.step_rank
+        batch = 1 if unbatched else x.shape[0]
+        if state is None:
+            state = self.init_state(batch, device=x.device, dtype=x.dtype)
+        else:
+            expected = self.state_template(batch, x.dtype)
+            if unbatched:
+                expected = map_state(lambda s: s[0], expected)
+            state = check_state(self.short_name(), expected, state, dtype=x.dtype)
+            if unbatched:
+                state = map_state(lambda s: s.unsqueeze(0), state)
+        if unbatched:
+            x = x.unsqueeze(0)
+        y, new = self.step(x, state)
+        if unbatched:
+            return y[0], map_state(lambda s: s[0], new)
+        return y, new
