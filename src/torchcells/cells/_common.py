@@ -75,3 +75,53 @@ class StepCell(Cell):
         if unbatched:
             return y[0], map_state(lambda s: s[0], new)
         return y, new
+
+
+class CellWrapper(StepCell):
+    """Base of the wrappers (cell → cell): sizes, step rank and names come from the wrapped cell."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        name = type(self).__name__
+        if not isinstance(cell, nn.Module) or not callable(getattr(cell, "init_state", None)):
+            raise TypeError(f"{name}: cell should be a torchcells.Cell (a module with forward(x, state) and "
+                            f"init_state(batch_size)), got {type(cell).__name__}")
+        super().__init__(getattr(cell, "input_size", None), getattr(cell, "hidden_size", None))
+        self.cell = cell
+        self.step_rank = getattr(cell, "step_rank", 1)
+
+    @property
+    def output_size(self) -> Optional[int]:
+        return output_size(self.cell)
+
+    def short_name(self) -> str:
+        return f"{type(self).__name__}({cell_name(self.cell)})"
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
+        return self.cell.init_state(batch_size, device=device, dtype=dtype)
+
+    def state_template(self, batch_size: int, dtype: Optional[torch.dtype]) -> Any:
+        inner = getattr(self.cell, "state_template", None)
+        if callable(inner):
+            return inner(batch_size, dtype)
+        return self.cell.init_state(batch_size, device="meta", dtype=dtype)
+
+
+def h_index(state: Any) -> int:
+    """Which leaf of a (flat) state is the hidden ``h`` fed back: the field ``h``, else the first."""
+    fields = getattr(type(state), "_fields", None)
+    if fields and "h" in fields:
+        return list(fields).index("h")
+    return 0
+
+
+def replace_leaf(state: Any, index: int, value: Tensor) -> Any:
+    """``state`` with leaf ``index`` replaced (a tensor state is its own leaf 0)."""
+    if isinstance(state, Tensor):
+        return value
+    parts = list(state)
+    parts[index] = value
+    return type(state)(*parts) if hasattr(type(state), "_fields") else tuple(parts)
+
+
+def leaf(state: Any, index: int) -> Tensor:
+    return state if isinstance(state, Tensor) else state[index]
