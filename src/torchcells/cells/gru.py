@@ -17,7 +17,7 @@ inside the reset product and lets all three recurrent products run as one.
 parameters (as Keras' ``reset_after=False``):
 
 .. math::
-    n_t = \tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \odot h_{t-1}) + b_{hn})
+    n_t = \\tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \\odot h_{t-1}) + b_{hn})
 
 Shapes: ``x`` ``(B, I)``, state ``h`` ``(B, H)``, output ``h``.
 

@@ -21,9 +21,9 @@ same initialization, same random draws):
   through one weight per unit: ``weight_ci``, ``weight_cf``, ``weight_co`` ``(H,)``:
 
   .. math::
-      i_t = \sigma(\ldots + w_{ci} \odot c_{t-1}),\quad
-      f_t = \sigma(\ldots + w_{cf} \odot c_{t-1}),\quad
-      o_t = \sigma(\ldots + w_{co} \odot c_t)
+      i_t = \\sigma(\\ldots + w_{ci} \\odot c_{t-1}),\\quad
+      f_t = \\sigma(\\ldots + w_{cf} \\odot c_{t-1}),\\quad
+      o_t = \\sigma(\\ldots + w_{co} \\odot c_t)
 
   (the output gate looks at the new memory ``c_t``, as in the paper).
 * ``coupled=True`` (CIFG, Greff et al. 2017): no input gate; :math:`i_t = 1 - f_t`,
