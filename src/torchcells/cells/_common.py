@@ -80,6 +80,8 @@ class StepCell(Cell):
 class CellWrapper(StepCell):
     """Base of the wrappers (cell → cell): sizes, step rank and names come from the wrapped cell."""
 
+    cell: Any  # a Cell, or any module with forward(x, state) and init_state(batch_size)
+
     def __init__(self, cell: nn.Module) -> None:
         name = type(self).__name__
         if not isinstance(cell, nn.Module) or not callable(getattr(cell, "init_state", None)):

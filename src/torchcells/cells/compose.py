@@ -42,6 +42,8 @@ class Residual(CellWrapper):
 class StackedCell(StepCell):
     """Cells applied one after another in each step; the state is the tuple of their states."""
 
+    cells: Any  # nn.ModuleList of cells
+
     def __init__(self, cells: Iterable[nn.Module]) -> None:
         cells = list(cells)
         if not cells:
