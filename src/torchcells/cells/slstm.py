@@ -26,8 +26,13 @@ uniform in ``±1/√H``; the bias too, plus ``forget_bias`` (default 1) on the f
 allows both). Departures from the paper: one head (a full ``W_hh``; xLSTM's sLSTM
 makes it block-diagonal over heads) and no output projection or layer around it.
 
-Shapes: ``x`` ``(B, I)``; state ``SLSTMState(h, c, n, m)``, each ``(B, H)``, all zero at
-the start; output ``h``.
+The initial state is ``h = c = n = 0`` and ``m = −∞``: ``m`` is the log of the largest
+input-gate contribution held so far (``n = 0`` holds none, ``log 0 = −∞``), so the first
+step sets ``m_1 = ĩ_1`` and ``n_1 = 1``. From there ``n_t ≥ 1`` at every step (either
+``i'_t = 1`` or ``f'_t = 1``), so ``c/n`` is never ``0/0``. (With ``m_0 = 0`` instead, a
+first input gate far below 1 underflows to ``n_1 = 0`` and ``h_1 = NaN``.)
+
+Shapes: ``x`` ``(B, I)``; state ``SLSTMState(h, c, n, m)``, each ``(B, H)``; output ``h``.
 
 Example::
 
@@ -93,7 +98,8 @@ class SLSTMCell(StepCell):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> SLSTMState:
         def zeros() -> Tensor:
             return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-        return SLSTMState(zeros(), zeros(), zeros(), zeros())
+        no_input_yet = torch.full((batch_size, self.hidden_size), -math.inf, device=device, dtype=dtype)
+        return SLSTMState(zeros(), zeros(), zeros(), no_input_yet)
 
     def step(self, x: Tensor, state: SLSTMState) -> tuple[Tensor, SLSTMState]:
         h, c, n, m = state
@@ -101,7 +107,7 @@ class SLSTMCell(StepCell):
         i_pre, f_pre, z_pre, o_pre = gates.chunk(4, -1)
         log_f = F.logsigmoid(f_pre) if self.forget == "sigmoid" else f_pre
         decayed = log_f + m
-        m_new = i_pre + torch.relu(decayed - i_pre)  # max(decayed, i_pre), with an out-of-place backward
+        m_new = torch.where(decayed > i_pre, decayed, i_pre)  # max (torch.maximum's backward works in place)
         i = torch.exp(i_pre - m_new)
         f = torch.exp(decayed - m_new)
         c = f * c + i * torch.tanh(z_pre)
