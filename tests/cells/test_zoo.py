@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
-from torchcells.engine.unroll import unroll
 
 DT = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-8}
@@ -70,8 +69,9 @@ def lstm_ref(p: dict, x: Tensor, h: Tensor, c: Tensor, prefix: str = "", w_hh: O
 def gru_ref(p: dict, x: Tensor, h: Tensor, prefix: str = "", reset_after: bool = True) -> Tensor:
     w_ih, w_hh, b_ih, b_hh = (p[prefix + n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
     n = w_hh.shape[1]
-    r = torch.sigmoid(lin(x, rows_of(w_ih, 0, n), rows_of(b_ih, 0, n)) + lin(h, rows_of(w_hh, 0, n), rows_of(b_hh, 0, n)))
-    z = torch.sigmoid(lin(x, rows_of(w_ih, 1, n), rows_of(b_ih, 1, n)) + lin(h, rows_of(w_hh, 1, n), rows_of(b_hh, 1, n)))
+    def gate(k):
+        return lin(x, rows_of(w_ih, k, n), rows_of(b_ih, k, n)) + lin(h, rows_of(w_hh, k, n), rows_of(b_hh, k, n))
+    r, z = torch.sigmoid(gate(0)), torch.sigmoid(gate(1))
     if reset_after:
         cand = torch.tanh(lin(x, rows_of(w_ih, 2, n), rows_of(b_ih, 2, n))
                           + r * lin(h, rows_of(w_hh, 2, n), rows_of(b_hh, 2, n)))
@@ -475,7 +475,8 @@ def test_gradcheck(spec):
 
     def f(x, *rest):
         torch.manual_seed(7)
-        y, new = torch.func.functional_call(cell, dict(zip(names, rest[n_state:])), (x, _pack(template, rest[:n_state])))
+        state = _pack(template, rest[:n_state])
+        y, new = torch.func.functional_call(cell, dict(zip(names, rest[n_state:])), (x, state))
         return tuple(state_leaves(new)) if spec.spike else (y, *state_leaves(new))
 
     assert torch.autograd.gradcheck(f, (x, *leaves, *params), eps=1e-6, atol=1e-5)

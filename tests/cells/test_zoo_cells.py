@@ -50,8 +50,11 @@ def test_lstm_option_layouts():
     assert y.shape == (B, 2) and c.shape == (B, H)
 
 
-@pytest.mark.parametrize("make", [lambda: tc.LSTMCell(I, H, peepholes=True), lambda: tc.LSTMCell(I, H, coupled=True),
-                                  lambda: tc.GRUCell(I, H, reset_after=False)], ids=["peephole", "cifg", "reset-before"])
+VARIANTS = [lambda: tc.LSTMCell(I, H, peepholes=True), lambda: tc.LSTMCell(I, H, coupled=True),
+            lambda: tc.GRUCell(I, H, reset_after=False)]
+
+
+@pytest.mark.parametrize("make", VARIANTS, ids=["peephole", "cifg", "reset-before"])
 def test_variants_never_run_on_torchs_kernel(make):
     cell = make()
     x = torch.randn(T, B, I)

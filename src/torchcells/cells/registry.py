@@ -152,7 +152,7 @@ _ENTRIES = [
     ZooEntry("noisy-input", "feed-forward", lambda i, h, **kw: NoisyInput(i, **kw),
              "input cell plus Gaussian noise in training (denoising); H = I", "() -- none", "0",
              "loop in training, fused in eval"),
-    ZooEntry("gaussian", "feed-forward", GaussianCell, "probabilistic cell: sample mu + sigma * eps, KL summed in state",
+    ZooEntry("gaussian", "feed-forward", GaussianCell, "probabilistic cell: mu + sigma * eps, KL summed in the state",
              "k (B,): KL so far", "2*H*I + 2*H", "loop in training, fused in eval"),
     ZooEntry("kernel", "feed-forward", KernelCell, "convolution kernel sliding along the axis (causal nn.Conv1d)",
              "window (B, I, k - 1)", "H*I*k + H", _FUSED, {"kernel_size": 3}),
