@@ -236,3 +236,25 @@ def test_zoneout_keeps_values_where_dropout_would_zero_them():
         out, _ = tc.Recurrent(cell)(x, start)
     assert not (out == 0).any()
     assert (out[0] == start.h).any() and (out[1] == out[0]).any()  # units carried over unchanged
+
+
+def test_wrappers_find_h_in_a_wrapped_cells_nested_state():
+    torch.manual_seed(12)
+    inner = tc.VariationalDropout(lstm(), 0.5)
+    state = inner.init_state(B, dtype=DT)
+    x = torch.randn(B, I, dtype=DT)
+
+    zoned = tc.Zoneout(inner, (0.5, 0.5))
+    _, new = zoned(x, state)
+    assert new.masks[0] is state.masks[0] and new.masks[1] is state.masks[1], "masks are not zoned out"
+    _, fresh = inner(x, state)
+    assert torch.equal((new.cell.h == state.cell.h) | (new.cell.h == fresh.cell.h), torch.ones(B, H, dtype=torch.bool))
+
+    dropped = tc.RecurrentDropout(inner, 0.5)
+    outer = dropped.init_state(B, dtype=DT)
+    assert outer.masks[0].shape == (B, H)            # shaped like the LSTM's h, two levels down
+    start = tc.MaskedState(tc.MaskedState(tc.LSTMState(torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT)),
+                                          outer.cell.masks), outer.masks)
+    y, _ = dropped(x, start)
+    masked_h = tc.MaskedState(tc.LSTMState(start.cell.cell.h * outer.masks[0], start.cell.cell.c), outer.cell.masks)
+    torch.testing.assert_close(y, inner(x, masked_h)[0], **TOL)

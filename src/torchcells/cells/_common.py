@@ -109,21 +109,43 @@ class CellWrapper(StepCell):
 
 
 def h_index(state: Any) -> int:
-    """Which leaf of a (flat) state is the hidden ``h`` fed back: the field ``h``, else the first."""
+    """Which part of a state holds the hidden ``h`` fed back: the field ``h``, else the first."""
     fields = getattr(type(state), "_fields", None)
     if fields and "h" in fields:
         return list(fields).index("h")
     return 0
 
 
-def replace_leaf(state: Any, index: int, value: Tensor) -> Any:
-    """``state`` with leaf ``index`` replaced (a tensor state is its own leaf 0)."""
+def h_path(state: Any) -> tuple[int, ...]:
+    """Indices leading to the hidden ``h`` in a (nested) state: the field ``h`` at each level,
+    else the first part (a wrapper's state holds its cell's state first)."""
+    path: list[int] = []
+    while not isinstance(state, Tensor):
+        if len(state) == 0:
+            raise ValueError("the state has no tensor to hold h")
+        k = h_index(state)
+        path.append(k)
+        state = state[k]
+    return tuple(path)
+
+
+def leaf_paths(state: Any, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    """The index path of every tensor of a (nested) state, in ``state_leaves`` order."""
     if isinstance(state, Tensor):
+        return [prefix]
+    return [p for i, part in enumerate(state) for p in leaf_paths(part, prefix + (i,))]
+
+
+def get_path(state: Any, path: tuple[int, ...]) -> Tensor:
+    for k in path:
+        state = state[k]
+    return state
+
+
+def set_path(state: Any, path: tuple[int, ...], value: Tensor) -> Any:
+    """``state`` with the tensor at ``path`` replaced (types of NamedTuples kept)."""
+    if not path:
         return value
     parts = list(state)
-    parts[index] = value
+    parts[path[0]] = set_path(parts[path[0]], path[1:], value)
     return type(state)(*parts) if hasattr(type(state), "_fields") else tuple(parts)
-
-
-def leaf(state: Any, index: int) -> Tensor:
-    return state if isinstance(state, Tensor) else state[index]

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ._common import CellWrapper, cell_name, check_probability, h_index, leaf, replace_leaf
+from ._common import CellWrapper, cell_name, check_probability, get_path, h_path, set_path
 
 __all__ = ["MaskedState", "RecurrentDropout", "VariationalDropout", "WeightDrop"]
 
@@ -121,7 +121,8 @@ class RecurrentDropout(CellWrapper):
     """Dropout on the hidden state fed back, one mask per sequence (Gal & Ghahramani 2016).
 
     At each step the cell reads ``m ⊙ h_{t−1}`` instead of ``h_{t−1}`` (``h`` is the state's
-    field ``h``, or the state itself when it is one tensor); the state it returns, and
+    field ``h``, or the state itself when it is one tensor; in a nested state, such as a
+    wrapped cell's, the ``h`` found by following ``h`` fields, else first parts); the state it returns, and
     hence the final state, is unmasked. Only ``h`` is masked: an LSTM's memory ``c`` is
     not (dropping it would erase memories; Semeniuta et al. 2016).
 
@@ -133,7 +134,7 @@ class RecurrentDropout(CellWrapper):
         self.p = check_probability("RecurrentDropout", "p", p)
 
     def _h_mask(self, inner: Any, training: bool) -> Tensor:
-        h = leaf(inner, h_index(inner))
+        h = get_path(inner, h_path(inner))
         return _mask(tuple(h.shape), self.p, training, h.device, h.dtype)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MaskedState:
@@ -147,8 +148,8 @@ class RecurrentDropout(CellWrapper):
     def step(self, x: Tensor, state: MaskedState) -> tuple[Tensor, MaskedState]:
         inner, masks = state
         if self.training:
-            k = h_index(inner)
-            inner = replace_leaf(inner, k, leaf(inner, k) * masks[0])
+            path = h_path(inner)
+            inner = set_path(inner, path, get_path(inner, path) * masks[0])
         y, inner = self.cell(x, inner)
         return y, MaskedState(inner, masks)
 

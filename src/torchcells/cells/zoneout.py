@@ -11,7 +11,9 @@ where :math:`\\tilde h_t, \\tilde c_t` is the wrapped cell's new state. Like dro
 trains an ensemble, but a zoned-out unit passes its value (and its gradient) through
 time unchanged instead of being zeroed. The paper zones out ``h`` and ``c`` with
 separate rates (``p=(p_h, p_c)``; one number sets both). The state's field ``h`` (or
-the state, when it is one tensor) gets ``p_h``; every other state tensor gets ``p_c``,
+the state, when it is one tensor; in a nested state the ``h`` found by following ``h``
+fields, else first parts) gets ``p_h``; every other state tensor gets ``p_c`` (a tensor
+the cell passes on unchanged, such as a wrapper's mask, is left alone),
 all with one mask where their shapes agree (so an sLSTM's ``c``, ``n``, ``m`` are kept or
 updated together). When the cell's output is its new ``h`` (LSTM, GRU, ...), the output
 is the zoned-out ``h``; otherwise the cell's output is passed on as it is.
@@ -28,8 +30,8 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..cell import state_leaves
-from ._common import CellWrapper, check_probability, h_index
+from ..cell import map_state, state_leaves
+from ._common import CellWrapper, check_probability, h_path, leaf_paths
 
 __all__ = ["Zoneout"]
 
@@ -55,13 +57,13 @@ class Zoneout(CellWrapper):
         old_leaves, new_leaves = state_leaves(state), state_leaves(new)
         if not new_leaves:  # a cell without state: nothing to zone out
             return y, new
-        k = h_index(state)
+        k = leaf_paths(state).index(h_path(state))
         y_is_h = y is new_leaves[k]
         shared: dict[tuple[int, ...], Tensor] = {}
         mixed = []
         for i, (old, fresh) in enumerate(zip(old_leaves, new_leaves)):
             p = self.p_h if i == k else self.p_c
-            if p == 0.0:
+            if p == 0.0 or fresh is old:  # nothing to do; a tensor passed on unchanged (a wrapper's mask)
                 mixed.append(fresh)
             elif not self.training:
                 mixed.append(fresh + p * (old - fresh))
@@ -73,13 +75,8 @@ class Zoneout(CellWrapper):
                 else:
                     keep = shared[tuple(fresh.shape)]
                 mixed.append(torch.where(keep, old, fresh))
-        if isinstance(new, Tensor):
-            out: Any = mixed[0]
-        elif hasattr(type(new), "_fields"):
-            out = type(new)(*mixed)
-        else:
-            out = tuple(mixed)
-        return (mixed[k] if y_is_h else y), out
+        parts = iter(mixed)
+        return (mixed[k] if y_is_h else y), map_state(lambda _: next(parts), new)
 
     def extra_repr(self) -> str:
         return f"p=({self.p_h}, {self.p_c})"
