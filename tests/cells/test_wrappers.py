@@ -133,6 +133,8 @@ def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_paramet
         out2, _ = layer(x)
     assert not torch.equal(mask1, layer.cell.mask_weight_hh)
     assert not torch.allclose(out1, out2)
+    zeros = layer.cell.cell.init_state(B, dtype=DT)  # the inner cell's: draws nothing
+    torch.testing.assert_close(out2, tc.Recurrent(layer.cell, engine="loop")(x, zeros)[0], **TOL)  # the new mask
     assert torch.equal(inner.weight_hh, before) and isinstance(inner.weight_hh, torch.nn.Parameter)
     assert list(layer.state_dict()) == ["cell.cell." + k for k in inner.state_dict()]  # no mask saved
 
