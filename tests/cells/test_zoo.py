@@ -737,7 +737,7 @@ def test_options_after_the_sizes_are_keyword_only():
         tc.ConvLSTMCell(3, 4, 3, (4, 4))  # type: ignore[misc]
 
 
-def test_lengths_of_sizes_in_short_names():
+def test_short_names_of_wrappers_and_stacks():
     assert tc.VariationalDropout(tc.LSTMCell(3, 4)).short_name() == "VariationalDropout(LSTMCell(3→4))"
     assert tc.StackedCell([tc.GRUCell(3, 4), tc.LSTMCell(4, 4)]).short_name() == \
         "StackedCell(GRUCell(3→4), LSTMCell(4→4))"
