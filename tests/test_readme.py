@@ -72,3 +72,11 @@ def test_anatomy_diagrams_in_docs_are_what_the_code_draws():
 def torchcells_explain(model, example):
     from torchcells import explain
     return explain(model, example)
+
+
+def test_cell_zoo_example():
+    ns = run_block("StackedCell([cell, SLSTMCell(32, 32)])")
+    out, state = ns["out"], ns["state"]
+    assert out.shape == (20, 4, 32)
+    assert torch.all(out[5:, 1] == 0) and torch.all(out[1:, 3] == 0)   # padded steps
+    assert len(state) == 2 and state[1].h.shape == (4, 32)

@@ -4,16 +4,22 @@ A *cell* is one step function ``(x_t, state) -> (y_t, state)``; a *layer* applie
 it across time. See ``ARCHITECTURE`` in the README for the three senses of "cell".
 """
 
+from .anatomy import Anatomy, explain
 from .cell import Cell, PairState, State, map_state
-from .cells import ElmanCell, GRUCell, LSTMCell, LSTMState, MinGRUCell, MinLSTMCell
+from .cells import (ConvGRUCell, ConvLSTMCell, ElmanCell, GaussianCell, GRUCell, IndRNNCell, KernelCell,
+                    LayerNormGRUCell, LayerNormLSTMCell, LIFCell, LSTMCell, LSTMState, MaskedState, MGUCell,
+                    MinGRUCell, MinLSTMCell, Neuron, NoisyInput, PoolCell, RecurrentDropout, Residual, SLSTMCell,
+                    SLSTMState, StackedCell, VariationalDropout, WeightDrop, Zoneout)
 from .engine import unroll
 from .layers import GRU, LSTM, RNN, Bidirectional, BidirectionalState, Recurrent, Stack
-from .anatomy import Anatomy, explain
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bidirectional", "BidirectionalState", "Cell", "ElmanCell", "GRU", "GRUCell", "LSTM", "LSTMCell",
-    "LSTMState", "MinGRUCell", "MinLSTMCell", "PairState", "RNN", "Recurrent", "Stack", "State", "map_state", "unroll", "__version__",
+    "Anatomy", "Bidirectional", "BidirectionalState", "Cell", "ConvGRUCell", "ConvLSTMCell", "ElmanCell", "GRU",
+    "GRUCell", "GaussianCell", "IndRNNCell", "KernelCell", "LIFCell", "LSTM", "LSTMCell", "LSTMState",
+    "LayerNormGRUCell", "LayerNormLSTMCell", "MGUCell", "MaskedState", "MinGRUCell", "MinLSTMCell", "Neuron",
+    "NoisyInput", "PairState", "PoolCell", "RNN", "Recurrent", "RecurrentDropout", "Residual", "SLSTMCell",
+    "SLSTMState", "Stack", "StackedCell", "State", "VariationalDropout", "WeightDrop", "Zoneout", "explain",
+    "map_state", "unroll", "__version__",
 ]
-__all__ += ["Anatomy", "explain"]
