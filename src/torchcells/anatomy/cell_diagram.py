@@ -187,10 +187,11 @@ def _topo(nodes: dict[str, DNode], succ: dict[str, list[str]], pred: dict[str, l
 def _sort_by(column: list[str], nbrs: dict[str, list[str]], other: list[str]) -> None:
     """Order ``column`` by the mean position of each node's neighbours in ``other`` (barycentre)."""
     index = {n: i for i, n in enumerate(other)}
+    before = {n: i for i, n in enumerate(column)}  # (list.sort empties the list while it sorts)
 
     def key(n: str) -> float:
         ns = [index[m] for m in nbrs.get(n, []) if m in index]
-        return sum(ns) / len(ns) if ns else float(column.index(n))
+        return sum(ns) / len(ns) if ns else float(before[n])
     column.sort(key=key)
 
 

@@ -1,0 +1,45 @@
+"""Every cell and wrapper of the zoo gets its anatomy and its traced inside-the-cell diagram,
+with no drawing code of its own."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+
+import torchcells as tc
+from torchcells.cells.registry import ZOO, make_cell
+
+I, H, T, B = 6, 8, 5, 2
+
+
+def example(name: str):
+    entry = ZOO[name]
+    size = I
+    if name == "residual":
+        size = H  # y = x + cell(x): as many features in as out
+    cell = make_cell(name, size, H)
+    spatial = entry.options.get("spatial_size")
+    x = torch.randn(T, B, size, *spatial) if spatial else torch.randn(T, B, size)
+    return tc.Recurrent(cell), x
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_cell_is_explained_and_drawn(name):
+    layer, x = example(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random cells note that they train on the loop
+        anatomy = tc.explain(layer, x)
+    assert anatomy.total_parameters == sum(p.numel() for p in layer.parameters())
+    rows = anatomy.to_dict()["layers"]
+    assert rows and rows[0]["applications"] == T
+    svg = anatomy.to_svg("cell")
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    # the diagram shows the operations of the cell's own forward: a learned projection (a layer
+    # of neurons) or an operation without weights, traced, beside the step's inputs and outputs
+    labels = set(re.findall(r">([^<>]{1,16})</text>", svg))
+    operations = {"σ", "tanh", "+", "⊙", "relu", "exp", "−", "where", "1−", "concat", "amax", "mean"}
+    assert any(label.endswith(" neurons") for label in labels) or labels & operations, labels
+    assert any(label.endswith(" features") for label in labels)
