@@ -25,7 +25,9 @@ def _flags() -> list[str]:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", "-std=c++20", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it a fused group
+    # runs on one thread. The libgomp torch already loaded is the one used (same soname).
+    flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fopenmp"]
     if capability == "AVX512":
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2",
                   "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
@@ -51,7 +53,7 @@ def library(*, verbose: bool = False) -> Optional[Any]:
 
         tag = torch.backends.cpu.get_cpu_capability().lower()
         lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
-                                 extra_cflags=_flags(), verbose=verbose)
+                                 extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path runs
         first = (str(e).strip().splitlines() or [""])[-1][:200]
         _STATE["why"] = f"{type(e).__name__}: {first}"

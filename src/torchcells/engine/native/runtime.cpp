@@ -16,6 +16,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -84,16 +85,23 @@ struct Machine {
   using Vec = at::vec::Vectorized<scalar_t>;
   static constexpr int64_t W = Vec::size();
 
+  // exp for the activations: float uses the vector library's faster variant (within 2 units
+  // in the last place instead of 1), double the accurate one.
+  static inline Vec fexp(const Vec& x) {
+    if constexpr (std::is_same_v<scalar_t, float>) return Vec::blendv(x.exp_u20(), x, x != x);  // NaN stays NaN
+    else return x.exp();
+  }
+
   static inline Vec sigmoid(const Vec& x) {
     const Vec one(scalar_t(1));
-    return one / (one + x.neg().exp());
+    return one / (one + fexp(x.neg()));
   }
 
   // tanh from one exp: (1 - e^{-2|x|}) / (1 + e^{-2|x|}) with x's sign; about 3x faster than
   // the vector library's tanh, absolute error within a few units of the last place of 1.
   static inline Vec tanh(const Vec& x) {
     const Vec one(scalar_t(1));
-    const Vec t = (x.abs() * Vec(scalar_t(-2))).exp();
+    const Vec t = fexp(x.abs() * Vec(scalar_t(-2)));
     const Vec y = (one - t) / (one + t);
     return Vec::blendv(y, y.neg(), x < Vec(scalar_t(0)));
   }
