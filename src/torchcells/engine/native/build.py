@@ -21,13 +21,15 @@ _SOURCE = Path(__file__).with_name("runtime.cpp")
 _STATE: dict[str, Any] = {}
 
 
-def _flags() -> list[str]:
+def _flags(openmp: bool = True) -> list[str]:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    # -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it a fused group
-    # runs on one thread. The libgomp torch already loaded is the one used (same soname).
-    flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fopenmp"]
+    flags = ["-O3", "-std=c++20", "-fno-math-errno"]
+    if openmp:
+        # at::parallel_for is inline OpenMP in torch's headers: without it a fused group runs on
+        # one thread. The libgomp torch already loaded is the one used (same soname).
+        flags.append("-fopenmp")
     if capability == "AVX512":
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2",
                   "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
@@ -52,8 +54,12 @@ def library(*, verbose: bool = False) -> Optional[Any]:
         from torch.utils import cpp_extension
 
         tag = torch.backends.cpu.get_cpu_capability().lower()
-        lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
-                                 extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
+        try:
+            lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
+                                     extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
+        except Exception:  # a compiler without OpenMP: the same runtime, fused groups on one thread
+            lib = cpp_extension.load(name=f"torchcells_native_{tag}_serial", sources=[str(_SOURCE)],
+                                     extra_cflags=_flags(openmp=False), verbose=verbose)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path runs
         first = (str(e).strip().splitlines() or [""])[-1][:200]
         _STATE["why"] = f"{type(e).__name__}: {first}"
