@@ -41,3 +41,11 @@ def test_drop_in_example_matches_torch():
     torch.testing.assert_close(ours_out, theirs_out)
     torch.testing.assert_close(h, h2)
     torch.testing.assert_close(c, c2)
+
+
+def test_cell_zoo_example():
+    ns = run_block("StackedCell([cell, SLSTMCell(32, 32)])")
+    out, state = ns["out"], ns["state"]
+    assert out.shape == (20, 4, 32)
+    assert torch.all(out[5:, 1] == 0) and torch.all(out[1:, 3] == 0)   # padded steps
+    assert len(state) == 2 and state[1].h.shape == (4, 32)

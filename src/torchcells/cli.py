@@ -36,6 +36,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo(args: argparse.Namespace) -> int:
+    from .cells.registry import ZOO, describe_zoo
+
+    print(describe_zoo(ZOO.values(), kind=args.kind))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchcells", description="Write a cell, get a layer.")
     parser.add_argument("--version", action="version", version=f"torchcells {__version__}")
@@ -53,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=9, help="timed runs per contender (default 9)")
     bench.add_argument("--quick", action="store_true", help="only the first LSTM row and the GRU row")
     bench.set_defaults(run=_bench)
+    zoo = sub.add_parser("zoo", help="list every cell and wrapper: description, state, parameter count")
+    zoo.add_argument("--kind", choices=["recurrent", "feed-forward", "wrapper"], help="only this kind")
+    zoo.set_defaults(run=_zoo)
     return parser
 
 

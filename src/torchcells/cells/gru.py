@@ -9,10 +9,15 @@
 Gates in torch's order ``GATES = ("r", "z", "n")``: rows ``k·H … (k+1)·H − 1`` of
 ``weight_ih`` ``(3H, I)``, ``weight_hh`` ``(3H, H)`` and both biases.
 
-Note: this is torch.nn.GRU's form, not the paper's. Cho et al. apply the reset
+Note: by default this is torch.nn.GRU's form, not the paper's. Cho et al. apply the reset
 gate before the recurrent product, :math:`n_t = \\tanh(W_{in} x_t + W_{hn}(r_t \\odot
 h_{t-1}) + b_n)`; torch (like cuDNN) applies it after, which keeps ``b_hn``
 inside the reset product and lets all three recurrent products run as one.
+``GRUCell(I, H, reset_after=False)`` is the paper's reset-before form, with the same
+parameters (as Keras' ``reset_after=False``):
+
+.. math::
+    n_t = \\tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \\odot h_{t-1}) + b_{hn})
 
 Shapes: ``x`` ``(B, I)``, state ``h`` ``(B, H)``, output ``h``.
 
@@ -41,12 +46,20 @@ class GRUCell(GatedCell):
     GATES = ("r", "z", "n")
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 device=None, dtype=None) -> None:
+                 reset_after: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self.reset_after = bool(reset_after)
         self.reset_parameters()
+
+    @property
+    def torch_form(self) -> bool:
+        """Whether the cell computes exactly torch.nn.GRUCell's function (reset after)."""
+        return self.reset_after
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
+        if not self.reset_after:
+            return self._reset_before(x, h)
         gi = F.linear(x, self.weight_ih, self.bias_ih)
         gh = F.linear(h, self.weight_hh, self.bias_hh)
         i_r, i_z, i_n = gi.chunk(3, -1)
@@ -56,3 +69,21 @@ class GRUCell(GatedCell):
         n = torch.tanh(i_n + r * h_n)
         h = n + z * (h - n)
         return h, h
+
+    def _reset_before(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Cho et al.'s form: the reset gate scales ``h`` before the candidate's recurrent product."""
+        H = self.hidden_size
+        gi = F.linear(x, self.weight_ih, self.bias_ih)
+        w_hh, b_hh = self.weight_hh, self.bias_hh
+        gh = F.linear(h, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z = gh.chunk(2, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + F.linear(r * h, w_hh[2 * H:], None if b_hh is None else b_hh[2 * H:]))
+        h = n + z * (h - n)
+        return h, h
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"

@@ -14,6 +14,27 @@ biases. Each of the ``H`` units ("memory cells" in the 1997 paper) has four gate
 neurons. With ``proj_size = P > 0`` (Sak et al. 2014, as in nn.LSTM) the output and
 ``h`` have ``P`` features, ``weight_hr`` is ``(P, H)`` and ``R = P``; otherwise ``R = H``.
 
+Options (keyword-only; the defaults are torch.nn.LSTMCell exactly, same parameters,
+same initialization, same random draws):
+
+* ``peepholes=True`` (Gers & Schmidhuber 2000): the gates also see the memory,
+  through one weight per unit: ``weight_ci``, ``weight_cf``, ``weight_co`` ``(H,)``:
+
+  .. math::
+      i_t = \\sigma(\\ldots + w_{ci} \\odot c_{t-1}),\\quad
+      f_t = \\sigma(\\ldots + w_{cf} \\odot c_{t-1}),\\quad
+      o_t = \\sigma(\\ldots + w_{co} \\odot c_t)
+
+  (the output gate looks at the new memory ``c_t``, as in the paper).
+* ``coupled=True`` (CIFG, Greff et al. 2017): no input gate; :math:`i_t = 1 - f_t`,
+  ``GATES = ("f", "g", "o")`` and the weights have ``3H`` rows.
+* ``forget_bias=b``: added to the forget gate's rows of ``bias_ih`` after the uniform
+  initialization (Gers et al. 2000; Jozefowicz et al. 2015 recommend ``1.0``), so the
+  gate starts mostly open. Re-applied by ``reset_parameters()``.
+
+With ``peepholes`` or ``coupled`` the cell no longer has torch's form, so torch's
+kernel never runs it (``torch_form`` is False); the generic engines do.
+
 Shapes: ``x`` ``(B, I)``; state ``LSTMState(h (B, R), c (B, H))``; output ``h``.
 
 Example::
@@ -47,20 +68,52 @@ class LSTMCell(GatedCell):
 
     GATES = ("i", "f", "g", "o")
     STATE_FIELDS = ("h", "c")
+    weight_hr: Optional[Tensor]
+    weight_ci: Optional[Tensor]
+    weight_cf: Optional[Tensor]
+    weight_co: Optional[Tensor]
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, peepholes: bool = False, coupled: bool = False,
+                 forget_bias: float = 0.0, device=None, dtype=None) -> None:
         if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and proj_size >= hidden_size):
             raise ValueError(f"LSTMCell: proj_size should be an int in [0, hidden_size={hidden_size}), "
                              f"got {proj_size!r}")
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+            raise ValueError(f"LSTMCell: forget_bias should be a number, got {forget_bias!r}")
+        if forget_bias and not bias:
+            raise ValueError(f"LSTMCell: forget_bias={forget_bias!r} needs bias=True")
+        # Per instance (a coupled cell has no input gate); set first, as it sizes the weights.
+        setattr(self, "GATES", ("f", "g", "o") if coupled else ("i", "f", "g", "o"))
         super().__init__(input_size, hidden_size, bias=bias, recurrent_size=proj_size or hidden_size,
                          device=device, dtype=dtype)
         self.proj_size = proj_size
+        self.peepholes = bool(peepholes)
+        self.coupled = bool(coupled)
+        self.forget_bias = float(forget_bias)
         if proj_size:
             self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, device=device, dtype=dtype))
         else:
             self.register_parameter("weight_hr", None)
+        for gate in ("i", "f", "o"):
+            if self.peepholes and gate in self.GATES:
+                self.register_parameter(f"weight_c{gate}", nn.Parameter(
+                    torch.empty(hidden_size, device=device, dtype=dtype)))
+            else:
+                self.register_parameter(f"weight_c{gate}", None)
         self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialization (uniform in ``±1/√H``), then ``forget_bias`` on the forget rows."""
+        super().reset_parameters()
+        if self.forget_bias and self.bias_ih is not None:
+            with torch.no_grad():
+                self.bias_ih[self.gate_rows()["f"]] += self.forget_bias
+
+    @property
+    def torch_form(self) -> bool:
+        """Whether the cell computes exactly torch.nn.LSTMCell's function (no peepholes, not coupled)."""
+        return not (self.peepholes or self.coupled)
 
     @property
     def output_size(self) -> int:
@@ -76,13 +129,41 @@ class LSTMCell(GatedCell):
     def forward(self, x: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         h, c = self._prepare(x, state)
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
-        i, f, g, o = gates.chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        if self.torch_form:
+            i, f, g, o = gates.chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            h, c = self._variant_step(gates, c)
         if self.weight_hr is not None:
             h = F.linear(h, self.weight_hr)
         return h, LSTMState(h, c)
 
+    def _variant_step(self, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with peepholes and/or a coupled input gate (``h`` before projection, ``c``)."""
+        if self.coupled:
+            f, g, o = gates.chunk(3, -1)
+        else:
+            i, f, g, o = gates.chunk(4, -1)
+        if self.weight_cf is not None:
+            f = f + self.weight_cf * c
+        f = torch.sigmoid(f)
+        if self.coupled:
+            gate_in = 1 - f
+        else:
+            gate_in = torch.sigmoid(i + self.weight_ci * c if self.weight_ci is not None else i)
+        c = f * c + gate_in * torch.tanh(g)
+        if self.weight_co is not None:
+            o = o + self.weight_co * c
+        return torch.sigmoid(o) * torch.tanh(c), c
+
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s + f", proj_size={self.proj_size}" if self.proj_size else s
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        for flag in ("peepholes", "coupled"):
+            if getattr(self, flag):
+                s += f", {flag}=True"
+        if self.forget_bias:
+            s += f", forget_bias={self.forget_bias}"
+        return s

@@ -25,6 +25,8 @@ def has_torch_kernel(cell: Any, x: Tensor, lengths: Optional[Tensor], all_states
     """Whether :func:`run_torch_kernel` can run this call."""
     if type(cell) not in (ElmanCell, LSTMCell, GRUCell) or all_states or x.dim() != 3:
         return False
+    if not getattr(cell, "torch_form", True):  # peepholes, a coupled gate, GRU's reset-before form
+        return False
     if lengths is not None and int(lengths.min()) == 0:
         return False  # packed sequences cannot hold an empty sequence
     return True

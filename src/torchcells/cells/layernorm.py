@@ -1,0 +1,119 @@
+"""Layer-normalized LSTM and GRU cells (Ba, Kiros & Hinton 2016).
+
+Layer normalization over a vector ``v`` of ``n`` features, with a gain ``α`` and a
+shift ``β`` per feature:
+:math:`\\mathrm{LN}(v; α, β) = α \\odot (v - μ) / \\sqrt{σ^2 + ε} + β`, ``μ``, ``σ²`` the
+mean and variance of ``v``'s ``n`` features (``ε = 1e-5``; ``nn.LayerNorm``).
+
+LSTM (the paper's equations 20–22; ``GATES = ("i", "f", "g", "o")``, rows as in
+:class:`~torchcells.LSTMCell`):
+
+.. math::
+    (i, f, g, o)_t &= \\mathrm{LN}(W_{ih} x_t; α_1, β_1) + \\mathrm{LN}(W_{hh} h_{t-1}; α_2, β_2) \\\\
+    c_t &= \\sigma(f_t) \\odot c_{t-1} + \\sigma(i_t) \\odot \\tanh(g_t) \\\\
+    h_t &= \\sigma(o_t) \\odot \\tanh(\\mathrm{LN}(c_t; α_3, β_3))
+
+GRU (the same recipe on torch's reset-after GRU; ``GATES = ("r", "z", "n")``):
+
+.. math::
+    (a^r, a^z, a^n)_t &= \\mathrm{LN}(W_{ih} x_t; α_1, β_1), \\qquad
+    (b^r, b^z, b^n)_t = \\mathrm{LN}(W_{hh} h_{t-1}; α_2, β_2) \\\\
+    r_t &= \\sigma(a^r_t + b^r_t), \\qquad z_t = \\sigma(a^z_t + b^z_t) \\\\
+    n_t &= \\tanh(a^n_t + r_t \\odot b^n_t), \\qquad h_t = (1 - z_t) \\odot n_t + z_t \\odot h_{t-1}
+
+Each ``LN`` normalizes all ``4H`` (``3H``) pre-activations together, as in the paper,
+not gate by gate. Parameters: ``weight_ih`` ``(GH, I)``, ``weight_hh`` ``(GH, H)``
+(uniform in ``±1/√H``), and ``norm_ih``, ``norm_hh`` (``nn.LayerNorm(GH)``; the LSTM
+also ``norm_c``, ``nn.LayerNorm(H)``), gains 1 and shifts 0 at the start. Departure
+from the paper: no separate bias ``b``; the shifts ``β_1 + β_2`` are that bias.
+
+Shapes: ``x`` ``(B, I)``; state ``LSTMState(h, c)`` ``(B, H)`` each, or ``h`` ``(B, H)``
+for the GRU; output ``h``.
+
+Example::
+
+    >>> cell = LayerNormLSTMCell(3, 5)
+    >>> y, (h, c) = cell(torch.randn(2, 3), cell.init_state(2))
+    >>> y.shape
+    torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._gated import GatedCell
+from .lstm import LSTMState
+
+__all__ = ["LayerNormGRUCell", "LayerNormLSTMCell"]
+
+
+class _LayerNormCell(GatedCell):
+    """Weights ``weight_ih``, ``weight_hh`` (no biases) and a layer norm on each product."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(input_size, hidden_size, bias=False, device=device, dtype=dtype)
+        rows = len(self.GATES) * hidden_size
+        self.norm_ih = nn.LayerNorm(rows, device=device, dtype=dtype)
+        self.norm_hh = nn.LayerNorm(rows, device=device, dtype=dtype)
+
+    def _normalized(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.norm_ih(F.linear(x, self.weight_ih)), self.norm_hh(F.linear(h, self.weight_hh))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class LayerNormLSTMCell(_LayerNormCell):
+    """One layer-normalized LSTM step (Ba et al. 2016, equations 20–22)."""
+
+    GATES = ("i", "f", "g", "o")
+    STATE_FIELDS = ("h", "c")
+
+    def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        self.norm_c = nn.LayerNorm(hidden_size, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.hidden_size, self.hidden_size)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> LSTMState:
+        return LSTMState(torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype),
+                         torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
+        h, c = self._prepare(x, state)
+        a, b = self._normalized(x, h)
+        i, f, g, o = (a + b).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(self.norm_c(c))
+        return h, LSTMState(h, c)
+
+
+class LayerNormGRUCell(_LayerNormCell):
+    """One layer-normalized GRU step (reset-after, as torch's GRU)."""
+
+    GATES = ("r", "z", "n")
+
+    def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        a, b = self._normalized(x, h)
+        a_r, a_z, a_n = a.chunk(3, -1)
+        b_r, b_z, b_n = b.chunk(3, -1)
+        r = torch.sigmoid(a_r + b_r)
+        z = torch.sigmoid(a_z + b_z)
+        n = torch.tanh(a_n + r * b_n)
+        h = n + z * (h - n)
+        return h, h

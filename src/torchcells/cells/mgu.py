@@ -1,0 +1,56 @@
+"""Minimal gated unit (Zhou et al. 2016): a GRU with one gate doing both jobs.
+
+.. math::
+    f_t &= \\sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\\\
+    \\tilde h_t &= \\tanh(W_{ih} x_t + b_{ih} + W_{hh} (f_t \\odot h_{t-1}) + b_{hh}) \\\\
+    h_t &= (1 - f_t) \\odot h_{t-1} + f_t \\odot \\tilde h_t
+
+The forget gate ``f`` plays the GRU's reset and update gates at once. Gates
+``GATES = ("f", "h")``: rows ``0 … H−1`` of ``weight_ih`` ``(2H, I)``, ``weight_hh``
+``(2H, H)`` and both biases are the gate, rows ``H … 2H−1`` the candidate.
+Initialization is torch's (uniform in ``±1/√H``). Departure from the paper: two
+biases per gate (torch's layout, so the weights copy from a GRU's layout), where
+the paper has one; the sum is what counts.
+
+Shapes: ``x`` ``(B, I)``, state ``h`` ``(B, H)``, output ``h``.
+
+Example::
+
+    >>> cell = MGUCell(3, 5)
+    >>> y, h = cell(torch.randn(2, 3), cell.init_state(2))
+    >>> y.shape
+    torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._gated import GatedCell
+
+__all__ = ["MGUCell"]
+
+
+class MGUCell(GatedCell):
+    """One MGU step: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ tanh(W_ih x_t + W_hh (f_t ⊙ h_{t−1}) + b)``."""
+
+    GATES = ("f", "h")
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        H = self.hidden_size
+        w_hh, b_hh = self.weight_hh, self.bias_hh
+        i_f, i_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
+        f = torch.sigmoid(i_f + F.linear(h, w_hh[:H], None if b_hh is None else b_hh[:H]))
+        candidate = torch.tanh(i_h + F.linear(f * h, w_hh[H:], None if b_hh is None else b_hh[H:]))
+        h = h + f * (candidate - h)
+        return h, h

@@ -1,0 +1,260 @@
+"""The wrappers' promises: masks really once per sequence, DropConnect shared by the batch and
+steps, zoneout's keep-or-update rule, eval mode = the wrapped cell, composition."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import torchcells as tc
+from torchcells.cell import state_leaves
+
+DT = torch.float64
+TOL = {"atol": 1e-12, "rtol": 1e-10}
+T, B, I, H = 6, 5, 8, 6
+
+
+def loop(cell) -> tc.Recurrent:
+    """A layer on the reference loop: the same operations as the cell's own, so equal bit for bit."""
+    return tc.Recurrent(cell, engine="loop")
+
+
+def lstm(seed: int = 0, i: int = I, h: int = H) -> tc.LSTMCell:
+    torch.manual_seed(seed)
+    return tc.LSTMCell(i, h).double()
+
+
+# ---------------------------------------------------------------- VariationalDropout
+def test_variational_input_mask_is_one_per_sequence():
+    torch.manual_seed(1)
+    cell = tc.VariationalDropout(lstm(), (0.5, 0.0))
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    state = cell.init_state(B, dtype=DT)
+    out, final = tc.Recurrent(cell)(x, state)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    m_in = state.masks[0]
+    assert set(m_in.unique().tolist()) <= {0.0, 2.0}          # Bernoulli(1/2) / (1/2)
+    dropped = m_in == 0
+    for t in range(T):  # the same inputs are invisible at every step of a sequence
+        assert torch.equal(g[t] == 0, dropped)
+    assert len({tuple(row.tolist()) for row in dropped}) > 1, "each sequence has its own mask"
+    assert final.masks[0] is m_in or torch.equal(final.masks[0], m_in)   # passed on unchanged
+
+
+def test_variational_output_mask_is_one_per_sequence_and_fresh_per_call():
+    torch.manual_seed(2)
+    layer = tc.Recurrent(tc.VariationalDropout(lstm(), (0.0, 0.5)))
+    x = torch.randn(T, B, I, dtype=DT)
+    out, final = layer(x)
+    zero = out == 0
+    assert zero.any() and torch.equal(zero, zero[:1].expand_as(zero))  # same units silent at every step
+    assert torch.equal(zero[0], final.masks[1] == 0)
+    out2, final2 = layer(x)
+    assert not torch.equal(final.masks[1], final2.masks[1]), "a fresh sequence draws a fresh mask"
+    out3, _ = layer(x, final)  # continuing a sequence (truncated BPTT) keeps its mask
+    assert torch.equal(out3 == 0, zero)
+
+
+def test_variational_dropout_is_the_wrapped_cell_in_eval_and_expected_scale_in_training():
+    inner = lstm()
+    wrapped = tc.VariationalDropout(inner, 0.3).eval()
+    x = torch.randn(T, B, I, dtype=DT)
+    assert torch.equal(loop(wrapped)(x)[0], loop(inner)(x)[0])
+    state = wrapped.train().init_state(20000, dtype=DT)
+    torch.testing.assert_close(state.masks[0].mean(), torch.tensor(1.0, dtype=DT), atol=0.02, rtol=0)
+
+
+def test_bidirectional_and_stacked_directions_draw_their_own_masks():
+    torch.manual_seed(3)
+    bi = tc.Bidirectional(tc.Recurrent(tc.VariationalDropout(lstm(), 0.5)))
+    _, (fwd, bwd) = bi(torch.randn(T, B, I, dtype=DT), lengths=[6, 3, 1, 0, 2])
+    assert not torch.equal(fwd.masks[0], bwd.masks[0])
+
+
+def test_variational_dropout_on_a_conv_cell_drops_whole_channels():
+    cell = tc.VariationalDropout(tc.ConvGRUCell(4, 3, spatial_size=(5, 5)).double(), 0.5)
+    state = cell.init_state(2, dtype=DT)
+    assert state.masks[0].shape == (2, 4, 1, 1) and state.masks[1].shape == (2, 3, 1, 1)
+    out, _ = tc.Recurrent(cell)(torch.randn(T, 2, 4, 5, 5, dtype=DT), state)
+    silent = (out == 0).all(-1).all(-1).all(0)  # (B, C): channels zero at every step and pixel
+    assert torch.equal(silent, state.masks[1][:, :, 0, 0] == 0)
+
+
+# ---------------------------------------------------------------- RecurrentDropout
+def test_recurrent_dropout_masks_the_h_fed_back_and_returns_it_unmasked():
+    torch.manual_seed(4)
+    inner = lstm()
+    cell = tc.RecurrentDropout(inner, 0.5)
+    x = torch.randn(T, B, I, dtype=DT)
+    state = cell.init_state(B, dtype=DT)
+    (m_h,) = state.masks
+    assert m_h.shape == (B, H) and set(m_h.unique().tolist()) <= {0.0, 2.0}
+    out, final = tc.Recurrent(cell)(x, state)
+    h, c = torch.zeros(B, H, dtype=DT), torch.zeros(B, H, dtype=DT)
+    for t in range(T):
+        y, (h, c) = inner(x[t], tc.LSTMState(h * m_h, c))
+        torch.testing.assert_close(out[t], y, **TOL)
+    torch.testing.assert_close(final.cell.h, h, **TOL)  # the state keeps the unmasked h
+    torch.testing.assert_close(final.cell.c, c, **TOL)
+    assert not (final.cell.h == 0).any()
+    cell.eval()
+    assert torch.equal(loop(cell)(x)[0], loop(inner)(x)[0])
+
+
+# ---------------------------------------------------------------- WeightDrop
+def test_weight_drop_uses_one_mask_for_the_batch_and_every_step():
+    torch.manual_seed(5)
+    inner = lstm()
+    cell = tc.WeightDrop(inner, 0.5)
+    x = torch.randn(T, B, I, dtype=DT)
+    state = cell.init_state(B, dtype=DT)  # draws the mask
+    mask = cell.mask_weight_hh.clone()
+    assert mask.shape == inner.weight_hh.shape and set(mask.unique().tolist()) == {0.0, 2.0}
+    out, _ = tc.Recurrent(cell)(x, state)
+    reference = lstm()
+    with torch.no_grad():
+        reference.weight_hh.mul_(mask)
+    torch.testing.assert_close(out, tc.Recurrent(reference)(x)[0], **TOL)
+    assert torch.equal(cell.mask_weight_hh, mask), "a given state continues its sequence and its mask"
+
+
+def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_parameter():
+    torch.manual_seed(6)
+    inner = lstm()
+    before = inner.weight_hh.detach().clone()
+    layer = tc.Recurrent(tc.WeightDrop(inner, 0.5))
+    x = torch.randn(T, B, I, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all: no fallback, no non-contiguous weights
+        out1, _ = layer(x)
+        mask1 = layer.cell.mask_weight_hh.clone()
+        out2, _ = layer(x)
+    assert not torch.equal(mask1, layer.cell.mask_weight_hh)
+    assert not torch.allclose(out1, out2)
+    assert torch.equal(inner.weight_hh, before) and isinstance(inner.weight_hh, torch.nn.Parameter)
+    assert list(layer.state_dict()) == ["cell.cell." + k for k in inner.state_dict()]  # no mask saved
+
+
+def test_weight_drop_gradient_is_zero_on_dropped_weights():
+    torch.manual_seed(7)
+    cell = tc.WeightDrop(lstm(), 0.5)
+    out, _ = tc.Recurrent(cell)(torch.randn(T, B, I, dtype=DT))
+    out.square().sum().backward()
+    g = cell.cell.weight_hh.grad
+    assert torch.equal(g == 0, cell.mask_weight_hh == 0)
+
+
+def test_weight_drop_in_eval_and_with_p_zero_is_the_wrapped_cell():
+    inner = lstm()
+    x = torch.randn(T, B, I, dtype=DT)
+    want = loop(inner)(x)[0]
+    assert torch.equal(loop(tc.WeightDrop(inner, 0.5).eval())(x)[0], want)
+    assert torch.equal(loop(tc.WeightDrop(inner, 0.0))(x)[0], want)
+
+
+def test_weight_drop_on_other_weights():
+    torch.manual_seed(8)
+    cell = tc.WeightDrop(tc.IndRNNCell(I, H).double(), 0.5, weights=("weight_hh", "weight_ih"))
+    cell.init_state(1, dtype=DT)
+    assert cell.mask_weight_ih.shape == (H, I) and cell.mask_weight_hh.shape == (H,)
+    assert "weights=['weight_hh', 'weight_ih']" in repr(cell)
+
+
+# ---------------------------------------------------------------- Zoneout
+def test_zoneout_keeps_or_updates_each_unit_with_its_own_rate():
+    torch.manual_seed(9)
+    inner = lstm()
+    cell = tc.Zoneout(inner, (0.3, 0.7))
+    x = torch.randn(4000, I, dtype=DT)
+    state = tc.LSTMState(torch.randn(4000, H, dtype=DT), torch.randn(4000, H, dtype=DT))
+    y, (h, c) = cell(x, state)
+    _, (h_new, c_new) = inner(x, state)
+    kept_h, kept_c = h == state.h, c == state.c
+    assert torch.equal(kept_h | (h == h_new), torch.ones_like(kept_h))  # every unit: old or new, exactly
+    assert torch.equal(kept_c | (c == c_new), torch.ones_like(kept_c))
+    assert abs(kept_h.double().mean().item() - 0.3) < 0.02
+    assert abs(kept_c.double().mean().item() - 0.7) < 0.02
+    assert torch.equal(y, h), "the output is the zoned-out h"
+
+
+def test_zoneout_in_eval_is_the_expectation_and_passes_stateless_cells_through():
+    inner = lstm()
+    cell = tc.Zoneout(inner, 0.25).eval()
+    x, state = torch.randn(B, I, dtype=DT), tc.LSTMState(torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT))
+    _, (h_new, c_new) = inner(x, state)
+    y, (h, c) = cell(x, state)
+    torch.testing.assert_close(h, 0.25 * state.h + 0.75 * h_new, **TOL)
+    torch.testing.assert_close(c, 0.25 * state.c + 0.75 * c_new, **TOL)
+    neuron = tc.Neuron(I, H).double()
+    assert torch.equal(tc.Zoneout(neuron, 0.5)(x)[0], neuron(x)[0])
+
+
+# ---------------------------------------------------------------- composition
+def test_stacked_cell_equals_a_stack_of_layers():
+    torch.manual_seed(10)
+    a, b = tc.GRUCell(I, H).double(), tc.LSTMCell(H, H).double()
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    lengths = [6, 0, 3, 1, 5]
+    out, (s_a, s_b) = tc.Recurrent(tc.StackedCell([a, b]))(x, lengths=lengths)
+    want, (w_a, w_b) = tc.Stack([tc.Recurrent(a), tc.Recurrent(b)])(x, lengths=lengths)
+    torch.testing.assert_close(out, want, **TOL)
+    for got, exp in zip(state_leaves((s_a, s_b)), state_leaves((w_a, w_b))):
+        torch.testing.assert_close(got, exp, **TOL)
+    g1 = torch.autograd.grad(out.square().sum(), [x, *a.parameters(), *b.parameters()])
+    g2 = torch.autograd.grad(want.square().sum(), [x, *a.parameters(), *b.parameters()])
+    for u, v in zip(g1, g2):
+        torch.testing.assert_close(u, v, **TOL)
+
+
+def test_wrappers_compose_and_are_the_plain_cell_in_eval():
+    inner = lstm()
+    cell = tc.VariationalDropout(tc.RecurrentDropout(tc.WeightDrop(inner, 0.3), 0.2), 0.1)
+    x = torch.randn(T, B, I, dtype=DT)
+    lengths = [6, 2, 0, 4, 1]
+    out, _ = tc.Bidirectional(tc.Recurrent(cell))(x, lengths=lengths)
+    assert out.shape == (T, B, 2 * H)
+    for b, L in enumerate(lengths):
+        assert torch.all(out[L:, b] == 0)
+    cell.eval()
+    assert torch.equal(loop(cell)(x, lengths=lengths)[0], loop(inner)(x, lengths=lengths)[0])
+
+
+def test_residual_adds_the_input():
+    inner = tc.GRUCell(I, I).double()
+    x = torch.randn(T, B, I, dtype=DT)
+    torch.testing.assert_close(tc.Recurrent(tc.Residual(inner))(x)[0], x + tc.Recurrent(inner)(x)[0], **TOL)
+
+
+def test_zoneout_keeps_values_where_dropout_would_zero_them():
+    torch.manual_seed(11)
+    cell = tc.Zoneout(lstm(), 0.5)
+    x = torch.randn(T, 200, I, dtype=DT)
+    start = tc.LSTMState(torch.randn(200, H, dtype=DT), torch.randn(200, H, dtype=DT))
+    with pytest.warns(UserWarning, match="random"):
+        out, _ = tc.Recurrent(cell)(x, start)
+    assert not (out == 0).any()
+    assert (out[0] == start.h).any() and (out[1] == out[0]).any()  # units carried over unchanged
+
+
+def test_wrappers_find_h_in_a_wrapped_cells_nested_state():
+    torch.manual_seed(12)
+    inner = tc.VariationalDropout(lstm(), 0.5)
+    state = inner.init_state(B, dtype=DT)
+    x = torch.randn(B, I, dtype=DT)
+
+    zoned = tc.Zoneout(inner, (0.5, 0.5))
+    _, new = zoned(x, state)
+    assert new.masks[0] is state.masks[0] and new.masks[1] is state.masks[1], "masks are not zoned out"
+    _, fresh = inner(x, state)
+    assert torch.equal((new.cell.h == state.cell.h) | (new.cell.h == fresh.cell.h), torch.ones(B, H, dtype=torch.bool))
+
+    dropped = tc.RecurrentDropout(inner, 0.5)
+    outer = dropped.init_state(B, dtype=DT)
+    assert outer.masks[0].shape == (B, H)            # shaped like the LSTM's h, two levels down
+    start = tc.MaskedState(tc.MaskedState(tc.LSTMState(torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT)),
+                                          outer.cell.masks), outer.masks)
+    y, _ = dropped(x, start)
+    masked_h = tc.MaskedState(tc.LSTMState(start.cell.cell.h * outer.masks[0], start.cell.cell.c), outer.cell.masks)
+    torch.testing.assert_close(y, inner(x, masked_h)[0], **TOL)

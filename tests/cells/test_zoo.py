@@ -1,0 +1,740 @@
+"""The zoo's cells and wrappers, one row each: every row gets every check.
+
+A :class:`ZooSpec` row gives the factory of a cell (or of a wrapper around one) and
+its step written out here from the paper's equations, independently of the library
+(through other torch functions where the library's code would be the obvious
+transcription: convolutions as ``unfold`` products, the sLSTM without its
+stabilizer, the surrogate spike as an ``autograd.Function``). Every row is checked:
+
+* one step equals the reference: outputs, states and gradients (float64);
+* ``gradcheck`` in float64 (the random cells and wrappers with a fixed seed inside);
+* ``Recurrent`` (forwards and reversed), ``Stack`` and ``Bidirectional`` with
+  lengths equal a hand loop over each sequence, with exact zeros at padded steps;
+* gradients reach every parameter through a layer with lengths, in training mode;
+* the fused engine equals the loop (lengths, reverse, every-step states, gradients)
+  where the row's step has no random operation; where it has one, the layer falls
+  back to the loop with a warning and ``engine="fused"`` is a named error;
+* eval mode is deterministic;
+* bad input, a bad state and a bad constructor argument get errors naming the cell.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import torchcells as tc
+from torchcells.cell import map_state, state_leaves
+
+DT = torch.float64
+TOL = {"atol": 1e-10, "rtol": 1e-8}
+I, H, B, T = 3, 4, 4, 5
+LENGTHS = [3, 0, 5, 1]
+IMAGE = (3, 3)  # spatial size of the convolutional rows (channels: I in, H hidden)
+
+
+# --------------------------------------------------------------------------------------
+# References, written from the equations. ``p``: the cell's named parameters.
+# --------------------------------------------------------------------------------------
+def lin(x: Tensor, w: Tensor, b: Optional[Tensor] = None) -> Tensor:
+    out = x @ w.T
+    return out if b is None else out + b
+
+
+def rows_of(w: Optional[Tensor], k: int, n: int) -> Optional[Tensor]:
+    return None if w is None else w[k * n:(k + 1) * n]
+
+
+def lstm_ref(p: dict, x: Tensor, h: Tensor, c: Tensor, prefix: str = "", w_hh: Optional[Tensor] = None):
+    """Plain LSTM (torch's gate order i, f, g, o), optionally with another ``W_hh``."""
+    w_ih, b_ih, b_hh = p[prefix + "weight_ih"], p[prefix + "bias_ih"], p[prefix + "bias_hh"]
+    w_hh = p[prefix + "weight_hh"] if w_hh is None else w_hh
+    n = w_hh.shape[1]
+
+    def gate(k):
+        return lin(x, rows_of(w_ih, k, n), rows_of(b_ih, k, n)) + lin(h, rows_of(w_hh, k, n), rows_of(b_hh, k, n))
+    i, f, g, o = torch.sigmoid(gate(0)), torch.sigmoid(gate(1)), torch.tanh(gate(2)), torch.sigmoid(gate(3))
+    c = f * c + i * g
+    return o * torch.tanh(c), c
+
+
+def gru_ref(p: dict, x: Tensor, h: Tensor, prefix: str = "", reset_after: bool = True) -> Tensor:
+    w_ih, w_hh, b_ih, b_hh = (p[prefix + n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    n = w_hh.shape[1]
+    def gate(k):
+        return lin(x, rows_of(w_ih, k, n), rows_of(b_ih, k, n)) + lin(h, rows_of(w_hh, k, n), rows_of(b_hh, k, n))
+    r, z = torch.sigmoid(gate(0)), torch.sigmoid(gate(1))
+    if reset_after:
+        cand = torch.tanh(lin(x, rows_of(w_ih, 2, n), rows_of(b_ih, 2, n))
+                          + r * lin(h, rows_of(w_hh, 2, n), rows_of(b_hh, 2, n)))
+    else:
+        cand = torch.tanh(lin(x, rows_of(w_ih, 2, n), rows_of(b_ih, 2, n))
+                          + lin(r * h, rows_of(w_hh, 2, n), rows_of(b_hh, 2, n)))
+    return (1 - z) * cand + z * h
+
+
+def ref_lstm_variant(cell, p, x, state):
+    """Peepholes (Gers & Schmidhuber 2000) and/or coupled gate (Greff et al. 2017)."""
+    h, c = state
+    n = cell.hidden_size
+    names = ("f", "g", "o") if cell.coupled else ("i", "f", "g", "o")
+    pre = {g: lin(x, rows_of(p["weight_ih"], k, n), rows_of(p["bias_ih"], k, n))
+           + lin(h, rows_of(p["weight_hh"], k, n), rows_of(p["bias_hh"], k, n)) for k, g in enumerate(names)}
+    peep = cell.peepholes
+    f = torch.sigmoid(pre["f"] + (p["weight_cf"] * c if peep else 0))
+    i = 1 - f if cell.coupled else torch.sigmoid(pre["i"] + (p["weight_ci"] * c if peep else 0))
+    c_new = f * c + i * torch.tanh(pre["g"])
+    o = torch.sigmoid(pre["o"] + (p["weight_co"] * c_new if peep else 0))
+    h = o * torch.tanh(c_new)
+    return h, (h, c_new)
+
+
+def ref_gru_before(cell, p, x, state):
+    h = gru_ref(p, x, state, reset_after=False)
+    return h, h
+
+
+def ref_mgu(cell, p, x, h):
+    n = cell.hidden_size
+    f = torch.sigmoid(lin(x, p["weight_ih"][:n], p["bias_ih"][:n]) + lin(h, p["weight_hh"][:n], p["bias_hh"][:n]))
+    cand = torch.tanh(lin(x, p["weight_ih"][n:], p["bias_ih"][n:]) + lin(f * h, p["weight_hh"][n:], p["bias_hh"][n:]))
+    h = (1 - f) * h + f * cand
+    return h, h
+
+
+def layer_norm(v: Tensor, gain: Tensor, shift: Tensor, eps: float = 1e-5) -> Tensor:
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)  # biased, as Ba et al.
+    return gain * (v - mean) / torch.sqrt(var + eps) + shift
+
+
+def ref_ln_lstm(cell, p, x, state):
+    h, c = state
+    pre = (layer_norm(x @ p["weight_ih"].T, p["norm_ih.weight"], p["norm_ih.bias"])
+           + layer_norm(h @ p["weight_hh"].T, p["norm_hh.weight"], p["norm_hh.bias"]))
+    n = cell.hidden_size
+    i, f, g, o = (pre[:, k * n:(k + 1) * n] for k in range(4))
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(layer_norm(c, p["norm_c.weight"], p["norm_c.bias"]))
+    return h, (h, c)
+
+
+def ref_ln_gru(cell, p, x, h):
+    a = layer_norm(x @ p["weight_ih"].T, p["norm_ih.weight"], p["norm_ih.bias"])
+    b = layer_norm(h @ p["weight_hh"].T, p["norm_hh.weight"], p["norm_hh.bias"])
+    n = cell.hidden_size
+    r = torch.sigmoid(a[:, :n] + b[:, :n])
+    z = torch.sigmoid(a[:, n:2 * n] + b[:, n:2 * n])
+    cand = torch.tanh(a[:, 2 * n:] + r * b[:, 2 * n:])
+    h = (1 - z) * cand + z * h
+    return h, h
+
+
+def ref_indrnn(cell, p, x, h):
+    h = torch.relu(lin(x, p["weight_ih"], p["bias_ih"]) + p["weight_hh"] * h)
+    return h, h
+
+
+def ref_slstm(cell, p, x, state):
+    """The paper's unstabilized sLSTM on ``c·e^m``, ``n·e^m``; ``m`` by its definition."""
+    h, c, n, m = state
+    pre = lin(x, p["weight_ih"], p["bias"]) + h @ p["weight_hh"].T
+    k = cell.hidden_size
+    i_pre, f_pre, z_pre, o_pre = (pre[:, j * k:(j + 1) * k] for j in range(4))
+    i, f = torch.exp(i_pre), torch.sigmoid(f_pre)
+    c_raw = f * (c * torch.exp(m)) + i * torch.tanh(z_pre)
+    n_raw = f * (n * torch.exp(m)) + i
+    h = torch.sigmoid(o_pre) * c_raw / n_raw
+    m_new = torch.maximum(torch.log(f) + m, i_pre)
+    return h, (h, c_raw * torch.exp(-m_new), n_raw * torch.exp(-m_new), m_new)
+
+
+class SurrogateSpike(torch.autograd.Function):
+    """Heaviside forwards; fast-sigmoid derivative ``1/(1 + 5|u|)²`` backwards."""
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        return (u > 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        return grad / (1 + 5.0 * u.abs()) ** 2
+
+
+def ref_lif(cell, p, x, v):
+    beta = 1 / (1 + torch.exp(-p["leak"]))
+    fired = (v > 1.0).to(v.dtype)
+    v = beta * v + lin(x, p["weight_ih"], p["bias_ih"]) - fired
+    return SurrogateSpike.apply(v - 1.0), v
+
+
+def ref_neuron(cell, p, x, state):
+    return torch.tanh(lin(x, p["weight"], p["bias"])), ()
+
+
+def ref_identity(cell, p, x, state):
+    return x, ()
+
+
+def ref_gaussian(cell, p, x, total):
+    """Eval mode: the mean; KL from torch.distributions."""
+    out = lin(x, p["weight"], p["bias"])
+    n = cell.hidden_size
+    mean, logvar = out[:, :n], out[:, n:]
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, torch.exp(0.5 * logvar)),
+                                           torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean)))
+    return mean, total + kl.sum(-1)
+
+
+def ref_kernel(cell, p, x, window):
+    full = torch.cat([window, x.unsqueeze(-1)], -1)
+    return F.conv1d(full, p["weight"], p["bias"])[:, :, 0], full[:, :, 1:]
+
+
+def ref_pool(cell, p, x, window):
+    full = torch.cat([window, x.unsqueeze(-1)], -1)
+    return F.max_pool1d(full, cell.kernel_size)[:, :, 0], full[:, :, 1:]
+
+
+def conv_same(v: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """A 'same' 2-D convolution as a product with unfolded patches."""
+    k = w.shape[-1]
+    patches = F.unfold(v, k, padding=k // 2)                       # (B, C·k·k, pixels)
+    out = (w.flatten(1) @ patches).reshape(v.shape[0], w.shape[0], *v.shape[-2:])
+    return out if b is None else out + b.reshape(1, -1, 1, 1)
+
+
+def ref_conv_lstm(cell, p, x, state):
+    h, c = state
+    gates = conv_same(x, p["weight_ih"], p["bias_ih"]) + conv_same(h, p["weight_hh"], p["bias_hh"])
+    n = cell.hidden_size
+    i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, (h, c)
+
+
+def ref_conv_gru(cell, p, x, h):
+    n = cell.hidden_size
+    a = conv_same(x, p["weight_ih"], p["bias_ih"])
+    r = torch.sigmoid(a[:, :n] + conv_same(h, p["weight_hh"][:n], p["bias_hh"][:n]))
+    z = torch.sigmoid(a[:, n:2 * n] + conv_same(h, p["weight_hh"][n:2 * n], p["bias_hh"][n:2 * n]))
+    cand = torch.tanh(a[:, 2 * n:] + conv_same(r * h, p["weight_hh"][2 * n:], p["bias_hh"][2 * n:]))
+    h = (1 - z) * cand + z * h
+    return h, h
+
+
+def ref_variational(cell, p, x, state):
+    (h, c), (m_in, m_out) = state
+    h, c = lstm_ref(p, x * m_in, h, c, "cell.")
+    return h * m_out, ((h, c), (m_in, m_out))
+
+
+def ref_recurrent_dropout(cell, p, x, state):
+    (h, c), (m_h,) = state
+    h, c = lstm_ref(p, x, h * m_h, c, "cell.")
+    return h, ((h, c), (m_h,))
+
+
+def ref_weight_drop(cell, p, x, state):
+    h, c = state
+    h, c = lstm_ref(p, x, h, c, "cell.", w_hh=p["cell.weight_hh"] * cell.mask_weight_hh)
+    return h, (h, c)
+
+
+def ref_zoneout_eval(cell, p, x, state):
+    h, c = state
+    h_new, c_new = lstm_ref(p, x, h, c, "cell.")
+    h = cell.p_h * h + (1 - cell.p_h) * h_new
+    return h, (h, cell.p_c * c + (1 - cell.p_c) * c_new)
+
+
+def ref_residual(cell, p, x, h):
+    h = gru_ref(p, x, h, "cell.")
+    return x + h, h
+
+
+def ref_stacked(cell, p, x, state):
+    h1 = gru_ref(p, x, state[0], "cells.0.")
+    h2, c2 = lstm_ref(p, h1, state[1][0], state[1][1], "cells.1.")
+    return h2, (h1, (h2, c2))
+
+
+# --------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ZooSpec:
+    id: str
+    make: Callable[[int, int], nn.Module]          # (input size, hidden size) -> cell
+    reference: Callable[..., tuple]                # (cell, params, x, state) -> (y, state as nested tuples)
+    random: bool = False       # draws random numbers inside a training step (loop only in training)
+    image: bool = False        # steps are (C, height, width) maps
+    same_size: bool = False    # output size = input size
+    spike: bool = False        # the output is a step function: gradcheck the state only
+    state: Optional[Callable[[nn.Module, int, Any], Any]] = None  # (cell, batch, gen) -> initial state
+
+    def __str__(self) -> str:
+        return self.id
+
+    def out(self, i: int, h: int) -> int:
+        return i if self.same_size else h
+
+
+def slstm_state(cell, batch, gen):
+    """A reachable sLSTM state: normalizer positive, stabilizer at most 0."""
+    h, c, n, m = (torch.randn(batch, cell.hidden_size, dtype=DT, generator=gen) for _ in range(4))
+    return tc.SLSTMState(h.tanh() * 0.5, c, n.abs() + 0.5, -m.abs())
+
+
+def drawn_state(cell, batch, gen):
+    """The wrapper's own init_state in training mode (masks drawn), with a random cell state."""
+    cell.train()
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    state = cell.init_state(batch, dtype=DT)
+    inner = map_state(lambda s: torch.randn(s.shape, dtype=DT, generator=gen), state.cell)
+    return tc.MaskedState(inner, state.masks)
+
+
+SPECS = [
+    ZooSpec("lstm-peephole", lambda i, h: tc.LSTMCell(i, h, peepholes=True), ref_lstm_variant),
+    ZooSpec("lstm-cifg", lambda i, h: tc.LSTMCell(i, h, coupled=True), ref_lstm_variant),
+    ZooSpec("lstm-cifg-peephole", lambda i, h: tc.LSTMCell(i, h, coupled=True, peepholes=True, forget_bias=1.0),
+            ref_lstm_variant),
+    ZooSpec("gru-reset-before", lambda i, h: tc.GRUCell(i, h, reset_after=False), ref_gru_before),
+    ZooSpec("mgu", tc.MGUCell, ref_mgu),
+    ZooSpec("ln-lstm", tc.LayerNormLSTMCell, ref_ln_lstm),
+    ZooSpec("ln-gru", tc.LayerNormGRUCell, ref_ln_gru),
+    ZooSpec("indrnn", tc.IndRNNCell, ref_indrnn),
+    ZooSpec("slstm", tc.SLSTMCell, ref_slstm, state=slstm_state),
+    ZooSpec("lif", tc.LIFCell, ref_lif, spike=True),
+    ZooSpec("neuron", tc.Neuron, ref_neuron),
+    ZooSpec("noisy-input", lambda i, h: tc.NoisyInput(i, std=0.3), ref_identity, random=True, same_size=True),
+    ZooSpec("gaussian", tc.GaussianCell, ref_gaussian, random=True),
+    ZooSpec("kernel", lambda i, h: tc.KernelCell(i, h, kernel_size=3), ref_kernel),
+    ZooSpec("pool", lambda i, h: tc.PoolCell(i, kernel_size=3), ref_pool, same_size=True),
+    ZooSpec("conv-lstm", lambda i, h: tc.ConvLSTMCell(i, h, kernel_size=3, spatial_size=IMAGE), ref_conv_lstm,
+            image=True),
+    ZooSpec("conv-gru", lambda i, h: tc.ConvGRUCell(i, h, kernel_size=3, spatial_size=IMAGE), ref_conv_gru,
+            image=True),
+    ZooSpec("variational-dropout", lambda i, h: tc.VariationalDropout(tc.LSTMCell(i, h), (0.3, 0.4)),
+            ref_variational, state=drawn_state),
+    ZooSpec("recurrent-dropout", lambda i, h: tc.RecurrentDropout(tc.LSTMCell(i, h), 0.4), ref_recurrent_dropout,
+            state=drawn_state),
+    ZooSpec("weight-drop", lambda i, h: tc.WeightDrop(tc.LSTMCell(i, h), 0.4), ref_weight_drop),
+    ZooSpec("zoneout", lambda i, h: tc.Zoneout(tc.LSTMCell(i, h), (0.3, 0.2)), ref_zoneout_eval, random=True),
+    ZooSpec("residual", lambda i, h: tc.Residual(tc.GRUCell(i, i)), ref_residual, same_size=True),
+    ZooSpec("stacked", lambda i, h: tc.StackedCell([tc.GRUCell(i, h), tc.LSTMCell(h, h)]), ref_stacked),
+]
+spec_param = pytest.mark.parametrize("spec", SPECS, ids=str)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+def new_cell(spec: ZooSpec, i: int = I, h: int = H, seed: int = 0, train: bool = True) -> nn.Module:
+    torch.manual_seed(seed)
+    cell = spec.make(i, h).to(DT)
+    with torch.no_grad():  # move gains/leaks off their tidy initial values
+        for name, p in cell.named_parameters():
+            if name.endswith(("norm_ih.weight", "norm_hh.weight", "norm_c.weight", "leak")):
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith(("norm_ih.bias", "norm_hh.bias", "norm_c.bias")):
+                p.add_(0.2 * torch.randn_like(p))
+    cell.train(train)
+    if spec.id == "weight-drop" and train:
+        cell.init_state(1, dtype=DT)  # draws the mask
+    return cell
+
+
+def step_shape(spec: ZooSpec, i: int = I) -> tuple[int, ...]:
+    return (i, *IMAGE) if spec.image else (i,)
+
+
+def random_input(spec: ZooSpec, *lead: int, gen: torch.Generator, i: int = I) -> Tensor:
+    return torch.randn(*lead, *step_shape(spec, i), dtype=DT, generator=gen)
+
+
+def initial_state(spec: ZooSpec, cell: nn.Module, batch: int, gen: torch.Generator) -> Any:
+    if spec.state is not None:
+        return spec.state(cell, batch, gen)
+    return map_state(lambda s: torch.randn(s.shape, dtype=DT, generator=gen), cell.init_state(batch, dtype=DT))
+
+
+def nested(state: Any) -> Any:
+    """A state as plain nested tuples (NamedTuples compare as tuples with the reference's)."""
+    if isinstance(state, Tensor):
+        return state
+    return tuple(nested(s) for s in state)
+
+
+def assert_close(actual: Any, expected: Any, what: str = "", tol: Optional[dict] = None) -> None:
+    a, e = state_leaves(nested(actual)) if not isinstance(actual, Tensor) else [actual], \
+        state_leaves(nested(expected)) if not isinstance(expected, Tensor) else [expected]
+    assert len(a) == len(e), f"{what}: {len(a)} tensors vs {len(e)}"
+    for k, (x, y) in enumerate(zip(a, e)):
+        torch.testing.assert_close(x, y, **(tol or TOL), msg=lambda m: f"{what}[{k}]: {m}")
+
+
+def rows(state: Any, b: int) -> Any:
+    return map_state(lambda s: s[b:b + 1], state)
+
+
+def cat_rows(parts: list) -> Any:
+    return map_state(lambda *xs: torch.cat(xs), parts[0], *parts[1:])
+
+
+def hand_loop(cell, x: Tensor, state: Any, lengths: list[int], reverse: bool = False):
+    """One sequence at a time, one step at a time; time-major. ``(outputs, final_state)``."""
+    outs, finals = [], []
+    for b, L in enumerate(lengths):
+        s = rows(state, b)
+        xb = x[:L, b:b + 1].flip(0) if reverse else x[:L, b:b + 1]
+        ys = []
+        for t in range(L):
+            y, s = cell(xb[t], s)
+            ys.append(y[0])
+        if reverse:
+            ys = ys[::-1]
+        y_shape = cell(x[0, :1], rows(state, b))[0].shape[1:]
+        ys += [x.new_zeros(y_shape)] * (x.shape[0] - L)
+        outs.append(torch.stack(ys))
+        finals.append(s)
+    return torch.stack(outs, 1), cat_rows(finals)
+
+
+# --------------------------------------------------------------------------------------
+# One step against the reference, with gradients
+# --------------------------------------------------------------------------------------
+@spec_param
+def test_step_matches_reference(spec):
+    gen = torch.Generator().manual_seed(1)
+    cell = new_cell(spec, train=not spec.random)  # random rows: the deterministic eval form
+    x = random_input(spec, B, gen=gen).requires_grad_()
+    state = initial_state(spec, cell, B, gen)
+    if not spec.random:
+        cell.train()
+    leaves = [t.detach().clone().requires_grad_() for t in state_leaves(state)]
+    flat_state = _pack(state, leaves)
+    params = dict(cell.named_parameters())
+
+    y, new = cell(x, flat_state)
+    y_ref, new_ref = spec.reference(cell, params, x, nested(flat_state))
+    assert y.shape == y_ref.shape == (B, *step_shape(spec, spec.out(I, H)))
+    assert_close(y, y_ref, "output")
+    assert_close(new, new_ref, "state")
+    assert type(new) is type(cell.init_state(1, dtype=DT))
+
+    outs, outs_ref = [y, *state_leaves(new)], [y_ref, *state_leaves(nested(new_ref))]
+    weights = [torch.randn(o.shape, dtype=DT, generator=gen) for o in outs]
+    wrt = [x, *leaves, *params.values()]
+    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), wrt, allow_unused=True)
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs_ref, weights)), wrt, allow_unused=True)
+    for k, (g, w) in enumerate(zip(got, want)):
+        if w is None:
+            assert g is None or not g.any(), f"gradient {k}"
+        else:
+            assert g is not None, f"gradient {k} missing"
+            torch.testing.assert_close(g, w, **TOL)
+
+
+def _pack(template: Any, leaves: list[Tensor]) -> Any:
+    it = iter(leaves)
+    return map_state(lambda _: next(it), template)
+
+
+# --------------------------------------------------------------------------------------
+# gradcheck
+# --------------------------------------------------------------------------------------
+@spec_param
+def test_gradcheck(spec):
+    """Analytic gradients (input, state, every parameter) equal finite differences.
+
+    Rows with random steps are checked in training mode with the generator reseeded
+    inside the function, so every evaluation draws the same noise. The spiking cell's
+    output is a step function whose backward is a surrogate by design, so only its
+    state (the membrane) is checked."""
+    gen = torch.Generator().manual_seed(4)
+    cell = new_cell(spec, i=2, h=2)
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x = random_input(spec, 2, gen=gen, i=2).requires_grad_()
+    template = initial_state(spec, cell, 2, gen)
+    leaves = [t.detach().clone().requires_grad_() for t in state_leaves(template)]
+    n_state = len(leaves)
+
+    def f(x, *rest):
+        torch.manual_seed(7)
+        state = _pack(template, rest[:n_state])
+        y, new = torch.func.functional_call(cell, dict(zip(names, rest[n_state:])), (x, state))
+        return tuple(state_leaves(new)) if spec.spike else (y, *state_leaves(new))
+
+    assert torch.autograd.gradcheck(f, (x, *leaves, *params), eps=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# In layers, with lengths
+# --------------------------------------------------------------------------------------
+@spec_param
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_recurrent_with_lengths_equals_hand_loop(spec, reverse):
+    gen = torch.Generator().manual_seed(2)
+    cell = new_cell(spec, train=not spec.random)
+    x = random_input(spec, T, B, gen=gen)
+    x[LENGTHS[0]:, 0] = float("nan")  # garbage in padded steps changes nothing
+    state = initial_state(spec, cell, B, gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback warning is tested below
+        out, final = tc.Recurrent(cell, reverse=reverse)(x, state, lengths=LENGTHS)
+    want, want_final = hand_loop(cell, x, state, LENGTHS, reverse)
+    for b, L in enumerate(LENGTHS):
+        assert torch.all(out[L:, b] == 0), "padded outputs are exactly zero"
+    assert_close(out, want, "outputs")
+    assert_close(final, want_final, "final state")
+    assert_close(rows(final, 1), rows(state, 1), "a sequence of length 0 keeps its state")
+
+
+@spec_param
+def test_stack_and_bidirectional_with_lengths(spec):
+    gen = torch.Generator().manual_seed(3)
+    first = new_cell(spec, train=not spec.random)
+    mid = spec.out(I, H)
+    second = new_cell(spec, mid, H, seed=1, train=not spec.random)
+    x = random_input(spec, T, B, gen=gen)
+    net = tc.Stack([tc.Recurrent(first), tc.Recurrent(second, reverse=True)])
+    init = net.init_state(B, dtype=DT)  # masks drawn here, for the wrappers that keep them in the state
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, (s1, s2) = net(x, init, lengths=LENGTHS)
+    h1, w1 = hand_loop(first, x, init[0], LENGTHS)
+    h2, w2 = hand_loop(second, h1, init[1], LENGTHS, reverse=True)
+    assert_close(out, h2, "stack outputs")
+    assert_close((s1, s2), (w1, w2), "stack final states")
+    for b, L in enumerate(LENGTHS):
+        assert torch.all(out[L:, b] == 0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bi = tc.Bidirectional(tc.Recurrent(first), merge="sum" if spec.image else "concat")
+        init = bi.init_state(B, dtype=DT)
+        out, (fwd, bwd) = bi(x, init, lengths=LENGTHS)
+    f_out, f_final = hand_loop(bi.forward_layer.cell, x, init.forward, LENGTHS)
+    b_out, b_final = hand_loop(bi.backward_layer.cell, x, init.backward, LENGTHS, reverse=True)
+    merged = f_out + b_out if spec.image else torch.cat([f_out, b_out], -1)
+    assert_close(out, merged, "bidirectional outputs")
+    assert_close((fwd, bwd), (f_final, b_final), "bidirectional final states")
+    for b, L in enumerate(LENGTHS):
+        assert torch.all(out[L:, b] == 0)
+
+
+@spec_param
+def test_gradients_reach_every_parameter(spec):
+    gen = torch.Generator().manual_seed(5)
+    cell = new_cell(spec)
+    x = random_input(spec, T, B, gen=gen).requires_grad_()
+    if spec.id == "lif":
+        x = (x * 3).detach().requires_grad_()  # enough drive for some spikes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, final = tc.Recurrent(cell)(x, lengths=LENGTHS)
+    loss = (out * torch.randn(out.shape, dtype=DT, generator=gen)).sum()
+    loss = loss + sum((s * torch.randn(s.shape, dtype=DT, generator=gen)).sum() for s in state_leaves(final))
+    params = list(cell.named_parameters())
+    grads = torch.autograd.grad(loss, [x] + [p for _, p in params])
+    assert grads[0].abs().sum() > 0
+    for (name, _), g in zip(params, grads[1:]):
+        assert g.abs().sum() > 0, f"no gradient reaches {name}"
+    for b, L in enumerate(LENGTHS):
+        assert not grads[0][L:, b].any(), "padded steps get no gradient"
+
+
+# --------------------------------------------------------------------------------------
+# Engines
+# --------------------------------------------------------------------------------------
+@spec_param
+@pytest.mark.parametrize("reverse, all_states", [(False, False), (True, True)], ids=["fwd", "rev-all"])
+def test_fused_engine_equals_loop(spec, reverse, all_states):
+    gen = torch.Generator().manual_seed(6)
+    cell = new_cell(spec, train=not spec.random)  # random rows: fused in eval
+    x = random_input(spec, T, B, gen=gen)
+    state = initial_state(spec, cell, B, gen)
+
+    def run(engine):
+        xx = x.clone().requires_grad_()
+        s0 = map_state(lambda s: s.clone().requires_grad_(), state)
+        result = tc.Recurrent(cell, engine=engine, reverse=reverse)(xx, s0, lengths=LENGTHS, all_states=all_states)
+        leaves = [result[0], *state_leaves(result[1:])]
+        loss = sum((t * torch.randn(t.shape, dtype=DT, generator=torch.Generator().manual_seed(k))).sum()
+                   for k, t in enumerate(leaves))
+        grads = torch.autograd.grad(loss, [xx, *state_leaves(s0), *cell.parameters()], allow_unused=True)
+        return result, leaves, grads
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fused path must not fall back
+        fused, fused_leaves, fused_grads = run("fused")
+    loop, loop_leaves, loop_grads = run("loop")
+    assert _in_graph(fused[0].grad_fn, "_FusedSequenceBackward"), "the fused engine ran"
+    assert_close(fused_leaves, loop_leaves, "outputs and states")
+    for g, w in zip(fused_grads, loop_grads):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, w, **TOL)
+
+
+def _in_graph(node: Any, name: str) -> bool:
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if type(n).__name__ == name:
+            return True
+        todo.extend(f for f, _ in n.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.random], ids=str)
+def test_random_steps_fall_back_to_the_loop_in_training(spec):
+    cell = new_cell(spec)
+    x = random_input(spec, T, B, gen=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=rf"{re.escape(cell.short_name())} runs on the reference loop.*random"):
+        out, _ = tc.Recurrent(cell)(x, lengths=LENGTHS)
+    assert out.shape[:2] == (T, B)
+    with pytest.raises(TypeError, match=rf"{re.escape(cell.short_name())} cannot run on the fused engine"):
+        tc.Recurrent(cell, engine="fused")(x)
+
+
+@spec_param
+def test_eval_mode_is_deterministic(spec):
+    gen = torch.Generator().manual_seed(8)
+    cell = new_cell(spec, train=False)
+    x = random_input(spec, T, B, gen=gen)
+    layer = tc.Recurrent(cell)
+    with torch.no_grad():
+        a, sa = layer(x, lengths=LENGTHS)
+        b, sb = layer(x, lengths=LENGTHS)
+    assert torch.equal(a, b)
+    assert all(torch.equal(u, v) for u, v in zip(state_leaves(sa), state_leaves(sb)))
+
+
+# --------------------------------------------------------------------------------------
+# Errors name the cell, the argument, what was expected and what came
+# --------------------------------------------------------------------------------------
+@spec_param
+def test_bad_input_names_the_cell(spec):
+    cell = new_cell(spec)
+    name = re.escape(cell.short_name())
+    shape = step_shape(spec, I + 2)
+    with pytest.raises(ValueError, match=rf"^{name}: input has {I + 2} features per step, expected {I}"):
+        cell(torch.randn(B, *shape, dtype=DT))
+    with pytest.raises(TypeError, match=rf"^{name}: input has dtype torch.int64, expected a floating-point"):
+        cell(torch.ones(B, *step_shape(spec), dtype=torch.int64))
+    with pytest.raises(ValueError, match=rf"^{name}: input should have"):
+        cell(torch.randn(2, 2, B, *step_shape(spec), dtype=DT))
+    layer = re.escape(f"Recurrent({cell.short_name()})")
+    with pytest.raises(ValueError, match=rf"^{layer}: input has {I + 2} features per step, expected {I}"):
+        tc.Recurrent(cell)(torch.randn(T, B, *shape, dtype=DT))
+
+
+@spec_param
+def test_bad_state_names_the_cell(spec):
+    cell = new_cell(spec)
+    name = re.escape(cell.short_name())
+    template = cell.init_state(B, dtype=DT)
+    if not state_leaves(template):
+        with pytest.raises(TypeError, match=rf"^{name}: state should be tuple\(\)"):
+            cell(torch.randn(B, *step_shape(spec), dtype=DT), (torch.zeros(B, H, dtype=DT),))
+        return
+    wrong_batch = map_state(lambda s: torch.zeros((B + 1,) + tuple(s.shape[1:]), dtype=DT), template)
+    with pytest.raises(ValueError, match=rf"^{name}: state.*should have shape \({B},.*got \({B + 1},"):
+        cell(torch.randn(B, *step_shape(spec), dtype=DT), wrong_batch)
+    wrong_dtype = map_state(lambda s: s.float(), template)
+    with pytest.raises(TypeError, match=rf"^{name}: state.*dtype torch.float32"):
+        cell(torch.randn(B, *step_shape(spec), dtype=DT), wrong_dtype)
+    with pytest.raises((TypeError, ValueError), match=rf"^Recurrent\({name}\): state"):
+        tc.Recurrent(cell)(torch.randn(T, B, *step_shape(spec), dtype=DT), wrong_batch)
+
+
+@spec_param
+def test_unbatched_step_is_one_row_of_a_batch(spec):
+    gen = torch.Generator().manual_seed(9)
+    cell = new_cell(spec, train=not spec.random)
+    x = random_input(spec, B, gen=gen)
+    state = initial_state(spec, cell, B, gen)
+    if spec.random:
+        cell.eval()
+    y, new = cell(x, state)
+    y1, new1 = cell(x[2], map_state(lambda s: s[2], state))
+    assert_close(y1, y[2], "output")
+    assert_close(new1, map_state(lambda s: s[2], new), "state")
+
+
+def test_every_zoo_class_has_a_row():
+    """A new zoo class without a row here fails (the torch-form cells are in test_cells.py)."""
+    covered = {type(new_cell(s)).__name__ for s in SPECS}
+    covered |= {"LSTMCell", "GRUCell", "ElmanCell", "MinGRUCell", "MinLSTMCell"}
+    exported = {n for n in tc.cells.__all__ if n.endswith("Cell") or n in (
+        "Neuron", "NoisyInput", "Zoneout", "VariationalDropout", "RecurrentDropout", "WeightDrop", "Residual")}
+    assert exported <= covered, exported - covered
+
+
+CONSTRUCTOR_ERRORS = [
+    (lambda: tc.MGUCell(0, 4), r"MGUCell: input_size should be a positive int, got 0"),
+    (lambda: tc.IndRNNCell(3, 4, nonlinearity="sigmoid"), r"IndRNNCell: nonlinearity should be 'relu' or 'tanh'"),
+    (lambda: tc.SLSTMCell(3, 4, forget="softplus"), r"SLSTMCell: forget should be 'sigmoid' or 'exp'"),
+    (lambda: tc.LIFCell(3, 4, beta=1.5), r"LIFCell: beta should be in \(0, 1\), got 1.5"),
+    (lambda: tc.Neuron(3, 4, activation="swish"), r"Neuron: activation should be one of"),
+    (lambda: tc.NoisyInput(3, std=-1.0), r"NoisyInput: std should be a number >= 0"),
+    (lambda: tc.KernelCell(3, 4, kernel_size=0), r"KernelCell: kernel_size should be a positive int, got 0"),
+    (lambda: tc.PoolCell(3, mode="min"), r"PoolCell: mode should be 'max' or 'avg', got 'min'"),
+    (lambda: tc.ConvLSTMCell(2, 3, kernel_size=2, spatial_size=(4, 4)), r"ConvLSTMCell: kernel_size should be odd"),
+    (lambda: tc.ConvGRUCell(2, 3, spatial_size=(4,)), r"ConvGRUCell: spatial_size should be \(height, width\)"),
+    (lambda: tc.LSTMCell(3, 4, bias=False, forget_bias=1.0), r"LSTMCell: forget_bias=1.0 needs bias=True"),
+    (lambda: tc.Zoneout(tc.LSTMCell(3, 4), 1.0), r"Zoneout: p_h should be a probability in \[0, 1\), got 1.0"),
+    (lambda: tc.Zoneout(tc.LSTMCell(3, 4), (0.1, 0.2, 0.3)), r"Zoneout: p should be a probability or \(p_h, p_c\)"),
+    (lambda: tc.VariationalDropout(tc.LSTMCell(3, 4), (0.1, -0.1)), r"VariationalDropout: p_out should be"),
+    (lambda: tc.RecurrentDropout(tc.GRUCell(3, 4), True), r"RecurrentDropout: p should be a probability"),
+    (lambda: tc.WeightDrop(tc.GRUCell(3, 4), 0.5, weights=("weight_hr",)),
+     r"WeightDrop: GRUCell\(3→4\) has no parameter 'weight_hr'"),
+    (lambda: tc.Residual(tc.GRUCell(3, 4)), r"Residual: GRUCell\(3→4\) should output as many features as it reads"),
+    (lambda: tc.StackedCell([tc.GRUCell(3, 4), tc.LSTMCell(5, 4)]),
+     r"StackedCell: cell 0 \(GRUCell\(3→4\)\) outputs 4 features but cell 1 \(LSTMCell\(5→4\)\) reads 5"),
+    (lambda: tc.StackedCell([]), r"StackedCell: cells should hold at least one cell"),
+]
+
+
+@pytest.mark.parametrize("make, message", CONSTRUCTOR_ERRORS, ids=[m for _, m in CONSTRUCTOR_ERRORS])
+def test_constructor_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_wrapping_something_that_is_not_a_cell_is_a_type_error():
+    with pytest.raises(TypeError, match=r"Zoneout: cell should be a torchcells.Cell .*got Linear"):
+        tc.Zoneout(nn.Linear(3, 4))
+
+
+def test_options_after_the_sizes_are_keyword_only():
+    with pytest.raises(TypeError):
+        tc.SLSTMCell(3, 4, "exp")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        tc.ConvLSTMCell(3, 4, 3, (4, 4))  # type: ignore[misc]
+
+
+def test_lengths_of_sizes_in_short_names():
+    assert tc.VariationalDropout(tc.LSTMCell(3, 4)).short_name() == "VariationalDropout(LSTMCell(3→4))"
+    assert tc.StackedCell([tc.GRUCell(3, 4), tc.LSTMCell(4, 4)]).short_name() == \
+        "StackedCell(GRUCell(3→4), LSTMCell(4→4))"
+    assert math.isclose(tc.Zoneout(tc.LSTMCell(3, 4), 0.25).p_c, 0.25)
