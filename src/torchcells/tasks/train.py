@@ -160,7 +160,8 @@ def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool,
             row = {"epoch": epoch + 1, "train_loss": totals[0], "train_metric": totals[1],
                    "test_loss": test[0], "test_metric": test[1], "seconds": spent}
             history.append(row)
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", **{f"test_{_short(task.metric)}": f"{test[1]:.4f}"})
+            bar.shown = {f"test_{_short(task.metric)}": f"{test[1]:.4f}"}      # kept on the bar from now on
+            bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.4f}", **bar.shown)
             if on_epoch is not None and world.main:
                 on_epoch(row)
             if out is not None:
@@ -204,7 +205,7 @@ def _train_epoch(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
         count += totals[2].item()
         step_loss.append(totals[0].item() / totals[2].item())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / count:.4f}", epoch=epoch + 1, refresh=False)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / count:.4f}", **getattr(bar, "shown", {}), refresh=False)
     return loss_sum / count, metric_sum / count
 
 
