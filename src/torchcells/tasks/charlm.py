@@ -66,7 +66,7 @@ class CharLM(Task):
     metric = "bits/char"
     higher_is_better = False
     sequence = "window"
-    defaults = {"hidden": 128, "epochs": 3, "lr": 3e-3, "batch_size": 32}
+    defaults = {"hidden": 128, "epochs": 5, "lr": 3e-3, "batch_size": 32}
     allows_bidirectional = False
 
     def load(self, seed: int) -> tuple[Split, Split]:
