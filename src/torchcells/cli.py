@@ -53,7 +53,7 @@ def _fail(command: str, error: Exception) -> int:
 
 
 def _train_config(args: argparse.Namespace, cell: str):
-    from .tasks.train import resolve_config
+    from .tasks.training import resolve_config
 
     return resolve_config(args.task, cell, hidden=args.hidden, layers=args.layers, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, bidirectional=args.bidirectional or None, seed=args.seed,
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .tasks.base import TaskError
     from .tasks.report import summary
-    from .tasks.train import train
+    from .tasks.training import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,6 +74,10 @@ def _train(args: argparse.Namespace) -> int:
         result = train(config, out=args.out, resume=args.resume, progress=not args.no_progress)
     except TaskError as e:
         return _fail("train", e)
+    except KeyboardInterrupt:
+        kept = f"; {args.out} keeps the last finished epoch: add --resume to continue" if args.out else ""
+        _fail("train", Exception(f"interrupted{kept}"))
+        return 130
     if result.rank == 0:
         print(summary(result))
     return 0

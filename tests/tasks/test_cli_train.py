@@ -83,3 +83,24 @@ def test_compare_prints_a_table_and_plots(tmp_path, capsys):
     for name in ("compare.png", "compare.svg", "gru/checkpoint.safetensors", "mingru/training.png"):
         assert (tmp_path / name).is_file(), name
     assert main(["compare", "sunspots", "--cells", "gru", "--epochs", "2", "--out", str(tmp_path), *TINY]) == 2
+
+
+def test_interrupt_keeps_the_finished_epochs_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import torchcells.tasks.training as training
+
+    real = training._train_epoch
+    calls = []
+
+    def interrupted_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "_train_epoch", interrupted_in_the_second_epoch)
+    assert main(["train", "digits", "--cell", "gru", "--epochs", "3", "--out", str(tmp_path), *TINY]) == 130
+    assert "add --resume to continue" in capsys.readouterr().err
+    from torchcells.tasks.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path).meta["epochs_done"] == 1
+    monkeypatch.setattr(training, "_train_epoch", real)
+    assert main(["train", "digits", "--cell", "gru", "--epochs", "3", "--out", str(tmp_path), "--resume", *TINY]) == 0
+    assert load_checkpoint(tmp_path).meta["epochs_done"] == 3

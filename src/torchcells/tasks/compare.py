@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .base import TaskError
-from .train import TrainConfig, TrainResult, train
+from .training import TrainConfig, TrainResult, train
 
 __all__ = ["compare"]
 
@@ -25,7 +25,7 @@ def compare(config: TrainConfig, cells: Sequence[str], *, out: Optional[Path] = 
     if len(set(cells)) != len(cells):
         raise TaskError(f"--cells names a cell twice: {','.join(cells)}")
     configs = [replace(config, cell=cell) for cell in cells]
-    from .train import resolve_config
+    from .training import resolve_config
     for c in configs:                                   # every name is checked before anything trains
         resolve_config(c.task, c.cell)
     if out is not None:

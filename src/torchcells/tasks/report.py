@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .train import TrainResult
+from .training import TrainResult
 
 __all__ = ["anatomy_text", "compare_table", "summary"]
 
