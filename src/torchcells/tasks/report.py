@@ -41,7 +41,8 @@ def summary(result: TrainResult, *, anatomy: bool = True) -> str:
     shape = f"hidden {c.hidden}, {c.layers} layer{'s' if c.layers > 1 else ''}" + \
         (", bidirectional" if c.bidirectional else "")
     lines = [f"{task.name}: {c.cell} ({shape}) -- held-out {task.metric} {result.metric:.4f} after "
-             f"{len(result.history)} epoch{'s' if len(result.history) != 1 else ''} on {len(result.held_out):,} held-out {task.sequence}s "
+             f"{len(result.history)} epoch{'s' if len(result.history) != 1 else ''} on "
+             f"{len(result.held_out):,} held-out {task.sequence}s "
              f"(a trivial predictor, {what}: {baseline:.4f})",
              f"{result.parameters:,} parameters; {result.seconds:.1f} s of training; {result.world_size} process"
              f"{'es' if result.world_size > 1 else ''}, {torch.get_num_threads()} threads each"]

@@ -188,7 +188,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 
 def _train_epoch(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
-                 config: TrainConfig, epoch: int, world: World, step_loss: list[float], bar: Any) -> tuple[float, float]:
+                 config: TrainConfig, epoch: int, world: World, step_loss: list[float],
+                 bar: Any) -> tuple[float, float]:
     model.train()
     order = epoch_order(len(data), config.seed, epoch)
     loss_sum = metric_sum = count = 0.0
