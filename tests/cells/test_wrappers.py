@@ -133,6 +133,8 @@ def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_paramet
         out2, _ = layer(x)
     assert not torch.equal(mask1, layer.cell.mask_weight_hh)
     assert not torch.allclose(out1, out2)
+    zeros = layer.cell.cell.init_state(B, dtype=DT)  # the inner cell's: draws nothing
+    torch.testing.assert_close(out2, tc.Recurrent(layer.cell, engine="loop")(x, zeros)[0], **TOL)  # the new mask
     assert torch.equal(inner.weight_hh, before) and isinstance(inner.weight_hh, torch.nn.Parameter)
     assert list(layer.state_dict()) == ["cell.cell." + k for k in inner.state_dict()]  # no mask saved
 
@@ -258,3 +260,22 @@ def test_wrappers_find_h_in_a_wrapped_cells_nested_state():
     y, _ = dropped(x, start)
     masked_h = tc.MaskedState(tc.LSTMState(start.cell.cell.h * outer.masks[0], start.cell.cell.c), outer.cell.masks)
     torch.testing.assert_close(y, inner(x, masked_h)[0], **TOL)
+
+
+@pytest.mark.parametrize("make", [lambda: tc.Zoneout(lstm(), (0.3, 0.2)), lambda: tc.VariationalDropout(lstm(), 0.3),
+                                  lambda: tc.WeightDrop(lstm(), 0.3)], ids=["zoneout", "variational", "weight-drop"])
+def test_random_wrappers_under_checkpointing_give_the_same_gradients(make):
+    """Recomputing chunks in the backward (checkpoint_steps) replays the same random draws."""
+    cell = make()
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    results = []
+    for chunk in (None, 2):
+        torch.manual_seed(13)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, _ = tc.Recurrent(cell, checkpoint_steps=chunk)(x, lengths=[6, 2, 5, 0, 3])
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *cell.parameters()])))
+    (out1, g1), (out2, g2) = results
+    torch.testing.assert_close(out1, out2, **TOL)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **TOL)

@@ -12,7 +12,7 @@ Example::
 
     cell = make_cell("ln-lstm", 8, 16)                     # LayerNormLSTMCell(8, 16)
     ZOO["ln-lstm"].params                                  # "4*H*(I + H) + 18*H"
-    ZOO["ln-lstm"].count(I=8, H=16)                        # 1440 = sum(p.numel() for p in cell.parameters())
+    ZOO["ln-lstm"].count(I=8, H=16)                        # 1824 = sum(p.numel() for p in cell.parameters())
 """
 
 from __future__ import annotations
