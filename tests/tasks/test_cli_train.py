@@ -104,3 +104,11 @@ def test_interrupt_keeps_the_finished_epochs_and_says_how_to_resume(tmp_path, ca
     monkeypatch.setattr(training, "_train_epoch", real)
     assert main(["train", "digits", "--cell", "gru", "--epochs", "3", "--out", str(tmp_path), "--resume", *TINY]) == 0
     assert load_checkpoint(tmp_path).meta["epochs_done"] == 3
+
+
+@pytest.mark.parametrize("cell, why", [("conv-lstm", "reads an image per step"), ("neuron", "is feed-forward"),
+                                       ("residual", "needs as many hidden units as inputs")])
+def test_zoo_cells_that_cannot_train_here_say_why(capsys, cell, why):
+    assert main(["train", "digits", "--cell", cell, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "choose one of: elman, lstm" in err and err.count("\n") == 1

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from torchcells.tasks import CheckpointError, TaskError, resolve_config, train
+from torchcells.tasks.base import recurrent_cells
 from torchcells.tasks.checkpoint import CHECKPOINT, CONFIG
 
 TINY = dict(hidden=8, batch_size=16, limit=48, lr=1e-2)
@@ -105,3 +106,12 @@ def test_resume_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr("pickle.loads", refuse)
     resumed = train(resolve_config("digits", "gru", epochs=2, **TINY), out=tmp_path, resume=True, progress=False)
     assert len(resumed.history) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", recurrent_cells())
+def test_every_accepted_zoo_cell_trains_with_lengths_in_two_layers(cell):
+    result = train(resolve_config("vowels", cell, epochs=1, hidden=6, batch_size=8, limit=16, layers=2),
+                   progress=False)
+    assert len(result.step_loss) == 2 and all(loss == loss and loss < 10 for loss in result.step_loss)
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

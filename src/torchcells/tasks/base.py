@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..cells.registry import ZOO, make_cell
 from ..layers import Bidirectional, Recurrent, Stack
 
-__all__ = ["Split", "Sums", "SequenceModel", "Task", "TaskError", "build_encoder", "recurrent_cells"]
+__all__ = ["Split", "Sums", "SequenceModel", "Task", "TaskError", "build_encoder", "check_cell", "recurrent_cells"]
 
 
 class TaskError(ValueError):
@@ -78,6 +78,23 @@ def recurrent_cells() -> list[str]:
             (entry.kind == "wrapper" and name != "residual")]
 
 
+def check_cell(cell: str) -> None:
+    """:class:`TaskError` unless ``cell`` is one of :func:`recurrent_cells`, saying why and listing them."""
+    choices = recurrent_cells()
+    if cell in choices:
+        return
+    entry = ZOO.get(cell)
+    if entry is None:
+        why = f"unknown cell {cell!r}"
+    elif entry.kind == "feed-forward":
+        why = f"cell {cell!r} is feed-forward (no recurrence of its own)"
+    elif entry.kind == "wrapper":
+        why = f"cell {cell!r} needs as many hidden units as inputs (y = x + cell(x)), which these tasks do not have"
+    else:
+        why = f"cell {cell!r} reads an image per step (B, I, height, width), but these tasks give feature vectors"
+    raise TaskError(f"{why}; choose one of: {', '.join(choices)}")
+
+
 def build_encoder(cell: str, input_size: int, hidden: int, *, layers: int = 1,
                   bidirectional: bool = False, **options: Any) -> tuple[nn.Module, int]:
     """``layers`` ``Recurrent`` layers of the zoo cell ``cell`` (each ``Bidirectional`` if asked).
@@ -85,9 +102,7 @@ def build_encoder(cell: str, input_size: int, hidden: int, *, layers: int = 1,
     Returns ``(encoder, W)``: the encoder reads ``(B, T, I)`` (batch first) and returns
     ``((B, T, W), state)``; ``W = H``, or ``2H`` bidirectional (forward features first).
     """
-    choices = recurrent_cells()
-    if cell not in choices:
-        raise TaskError(f"unknown cell {cell!r}; choose one of: {', '.join(choices)}")
+    check_cell(cell)
     if layers < 1 or hidden < 1:
         raise TaskError(f"--layers and --hidden should be at least 1, got {layers} and {hidden}")
     width = hidden * (2 if bidirectional else 1)

@@ -8,6 +8,7 @@ function here is the identity.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,6 +58,7 @@ class World:
     def leave(self) -> None:
         """End the process group if :func:`join` started it."""
         if self.started_group and dist.is_initialized():
+            gc.collect()            # a DistributedDataParallel left in a cycle must not outlive its group
             dist.destroy_process_group()
             self.started_group = False
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .base import SequenceModel, Split, Task, TaskError, recurrent_cells
+from .base import SequenceModel, Split, Task, TaskError, check_cell
 from .checkpoint import (CHECKPOINT, CONFIG, Checkpoint, CheckpointError, load_checkpoint, pack, rng_states,
                          save_checkpoint, set_rng_states, unpack)
 from .distributed import World, join, shard
@@ -56,8 +56,7 @@ class TrainConfig:
 def resolve_config(task: str, cell: str, **given: Any) -> TrainConfig:
     """A :class:`TrainConfig` from the options given (``None`` = the task's default)."""
     defaults = get_task(task).defaults
-    if cell not in recurrent_cells():
-        raise TaskError(f"unknown cell {cell!r}; choose one of: {', '.join(recurrent_cells())}")
+    check_cell(cell)
     values: dict[str, Any] = {f.name: given.get(f.name) for f in fields(TrainConfig) if f.name not in ("task", "cell")}
     values = {k: (defaults.get(k) if v is None else v) for k, v in values.items()}
     values = {k: v for k, v in values.items() if v is not None}
@@ -110,7 +109,9 @@ def train(config: TrainConfig, *, out: Optional[Path] = None, resume: bool = Fal
     """
     world = join()
     try:
-        return _train(config, world, out, resume, progress, plot, on_epoch)
+        result = _train(config, world, out, resume, progress, plot, on_epoch)
+        world.barrier()                      # rank 0 has written and plotted: leave together
+        return result
     finally:
         world.leave()
 
