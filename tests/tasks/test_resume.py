@@ -115,3 +115,23 @@ def test_every_accepted_zoo_cell_trains_with_lengths_in_two_layers(cell):
                    progress=False)
     assert len(result.step_loss) == 2 and all(loss == loss and loss < 10 for loss in result.step_loss)
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+@pytest.mark.slow
+def test_resume_in_a_new_process_continues_exactly(tmp_path):
+    import subprocess
+    import sys
+
+    from torchcells.tasks.checkpoint import load_checkpoint
+
+    options = ["--hidden", "8", "--limit", "48", "--batch-size", "16", "--lr", "0.01", "--threads", "1", "--no-progress"]
+    base = [sys.executable, "-m", "torchcells", "train", "vowels", "--cell", "variational-dropout",
+            "--out", str(tmp_path), *options]
+    for extra in (["--epochs", "2"], ["--epochs", "4", "--resume"]):
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    straight = train(resolve_config("vowels", "variational-dropout", epochs=4, **TINY), progress=False)
+    resumed = load_checkpoint(tmp_path)
+    assert resumed.tensors["history/step_loss"].tolist() == straight.step_loss
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.tensors[f"model/{k}"], v), k

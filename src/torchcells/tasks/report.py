@@ -45,7 +45,7 @@ def summary(result: TrainResult, *, anatomy: bool = True) -> str:
              f"{len(result.held_out):,} held-out {task.sequence}s "
              f"(a trivial predictor, {what}: {baseline:.4f})",
              f"{result.parameters:,} parameters; {result.seconds:.1f} s of training; {result.world_size} process"
-             f"{'es' if result.world_size > 1 else ''}, {torch.get_num_threads()} threads each"]
+             f"{'es' if result.world_size > 1 else ''}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} each"]
     if result.written:
         lines.append("written: " + ", ".join(str(p) for p in result.written))
     if task.name == "charlm":
