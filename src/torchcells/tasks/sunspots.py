@@ -3,7 +3,7 @@
 Each example is a window of ``T = 24`` consecutive years (``I = 1`` feature: the yearly
 mean sunspot number, standardized with the training years' mean and deviation); the
 target is the following year's number. Windows whose target year falls in the first 80 %
-of the record train; the rest (targets from 1948 on) are held out -- later years are
+of the record train; the rest (targets 1947-2008) are held out -- later years are
 never seen in training. The metric is the mean absolute error in sunspot numbers.
 """
 
