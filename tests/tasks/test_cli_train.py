@@ -112,3 +112,10 @@ def test_zoo_cells_that_cannot_train_here_say_why(capsys, cell, why):
     assert main(["train", "digits", "--cell", cell, *TINY]) == 2
     err = capsys.readouterr().err
     assert why in err and "choose one of: elman, lstm" in err and err.count("\n") == 1
+
+
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    assert main(["train", "digits", "--cell", "gru", "--out", str(path), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err and path.read_text() == "mine"

@@ -124,9 +124,17 @@ def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool,
     checkpoint = _checkpoint_to_resume(config, world, out) if resume else None
     if out is not None and not resume and (Path(out) / CHECKPOINT).exists():
         raise TaskError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise TaskError(f"--out {out} is a file; it should be a folder (new or holding a checkpoint)")
     if world.size > config.batch_size:
         raise TaskError(f"--batch-size {config.batch_size} is the global batch; it should be at least the "
                         f"number of processes ({world.size})")
+
+    if out is not None and world.main:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TaskError(f"cannot make the folder --out {out}: {e.strerror or e}") from None
 
     torch.manual_seed(config.seed)
     train_split, held_out = task.load(config.seed)
