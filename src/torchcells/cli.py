@@ -1,4 +1,4 @@
-"""Command line: ``torchcells demo``, ``torchcells explain SPEC``, ``torchcells bench`` (also ``python -m torchcells``)."""
+"""Command line: ``torchcells demo|train|compare|explain|zoo|bench`` (also ``python -m torchcells``)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,85 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(command: str, error: Exception) -> int:
+    """One line on stderr (from rank 0 only, under torchrun) and exit status 2."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"torchcells {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _train_config(args: argparse.Namespace, cell: str):
+    from .tasks.training import resolve_config
+
+    return resolve_config(args.task, cell, hidden=args.hidden, layers=args.layers, epochs=args.epochs, lr=args.lr,
+                          batch_size=args.batch_size, bidirectional=args.bidirectional or None, seed=args.seed,
+                          limit=args.limit)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .tasks.base import TaskError
+    from .tasks.report import summary
+    from .tasks.training import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = _train_config(args, args.cell)
+        result = train(config, out=args.out, resume=args.resume, progress=not args.no_progress)
+    except TaskError as e:
+        return _fail("train", e)
+    except KeyboardInterrupt:
+        kept = f"; {args.out} keeps the last finished epoch: add --resume to continue" if args.out else ""
+        _fail("train", Exception(f"interrupted{kept}"))
+        return 130
+    if result.rank == 0:
+        print(summary(result))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from .tasks.base import TaskError
+    from .tasks.compare import compare
+    from .tasks.report import compare_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+        config = _train_config(args, cells[0] if cells else "")
+        results, written = compare(config, cells, out=args.out, progress=not args.no_progress)
+    except TaskError as e:
+        return _fail("compare", e)
+    if results and results[0].rank == 0:
+        print(compare_table(results))
+        if written:
+            print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    p.add_argument("task", metavar="TASK", help="digits, sunspots, vowels or charlm")
+    p.add_argument("--hidden", type=int, help="hidden units per layer (default: the task's)")
+    p.add_argument("--layers", type=int, help="recurrent layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="each layer also reads backwards")
+    p.add_argument("--epochs", type=int, help="epochs in all (default: the task's)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: the task's)")
+    p.add_argument("--batch-size", type=int, help="the global batch (default: the task's)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and masks (default 0)")
+    p.add_argument("--limit", type=int, help="use at most this many training and held-out examples")
+    p.add_argument("--out", type=Path, help="folder for the checkpoint, config.json and plots")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchcells", description="Write a cell, get a layer.")
     parser.add_argument("--version", action="version", version=f"torchcells {__version__}")
@@ -124,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="list every cell and wrapper: description, state, parameter count")
     zoo.add_argument("--kind", choices=["recurrent", "feed-forward", "wrapper"], help="only this kind")
     zoo.set_defaults(run=_zoo)
+    train = sub.add_parser("train", help="train a zoo cell on a real task: progress, checkpoints, resume, plots")
+    _add_training_options(train)
+    train.add_argument("--cell", required=True, help="a recurrent cell of the zoo (torchcells zoo)")
+    train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    train.set_defaults(run=_train)
+    compare = sub.add_parser("compare", help="train several cells on one task with the same budget")
+    _add_training_options(compare)
+    compare.add_argument("--cells", required=True, help="comma-separated zoo cells, e.g. lstm,gru,mingru")
+    compare.set_defaults(run=_compare)
     return parser
 
 

@@ -4,6 +4,9 @@ Each 8×8 image (``sklearn.datasets.load_digits``, shipped with scikit-learn, no
 download) becomes a sequence of ``T = 8`` steps with ``I = 8`` features (one pixel row
 per step). A ``Recurrent`` layer made of one cell reads the rows; a dense layer
 classifies its final output into 10 digits.
+
+``train_digits`` is the demo's own short loop (``make demo``); :class:`Digits` is the same
+data as a task of ``torchcells train`` (any zoo cell, checkpoints, plots).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 from ..cell import Cell
 from ..cells import ElmanCell, GRUCell, LSTMCell
 from ..layers import Recurrent
+from .base import SequenceModel, Split, Sums, Task, build_encoder, classification_sums, majority_accuracy
 
 CELLS = {"gru": GRUCell, "lstm": LSTMCell, "rnn": ElmanCell}
 
@@ -96,3 +100,28 @@ def train_digits(*, cell: str = "gru", hidden: int = 64, epochs: int = 30, lr: f
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     model.eval()
     return (model(x).argmax(-1) == y).float().mean().item()
+
+
+class Digits(Task):
+    """``torchcells train digits``: the same data as the demo, for any zoo cell and the full loop."""
+
+    name = "digits"
+    description = "handwritten digits (scikit-learn 8x8), read row by row: 8 steps of 8 pixels, 10 classes"
+    metric = "accuracy"
+    higher_is_better = True
+    sequence = "image"
+    defaults = {"hidden": 64, "epochs": 30, "lr": 5e-3, "batch_size": 32}
+
+    def load(self, seed: int) -> tuple[Split, Split]:
+        x_train, y_train, x_test, y_test = load_digit_sequences(seed)
+        return Split(x_train, y_train), Split(x_test, y_test)
+
+    def build(self, cell: str, *, hidden: int, layers: int, bidirectional: bool) -> SequenceModel:
+        encoder, width = build_encoder(cell, 8, hidden, layers=layers, bidirectional=bidirectional)
+        return SequenceModel(encoder, width, 10, bidirectional=bidirectional)
+
+    def sums(self, model: nn.Module, batch: Split) -> Sums:
+        return classification_sums(model(batch.inputs), batch.targets)
+
+    def baseline(self, train: Split, held_out: Split) -> tuple[str, float]:
+        return majority_accuracy(train, held_out)
