@@ -12,24 +12,16 @@ __all__ = ["anatomy_text", "compare_table", "summary"]
 
 
 def anatomy_text(result: TrainResult) -> str:
-    """The trained model's anatomy: ``explain(...).to_text()`` where the anatomy has it, else the census."""
+    """The trained model's anatomy (``explain(...).to_text()``); the census where explain cannot read it."""
+    from ..anatomy import census, describe_census, explain
+
     x, lengths = result.task.example(result.held_out)
     model: Any = result.model
     try:
-        from ..anatomy import explain  # type: ignore[attr-defined]
-    except ImportError:
-        explain = None
-    if explain is not None:
-        try:
-            args = (x,) if lengths is None else (x, lengths)
-            return str(explain(model, args, batch_size=1).to_text())
-        except Exception as e:  # the anatomy cannot read this model: say so, and count cells instead
-            note = f"(explain() could not read this model: {type(e).__name__}; the census instead)\n"
-        else:  # pragma: no cover
-            note = ""
-    else:
-        note = ""
-    from ..anatomy import census, describe_census
+        args = (x,) if lengths is None else (x, lengths)
+        return str(explain(model, args, batch_size=1).to_text())
+    except Exception as e:  # the anatomy cannot read this model: say so, and count cells instead
+        note = f"(explain() could not read this model: {type(e).__name__}; the census instead)\n"
     return note + describe_census(census(model, steps=x.shape[1]), samples=len(result.held_out),
                                   sequence=result.task.sequence)
 

@@ -11,6 +11,7 @@ with ``notice()``'s text).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -53,7 +54,9 @@ def library(*, verbose: bool = False) -> Optional[Any]:
         import torch
         from torch.utils import cpp_extension
 
-        tag = torch.backends.cpu.get_cpu_capability().lower()
+        # named after the source: checkouts with different runtimes never rebuild over each other
+        digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:10]
+        tag = f"{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
         try:
             lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
                                      extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
