@@ -43,3 +43,20 @@ def test_zoo_cell_is_explained_and_drawn(name):
     operations = {"σ", "tanh", "+", "⊙", "relu", "exp", "−", "where", "1−", "concat", "amax", "mean"}
     assert any(label.endswith(" neurons") for label in labels) or labels & operations, labels
     assert any(label.endswith(" features") for label in labels)
+
+
+def test_docs_show_every_cell_drawn_as_the_code_draws_it_now():
+    import importlib.util
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    spec = importlib.util.spec_from_file_location("draw_cells", docs / "draw_cells.py")
+    assert spec is not None and spec.loader is not None
+    draw_cells = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(draw_cells)
+    page = (docs / "cells.md").read_text(encoding="utf-8")
+    for name in ZOO:
+        path = docs / "cells" / f"{name}.svg"
+        assert path.read_text(encoding="utf-8") == draw_cells.draw(name), (
+            f"docs/cells/{name}.svg is stale: rerun `python docs/draw_cells.py`")
+        assert f"](cells/{name}.svg)" in page

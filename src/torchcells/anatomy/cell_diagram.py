@@ -248,7 +248,7 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
             c.text(pts[-1][0] - 12, pts[-1][1] + 11, mark, size=13, weight="bold", color=COLORS["op_edge"])
     for n, node in nodes.items():
         _draw_node(c, node, pos[n], sizes[n])
-    _legend(c, legend_y)
+    _legend(c, legend_y, kernels=any(d.kind == "proj" and d.sub.endswith("kernels") for d in nodes.values()))
     return c.svg(element_id="cell-diagram")
 
 
@@ -280,10 +280,11 @@ def _draw_node(c: Canvas, d: DNode, at: tuple[float, float], size: tuple[float, 
         c.text(x, y + 11, f"{d.size} features", size=10, color=COLORS["muted"])
 
 
-def _legend(c: Canvas, y: float) -> None:
+def _legend(c: Canvas, y: float, kernels: bool = False) -> None:
     x = 16.0
     c.rect(x, y, 22, 14, fill=COLORS["learned"], stroke=COLORS["learned_edge"], rx=2)
-    label = "learned projection: a dense layer of that many neurons (a gate)"
+    label = ("learned projection: a convolution of that many kernels (a gate)" if kernels
+             else "learned projection: a dense layer of that many neurons (a gate)")
     c.text(x + 28, y + 7, label, size=11, anchor="start")
     x += 28 + text_width(label, 11) + 18
     c.ellipse(x + 8, y + 7, 8, 8, fill=COLORS["op"], stroke=COLORS["op_edge"])

@@ -200,7 +200,8 @@ def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str
             inputs = [a for a in args if not isinstance(rep.get(a), tuple)]
             nid = new_id("proj")
             width = _width(node)
-            nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} neurons", size=width)
+            unit = "kernels" if name == "convolution" else "neurons"  # a convolution's units are kernels
+            nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} {unit}", size=width)
             proj_parts[nid] = weights
             for a in inputs:
                 s = source(a)
@@ -286,7 +287,8 @@ def _split_part(split: fx.Node, k: int, rep: dict, nodes: dict[str, DNode], edge
         if nid not in nodes:
             weights = [w for p in projs for w in proj_parts[p]]
             rows = f"[{k * width}:{(k + 1) * width}]"
-            nodes[nid] = DNode(nid, "proj", gate, sub=f"{width} neurons", size=width)
+            unit = "kernels" if any(nodes[p].sub.endswith("kernels") for p in projs) else "neurons"
+            nodes[nid] = DNode(nid, "proj", gate, sub=f"{width} {unit}", size=width)
             proj_parts[nid] = [w + rows for w in weights]
             for p in projs:
                 for s, d in list(edges):
