@@ -381,6 +381,12 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
         return emit(O_FILL, r, r, imm=float(x))
 
     written: list[list[int]] = []
+    def times_alpha(node: fx.Node, r: int) -> int:
+        """``alpha * r`` for add/sub/rsub's ``alpha`` (``r`` itself when it is 1)."""
+        args = _args(node)
+        alpha = node.kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        return r if alpha == 1 else emit(O_MUL, reg(), r, operand(alpha))
+
     for a, bias_reg in pending:
         regs[a] = emit(O_ADD, reg(), regs[a], bias_reg)
         if a in materialize:  # read outside too: this group writes it (once)
@@ -395,25 +401,13 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
             emit(_BINARY[t], dst, operand(args[0]), operand(args[1]))
         elif t in _WITH_ALPHA or t in (aten.add.Scalar, aten.sub.Scalar):
             op = O_ADD if t in (aten.add.Tensor, aten.add.Scalar) else O_SUB
-            other = operand(args[1])
-            alpha = node.kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-            if alpha != 1:
-                scaled = reg()
-                emit(O_MUL, scaled, other, operand(alpha))
-                other = scaled
-            emit(op, dst, operand(args[0]), other)
+            emit(op, dst, operand(args[0]), times_alpha(node, operand(args[1])))
         elif t is aten.mul.Scalar:
             emit(O_MUL, dst, operand(args[0]), operand(args[1]))
         elif t is aten.div.Scalar:
             emit(O_DIV, dst, operand(args[0]), operand(args[1]))
-        elif t is aten.rsub.Scalar:
-            alpha = node.kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-            x = operand(args[0])
-            if alpha != 1:
-                scaled = reg()
-                emit(O_MUL, scaled, x, operand(alpha))
-                x = scaled
-            emit(O_SUB, dst, operand(args[1]), x)
+        elif t is aten.rsub.Scalar:  # other - alpha * self
+            emit(O_SUB, dst, operand(args[1]), times_alpha(node, operand(args[0])))
         elif t is aten.pow.Tensor_Scalar:
             emit(O_SQUARE, dst, operand(args[0]))
         elif t is aten.where.self:
