@@ -174,3 +174,29 @@ def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(m
     layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
     out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
     assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+
+
+@pytest.mark.parametrize("name", ["user-lstm", "gru"])
+def test_large_float32_products_run_on_packed_weights_and_equal_the_loop(name):
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.native.plan import _mkl_packing
+    from torchcells.engine.unroll import unroll
+
+    if not _mkl_packing():
+        pytest.skip("torch was built without MKL: products run unpacked")
+    torch.manual_seed(0)
+    cell = UserLSTMCell(16, 256) if name == "user-lstm" else tc.GRUCell(16, 256)
+    x = torch.randn(4, 32, 16)
+    state = cell.init_state(32)
+    kernels = fused_program(cell, x[0], state, masked=False)
+    calls = [b[1] for p in (kernels.native.forward, kernels.native.backward) for b in p.blocks if b[0] == "call"]
+    assert calls.count("mkl::_mkl_linear") == 2  # h W_hhᵀ forward, δ W_hh backward
+    results = []
+    for path in (unroll, lambda *a: run_fused(*a, native=True)):
+        cell.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = path(cell, xx, state)[0]
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append([out.detach(), xx.grad, *[p.grad for p in cell.parameters()]])
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)

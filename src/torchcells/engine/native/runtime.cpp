@@ -393,12 +393,13 @@ at::Tensor step_of(const at::Tensor& t, int64_t k) { return t.select(0, k); }
 //   saved_kind[j]: 0 = per step (kept in a [T, ...] buffer), 1 = once (kept from step 0),
 //                  2 + s = state leaf s before the step, 2 + n_s + s = after it (both read from
 //                  the state history, nothing copied).
-//   T: the number of steps.
+//   T: the number of steps. extras: inputs after all others (packed weights, see plan.py).
 // Returns [ys, *final_state, *history(T+1, ...) per leaf, *saved buffers (kind 0/1 in order)].
 std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Tensor>& per_step,
                                          const std::vector<at::Tensor>& state, const std::vector<at::Tensor>& consts,
                                          const c10::optional<at::Tensor>& valid, int64_t n_out, int64_t y_alias,
-                                         const std::vector<int64_t>& saved_kind, int64_t T) {
+                                         const std::vector<int64_t>& saved_kind, int64_t T,
+                                         const std::vector<at::Tensor>& extras) {
   const size_t n_s = state.size();
   std::vector<at::Tensor> history(n_s);
   for (size_t s = 0; s < n_s; ++s) {
@@ -417,6 +418,7 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
     for (size_t s = 0; s < n_s; ++s) inputs.push_back(history[s].select(0, t));
     for (const auto& c : consts) inputs.push_back(c);
     if (valid.has_value()) inputs.push_back(valid->select(0, t));
+    for (const auto& e : extras) inputs.push_back(e);
     // new state leaves go straight into the history; y into ys; per-step saved values into their buffers
     for (size_t s = 0; s < n_s; ++s) dest[s + 1] = history[s].select(0, t + 1);
     if (y_alias < 0 && ys.defined()) dest[0] = ys.select(0, t);
@@ -472,7 +474,8 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
                                           const std::vector<at::Tensor>& d_hoisted, int64_t n_c, int64_t n_grads,
                                           const std::vector<int64_t>& deferred, const std::vector<bool>& transposed,
                                           const std::vector<std::vector<int64_t>>& source,
-                                          const std::vector<at::Tensor>& zero_like, int64_t T, int64_t chunk_rows) {
+                                          const std::vector<at::Tensor>& zero_like, int64_t T, int64_t chunk_rows,
+                                          const std::vector<at::Tensor>& extras) {
   const int64_t n_h = static_cast<int64_t>(d_hoisted.size());
   const int64_t n_s = static_cast<int64_t>(history.size());
   const at::Tensor d_ys = d_ys_opt.has_value() ? *d_ys_opt : at::Tensor();
@@ -519,6 +522,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
       if (!tangents[k].defined()) tangents[k] = at::zeros_like(zero_like[k]);
       inputs.push_back(tangents[k]);
     }
+    for (const auto& e : extras) inputs.push_back(e);
     dest.assign(static_cast<size_t>(n_grads) + 2 * n_def, at::Tensor());
     for (int64_t i = 0; i < n_h; ++i) dest[i] = d_hoisted[i].select(0, t);
     for (size_t j = 0; j < 2 * n_def; ++j) {

@@ -32,7 +32,8 @@ class NativeSequence(torch.autograd.Function):
         # one contiguous copy of each per-sequence value (a transposed weight): faster products
         consts = [c.contiguous() for c in flat[n_hoisted + n_state:]]
         result = lib.forward_sequence(native.forward.build(lib), hoisted, state, consts, valid,
-                                      kernels.n_outputs, native.y_alias, native.saved_kind, steps)
+                                      kernels.n_outputs, native.y_alias, native.saved_kind, steps,
+                                      packed_weights([consts[i] for i in native.fw_packed], hoisted, state))
         ys = result[0]
         final = result[1:1 + n_state]
         history = result[1 + n_state:1 + 2 * n_state]
@@ -41,6 +42,7 @@ class NativeSequence(torch.autograd.Function):
         ctx.steps = ys.shape[0]
         ctx.hoisted_meta = [(h.shape, h.dtype) for h in hoisted]
         ctx.device = ys.device
+        ctx.batch = ys.shape[1] if ys.dim() > 1 else 1
         ctx.has_saved = [s is not None for s in saved]
         ctx.save_for_backward(*history, *[s for s in saved if s is not None])
         outputs = [ys] + [f.clone() for f in final]
@@ -71,7 +73,8 @@ class NativeSequence(torch.autograd.Function):
             native.backward.build(lib), saved, native.saved_kind, history,
             d_ys.contiguous() if d_ys is not None else None, d_final, d_hist, d_hoisted_buffers, n_c,
             kernels.n_grads, order, [kernels.transposed[k] for k in order], native.deferred_source, zero_like,
-            ctx.steps, _PRODUCT_ROWS)
+            ctx.steps, _PRODUCT_ROWS, packed_weights([saved[j] for j in native.bw_packed], [], history,
+                                                     batch=ctx.batch))
         d_hoisted = result[:n_h]
         d_state = result[n_h:n_h + n_s]
         d_consts = list(result[n_h + n_s:n_h + n_s + n_c])
@@ -86,7 +89,24 @@ def run_without_grad(kernels: Any, hoisted: list[Tensor], state: list[Tensor], c
     lib: Any = library()
     native = kernels.native
     n_state = len(state)
-    result = lib.forward_sequence(native.inference.build(lib), hoisted, [s.contiguous() for s in state],
-                                  [c.contiguous() for c in consts], valid, kernels.n_outputs, native.y_alias, [],
-                                  steps)
+    consts = [c.contiguous() for c in consts]
+    state = [s.contiguous() for s in state]
+    result = lib.forward_sequence(native.inference.build(lib), hoisted, state, consts, valid, kernels.n_outputs,
+                                  native.y_alias, [], steps,
+                                  packed_weights([consts[i] for i in native.fw_packed], hoisted, state))
     return result[0], list(result[1:1 + n_state]), list(result[1 + n_state:1 + 2 * n_state])
+
+
+def packed_weights(operands: list, hoisted: list[Tensor], state: list[Tensor], *,
+                   batch: Optional[int] = None) -> list[Tensor]:
+    """For each per-sequence right operand ``W`` (``[K, N]``) of a per-step product: MKL's packed
+    copy of ``Wᵀ`` for ``batch`` rows, and ``Wᵀ`` itself (what ``mkl::_mkl_linear`` takes)."""
+    if not operands:
+        return []
+    if batch is None:
+        batch = (hoisted[0].shape[1] if hoisted else state[0].shape[0])
+    extras: list[Tensor] = []
+    for w in operands:
+        weight = w.t().contiguous()
+        extras += [torch.ops.mkl._mkl_reorder_linear_weight(weight, batch), weight]
+    return extras
