@@ -95,6 +95,6 @@ def describe_census(rows: list[LayerCensus], *, samples: Optional[int] = None,
             ]
     if samples is not None:
         total = sum(r.applications for r in rows if r.kind.startswith("recurrent"))
-        lines.append(f"Classifying {samples:,} {sequence}s applied the recurrent step function "
+        lines.append(f"Running {samples:,} {sequence}s applied the recurrent step function "
                      f"{samples * total:,} times; it is still one function with one set of weights.")
     return "\n".join(lines)
