@@ -1,15 +1,16 @@
 // torchcells native runtime: runs a traced step program T times without Python.
 //
 // A program is a list of instructions over a table of tensor slots, planned in
-// Python from the derived forward/backward graphs (engine/native.py):
-//   * CALL   -- any aten operator, called through the dispatcher (boxed);
+// Python from the derived forward/backward graphs (engine/native/plan.py):
+//   * CALL   -- any aten operator, called through the dispatcher (boxed); per-step products
+//               on large float32 weights call mkl::_mkl_linear on weights packed once;
 //   * FUSED  -- a group of elementwise operations over one 2-D domain [R, C],
 //               evaluated tile by tile in vector registers (at::vec), reading its
 //               inputs from strided views and writing only the values used
 //               outside the group, each into a fresh tensor or a preset place.
 // The two drivers run the forward over all steps (saving what the backward reads
-// into [T, ...] buffers) and the backward in reverse (weight gradients of the
-// per-step products summed in chunked products after the step's backward).
+// into [T, ...] buffers) and the backward in reverse (the weight gradients of the
+// per-step products summed by one product over all steps after the loop).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
