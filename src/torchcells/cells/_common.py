@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..cell import Cell, check_state, map_state
 
-__all__ = ["StepCell", "check_probability", "check_size", "output_size"]
+__all__ = ["StepCell", "check_probability", "check_size", "optional_parameter", "output_size"]
 
 
 def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
@@ -33,6 +33,14 @@ def check_probability(owner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{owner}: {name} should be a probability in [0, 1), got {value!r}")
     return float(value)
+
+
+def optional_parameter(module: nn.Module, name: str, shape: tuple[int, ...], present: bool, *,
+                       device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
+    """Register ``name`` on ``module``: an empty parameter of ``shape`` (``reset_parameters`` fills
+    it) when ``present``, else ``None`` (as torch.nn does for ``bias=False``)."""
+    value = nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) if present else None
+    module.register_parameter(name, value)
 
 
 def output_size(cell: nn.Module) -> Optional[int]:

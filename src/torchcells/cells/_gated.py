@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cell import Cell, map_state
+from ._common import optional_parameter
 
 
 class GatedCell(Cell):
@@ -25,6 +26,12 @@ class GatedCell(Cell):
     GATES: ClassVar[tuple[str, ...]] = ()
     input_size: int
     hidden_size: int
+    # None where absent (bias=False; weight_hh and bias_hh without recurrence), typed as torch.nn
+    # types its own optional weights: the cells read them only where they exist.
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor
+    bias_hh: Tensor
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  recurrent_size: Optional[int] = None, recurrent: bool = True,
@@ -37,18 +44,10 @@ class GatedCell(Cell):
         rows = len(self.GATES) * hidden_size
         rec = hidden_size if recurrent_size is None else recurrent_size
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, device=device, dtype=dtype))
-        if recurrent:
-            self.weight_hh = nn.Parameter(torch.empty(rows, rec, device=device, dtype=dtype))
-        else:  # gates that read the input only (the minimal cells)
-            self.register_parameter("weight_hh", None)
-        if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias_ih", None)
-        if self.bias and recurrent:
-            self.bias_hh = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias_hh", None)
+        # without recurrence: gates that read the input only (the minimal cells)
+        optional_parameter(self, "weight_hh", (rows, rec), recurrent, device=device, dtype=dtype)
+        optional_parameter(self, "bias_ih", (rows,), self.bias, device=device, dtype=dtype)
+        optional_parameter(self, "bias_hh", (rows,), self.bias and recurrent, device=device, dtype=dtype)
 
     def reset_parameters(self) -> None:
         """torch.nn's initialization: every parameter uniform in ``±1/√H``."""

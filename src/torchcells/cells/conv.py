@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 from .lstm import LSTMState
 
 __all__ = ["ConvGRUCell", "ConvLSTMCell"]
@@ -80,10 +80,7 @@ class _ConvCell(StepCell):
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, k, k, device=device, dtype=dtype))
         self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size, k, k, device=device, dtype=dtype))
         for name_ in ("bias_ih", "bias_hh"):
-            if bias:
-                self.register_parameter(name_, nn.Parameter(torch.empty(rows, device=device, dtype=dtype)))
-            else:
-                self.register_parameter(name_, None)
+            optional_parameter(self, name_, (rows,), bool(bias), device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

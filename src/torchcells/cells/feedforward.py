@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 
 __all__ = ["Neuron", "NoisyInput"]
 
@@ -66,10 +66,7 @@ class Neuron(_Stateless):
         super().__init__(input_size, hidden_size)
         self.activation = activation
         self.weight = nn.Parameter(torch.empty(hidden_size, input_size, device=device, dtype=dtype))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameter(self, "bias", (hidden_size,), bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 
 __all__ = ["GaussianCell"]
 
@@ -59,10 +59,7 @@ class GaussianCell(StepCell):
         check_size("GaussianCell", "hidden_size", hidden_size)
         super().__init__(input_size, hidden_size)
         self.weight = nn.Parameter(torch.empty(2 * hidden_size, input_size, device=device, dtype=dtype))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(2 * hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameter(self, "bias", (2 * hidden_size,), bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 
 __all__ = ["IndRNNCell"]
 
@@ -55,10 +55,7 @@ class IndRNNCell(StepCell):
         self.bias = bool(bias)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, device=device, dtype=dtype))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias_ih", None)
+        optional_parameter(self, "bias_ih", (hidden_size,), bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

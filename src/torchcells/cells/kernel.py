@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 
 __all__ = ["KernelCell", "PoolCell"]
 
@@ -69,10 +69,7 @@ class KernelCell(_WindowCell):
         self.kernel_size = check_size("KernelCell", "kernel_size", kernel_size)
         super().__init__(input_size, hidden_size)
         self.weight = nn.Parameter(torch.empty(hidden_size, input_size, kernel_size, device=device, dtype=dtype))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        optional_parameter(self, "bias", (hidden_size,), bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -50,9 +50,10 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 import torch.nn.functional as F
 
+from ._common import optional_parameter
 from ._gated import GatedCell
 
 
@@ -91,16 +92,10 @@ class LSTMCell(GatedCell):
         self.peepholes = bool(peepholes)
         self.coupled = bool(coupled)
         self.forget_bias = float(forget_bias)
-        if proj_size:
-            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight_hr", None)
+        optional_parameter(self, "weight_hr", (proj_size, hidden_size), bool(proj_size), device=device, dtype=dtype)
         for gate in ("i", "f", "o"):
-            if self.peepholes and gate in self.GATES:
-                self.register_parameter(f"weight_c{gate}", nn.Parameter(
-                    torch.empty(hidden_size, device=device, dtype=dtype)))
-            else:
-                self.register_parameter(f"weight_c{gate}", None)
+            optional_parameter(self, f"weight_c{gate}", (hidden_size,), self.peepholes and gate in self.GATES,
+                               device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

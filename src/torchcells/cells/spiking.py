@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import StepCell, check_size
+from ._common import StepCell, check_size, optional_parameter
 
 __all__ = ["LIFCell", "spike"]
 
@@ -72,10 +72,7 @@ class LIFCell(StepCell):
         super().__init__(input_size, hidden_size)
         self.threshold, self.beta, self.slope, self.bias = float(threshold), float(beta), float(slope), bool(bias)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, device=device, dtype=dtype))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias_ih", None)
+        optional_parameter(self, "bias_ih", (hidden_size,), bias, device=device, dtype=dtype)
         self.leak = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
         self.reset_parameters()
 
