@@ -120,6 +120,9 @@ def test_lstm_step_plans_to_one_product_and_one_fused_group():
     assert [b[1] for b in fw.blocks if b[0] == "call"][0] == "aten::mm"
     assert not any(b[0] == "call" and "split" in b[1] for b in fw.blocks)
     assert not any(b[0] == "call" and b[1] == "aten::cat" for b in bw.blocks)
+    # what reads per-sequence values only (the weights' transposes) runs once, not once per step
+    assert all(b[-1] for b in fw.blocks if b[0] == "call" and b[1] == "aten::t")
+    assert not any(b[-1] for b in fw.blocks if b[0] == "call" and b[1] in ("aten::mm", "mkl::_mkl_linear"))
     # h_{t-1} and c_{t-1} come from the state history; the deferred weight gradient needs no copies
     assert kernels.native.deferred_source and all(k != 0 for k in kernels.native.deferred_source[0][::2])
 
@@ -200,3 +203,19 @@ def test_large_float32_products_run_on_packed_weights_and_equal_the_loop(name):
         results.append([out.detach(), xx.grad, *[p.grad for p in cell.parameters()]])
     for got, want in zip(*results[::-1]):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_values_computed_once_per_sequence_follow_the_weights_between_sequences():
+    """Run-once calls are cached per sequence: a weight changed between two calls is seen."""
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.unroll import unroll
+
+    torch.manual_seed(0)
+    cell = tc.GRUCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            cell.weight_hh.add_(0.5)
+        got = run_fused(cell, x.requires_grad_(), cell.init_state(2, dtype=torch.float64), native=True)[0]
+        want = unroll(cell, x, cell.init_state(2, dtype=torch.float64))[0]
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

@@ -198,11 +198,14 @@ class _Group:
 
 
 def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
-               outputs: Optional[list] = None, packed: Optional[list[fx.Node]] = None) -> ProgramSpec:
+               outputs: Optional[list] = None, packed: Optional[list[fx.Node]] = None,
+               per_sequence: Optional[set] = None) -> ProgramSpec:
     """Plan ``gm`` (aten targets); ``input_alias[i]`` is the input slot placeholder ``i`` reads;
     ``outputs`` replaces the graph's own output list. ``packed``: placeholders ``B`` (per-sequence
     ``[K, N]`` right operands of per-step products) whose MKL-packed form and ``Bᵀ`` come as two
-    extra inputs each, after the graph's own: ``mm(A, B)`` then runs on the packed weights."""
+    extra inputs each, after the graph's own: ``mm(A, B)`` then runs on the packed weights.
+    ``per_sequence``: placeholders that hold the same value at every step; a call that reads only
+    those (or what such calls made) is marked to run once per sequence, not once per step."""
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     alias = input_alias if input_alias is not None else list(range(len(placeholders)))
@@ -334,6 +337,8 @@ def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
         else:
             spec.blocks.append(_encode_call(b, slot))
             spec.n_calls += 1
+    steady = {slot[p] for p in (per_sequence or ())} | {k for pair in pack_slots.values() for k in pair}
+    spec.blocks = [_mark_once(b, steady) for b in spec.blocks]
     spec.n_slots = counter[0]
     outs = output_node.args[0] if outputs is None else outputs
     spec.output_slots = [slot[o] if isinstance(o, fx.Node) else -1 for o in outs]
@@ -445,6 +450,20 @@ def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output
     return ("fused", rows, cols, inputs, code, imms, outputs, allocs, n_regs[0])
 
 
+def _mark_once(block: tuple, steady: set) -> tuple:
+    """A call block with its run-once flag appended (fused groups run every step). ``steady``:
+    the slots that hold the same value at every step; a call reading only those joins them."""
+    if block[0] != "call":
+        return block
+    kinds, ints, lists, outs = block[3], block[4], block[6], block[7]
+    reads = [i for k, i in zip(kinds, ints) if k == A_TENSOR] + \
+        [s for k, lst in zip(kinds, lists) if k == A_TENSORLIST for s in lst]
+    once = all(r in steady for r in reads)  # a call reading no tensor makes a constant (no random ops here)
+    if once:
+        steady.update(outs)
+    return block + (once,)
+
+
 def _mm_call(a: int, w: fx.Node, out: int, slot: dict, pack_slots: dict, rows: int) -> tuple:
     """``A @ W`` into slot ``out``: on MKL's packed copy of ``W`` where the planner was given one."""
     if w in pack_slots:
@@ -550,19 +569,19 @@ def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_ho
         else:
             kinds.append(0)
     fw_packed = _packable(fw, lambda n: n in const_nodes)
-    fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed)
+    fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed, per_sequence=const_nodes)
     bw_placeholders = [n for n in bw.graph.nodes if n.op == "placeholder"]
     n_tangents = len(bw_placeholders) - len(saved)
     bw_alias = alias + [len(unique) + k for k in range(n_tangents)]
     once = {p for i, p in enumerate(bw_placeholders[:len(saved)]) if kinds[alias[i]] == 1}
     bw_packed = _packable(bw, lambda n: n in once)
-    bw_spec = plan_graph(bw, bw_alias, packed=bw_packed)
+    bw_spec = plan_graph(bw, bw_alias, packed=bw_packed, per_sequence=once)
     y_alias = -1
     if y_index is None and outs and isinstance(outs[0], fx.Node):
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
     n_grads = n_hoisted + n_state + n_const + (len(placeholders) - n_hoisted - n_state - n_const)
     sources = _deferred_sources(bw_spec, n_grads, n_hoisted, kinds, n_state)
-    inference = plan_graph(fw, outputs=outs, packed=fw_packed)
+    inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes)
     return NativeKernels(fw_spec, bw_spec, kinds, y_alias, inference, sources,
                          [placeholders.index(n) - n_hoisted - n_state for n in fw_packed],
                          [alias[bw_placeholders.index(n)] for n in bw_packed])

@@ -37,6 +37,13 @@ struct Call {
   c10::OperatorHandle op;
   std::vector<Arg> args;
   std::vector<int64_t> outs;   // one slot per returned tensor (a list return fills several)
+  bool once = false;           // reads only per-sequence values: run at the first step, then reused
+};
+
+// What the run-once calls of a program made, kept by a driver for the length of one sequence.
+struct OnceCache {
+  bool filled = false;
+  std::vector<at::Tensor> values;   // by slot
 };
 
 // Elementwise opcodes of the register machine.
@@ -212,9 +219,9 @@ class Program {
 
   void add_call(const std::string& name, const std::string& overload, const std::vector<int64_t>& kinds,
                 const std::vector<int64_t>& ints, const std::vector<double>& doubles,
-                const std::vector<std::vector<int64_t>>& lists, const std::vector<int64_t>& outs) {
+                const std::vector<std::vector<int64_t>>& lists, const std::vector<int64_t>& outs, bool once) {
     auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
-    Call call{op, {}, outs};
+    Call call{op, {}, outs, once};
     for (size_t k = 0; k < kinds.size(); ++k) {
       Arg a{kinds[k]};
       a.i = ints[k];
@@ -244,6 +251,12 @@ class Program {
 
   // Runs the program on `inputs` (slots 0..n-1); `dest[k]`, when defined, is where output k goes.
   std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& dest) {
+    return run_with(inputs, dest, nullptr);
+  }
+
+  // The same; with `once`, the run-once calls run on the first use of the cache and are reused after.
+  std::vector<at::Tensor> run_with(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& dest,
+                                   OnceCache* once) {
     std::vector<at::Tensor> slots(static_cast<size_t>(n_slots_));
     for (size_t k = 0; k < inputs.size(); ++k) slots[k] = inputs[k];
     std::vector<at::Tensor> preset(static_cast<size_t>(n_slots_));
@@ -252,9 +265,25 @@ class Program {
         preset[output_slots_[k]] = dest[k];
       }
     }
+    const bool reuse = once != nullptr && once->filled;
     for (const Step& s : steps_) {
-      if (s.fused) run_fused(fused_[s.index], slots, preset);
-      else run_call(calls_[s.index], slots, preset);
+      if (s.fused) {
+        run_fused(fused_[s.index], slots, preset);
+        continue;
+      }
+      const Call& call = calls_[s.index];
+      if (reuse && call.once) {
+        for (int64_t o : call.outs) if (o >= 0) slots[o] = once->values[o];
+        continue;
+      }
+      run_call(call, slots, preset);
+    }
+    if (once != nullptr && !once->filled) {
+      once->values.assign(static_cast<size_t>(n_slots_), at::Tensor());
+      for (const Call& call : calls_) {
+        if (call.once) for (int64_t o : call.outs) if (o >= 0) once->values[o] = slots[o];
+      }
+      once->filled = true;
     }
     std::vector<at::Tensor> out;
     out.reserve(output_slots_.size());
@@ -413,6 +442,7 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
   std::vector<at::Tensor> saved(saved_kind.size());
   std::vector<at::Tensor> inputs;
   std::vector<at::Tensor> dest(static_cast<size_t>(n_out) + saved_kind.size());
+  OnceCache once;
   for (int64_t t = 0; t < T; ++t) {
     inputs.clear();
     for (const auto& h : per_step) inputs.push_back(h.select(0, t));
@@ -426,7 +456,7 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
     for (size_t j = 0; j < saved_kind.size(); ++j) {
       dest[n_out + j] = (saved_kind[j] == 0 && saved[j].defined()) ? saved[j].select(0, t) : at::Tensor();
     }
-    std::vector<at::Tensor> out = prog.run(inputs, dest);
+    std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
     if (y_alias < 0 && !ys.defined()) {
       auto shape = out[0].sizes().vec();
       shape.insert(shape.begin(), T);
@@ -501,6 +531,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   std::vector<at::Tensor> summed(n_def);
   std::vector<at::Tensor> inputs;
   std::vector<at::Tensor> dest;
+  OnceCache once;
   int64_t rows_per_step = 1;
   for (int64_t t = T - 1; t >= 0; --t) {
     inputs.clear();
@@ -520,7 +551,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
     }
     tangents.insert(tangents.begin(), d_ys.defined() ? d_ys.select(0, t) : at::Tensor());
     for (size_t k = 0; k < tangents.size(); ++k) {
-      if (!tangents[k].defined()) tangents[k] = at::zeros_like(zero_like[k]);
+      if (!tangents[k].defined()) tangents[k] = zero_like[k];  // programs never write their inputs
       inputs.push_back(tangents[k]);
     }
     for (const auto& e : extras) inputs.push_back(e);
@@ -529,7 +560,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
     for (size_t j = 0; j < 2 * n_def; ++j) {
       if (own[j].defined()) dest[n_grads + j] = own[j].select(0, t);
     }
-    std::vector<at::Tensor> out = prog.run(inputs, dest);
+    std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
     for (int64_t i = 0; i < n_h; ++i) got[i] = got[i] || out[i].defined();
     for (int64_t s = 0; s < n_s; ++s) carry[s] = out[n_h + s];
     for (int64_t k = 0; k < n_c; ++k) {
