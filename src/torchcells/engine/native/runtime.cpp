@@ -48,9 +48,9 @@ struct OnceCache {
 
 // Elementwise opcodes of the register machine.
 enum Op : int64_t {
-  O_LOAD = 0, O_ADD, O_SUB, O_MUL, O_DIV, O_NEG, O_SIGMOID, O_TANH, O_EXP, O_LOG, O_RELU,
-  O_ADDS, O_MULS, O_RSUBS, O_SIGMOID_BWD, O_TANH_BWD, O_WHERE, O_THRESHOLD_BWD, O_MAX, O_MIN,
-  O_SQRT, O_RSQRT, O_RECIP, O_ABS, O_COPY, O_SQUARE, O_DIVS_R, O_GT, O_LT, O_GE, O_LE, O_FILL
+  O_ADD = 0, O_SUB, O_MUL, O_DIV, O_NEG, O_SIGMOID, O_TANH, O_EXP, O_LOG, O_RELU, O_SIGMOID_BWD,
+  O_TANH_BWD, O_WHERE, O_THRESHOLD_BWD, O_MAX, O_MIN, O_SQRT, O_RSQRT, O_RECIP, O_ABS, O_COPY, O_SQUARE,
+  O_FILL
 };
 
 // How an input of a fused group is laid over the [R, C] domain.
@@ -176,10 +176,6 @@ struct Machine {
               case O_EXP: TC_LOOP(x.exp())
               case O_LOG: TC_LOOP(x.log())
               case O_RELU: TC_LOOP(at::vec::maximum(x, zero))
-              case O_ADDS: TC_LOOP(x + imm)
-              case O_MULS: TC_LOOP(x * imm)
-              case O_RSUBS: TC_LOOP(imm - x)
-              case O_DIVS_R: TC_LOOP(imm / x)
               case O_SIGMOID_BWD: TC_LOOP(x * TB * (one - TB))
               case O_TANH_BWD: TC_LOOP(x * (one - TB * TB))
               case O_WHERE: TC_LOOP(Vec::blendv(TCC, TB, x != zero))
@@ -191,10 +187,6 @@ struct Machine {
               case O_RECIP: TC_LOOP(x.reciprocal())
               case O_ABS: TC_LOOP(x.abs())
               case O_SQUARE: TC_LOOP(x * x)
-              case O_GT: TC_LOOP((x > TB) & one)
-              case O_LT: TC_LOOP((x < TB) & one)
-              case O_GE: TC_LOOP((x >= TB) & one)
-              case O_LE: TC_LOOP((x <= TB) & one)
               case O_FILL: TC_LOOP(imm)
               default: TC_LOOP(x)
             }
