@@ -40,8 +40,7 @@ class FusedKernels:
     masked: bool
     forward: fx.GraphModule            # (*hoisted_t, *state, *consts[, valid]) -> (*outs, *saved)
     backward: fx.GraphModule           # (*saved, *tangents) -> grads (see below)
-    n_outputs: int                     # outs = [y,] *state   (y omitted when it is a state leaf)
-    y_index: Optional[int]             # position of y among outs
+    n_outputs: int                     # outs = (y, *state)
     deferred: dict[int, fx.GraphModule]  # const index -> graph turning sum_t A_t @ B_t into its gradient
     transposed: dict[int, bool]        # const index -> the deferred left operands come transposed
     n_grads: int                       # backward outputs before the deferred operands (one per primal)
@@ -123,9 +122,6 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     program = trace_cell(cell, x_t, state)
     step_fn = program.step_fn
     n_h, n_s, n_c = program.n_hoisted, program.n_state, program.n_const
-    # y gets its own output and gradient even when it is a state leaf: the backward then adds
-    # its tangent inside the step graph (one fused operation) rather than outside it.
-    y_is_state = None
     placeholder_outputs = _outputs_that_alias(step_fn)
 
     def wrapper(*args: Tensor):
@@ -137,7 +133,9 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
             old = args[n_h: n_h + n_s]
             new = [torch.where(valid.reshape(valid.shape + (1,) * (n.dim() - 1)), n, o) for n, o in zip(new, old)]
             y = y.masked_fill(~valid.reshape(valid.shape + (1,) * (y.dim() - 1)), 0)
-        return tuple(new) if y_is_state is not None else (y, *new)
+        # y is an output of its own even when it is a state leaf: its gradient is then added
+        # inside the step's backward graph (one fused operation), not outside it
+        return (y, *new)
 
     leaves, _ = tree_flatten(state)
     with torch.no_grad():
@@ -154,24 +152,23 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     for gm in (fw, bw):
         drop_detach(gm.graph)
         gm.graph.eliminate_dead_code()
-    native, native_why = _plan_native(fw, bw, n_outputs, n_h, n_s, n_c, y_is_state)
+    native, native_why = _plan_native(fw, bw, n_outputs, n_h, n_s, n_c)
     for gm in (fw, bw):
         fast_targets(gm.graph)
         gm.graph.lint()
         gm.recompile()
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
-    return FusedKernels(program, masked, fw, bw, n_outputs, y_is_state, deferred, transposed, n_grads,
+    return FusedKernels(program, masked, fw, bw, n_outputs, deferred, transposed, n_grads,
                         tangent_meta, native, native_why)
 
 
-def _plan_native(fw: fx.GraphModule, bw: fx.GraphModule, n_outputs: int, n_h: int, n_s: int, n_c: int,
-                 y_index: Optional[int]) -> tuple[Optional[Any], Optional[str]]:
+def _plan_native(fw: fx.GraphModule, bw: fx.GraphModule, n_outputs: int, n_h: int, n_s: int,
+                 n_c: int) -> tuple[Optional[Any], Optional[str]]:
     """The graphs planned for the native runtime, or why not (they still run from Python)."""
     from .native import NotNative, plan_kernels
     try:
-        return plan_kernels(fw, bw, n_outputs=n_outputs, n_hoisted=n_h, n_state=n_s, n_const=n_c,
-                            y_index=y_index), None
+        return plan_kernels(fw, bw, n_outputs=n_outputs, n_hoisted=n_h, n_state=n_s, n_const=n_c), None
     except NotNative as e:
         return None, str(e)
 

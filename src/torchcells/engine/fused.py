@@ -49,7 +49,7 @@ class _FusedSequence(torch.autograd.Function):
         consts = list(flat[n_hoisted + n_state:])
         per_step = [h.unbind(0) for h in hoisted]
         masks = valid.unbind(0) if valid is not None else None
-        fw, n_out, y_index = kernels.forward.forward, kernels.n_outputs, kernels.y_index
+        fw, n_out = kernels.forward.forward, kernels.n_outputs
         ys, saved, history = [], [], []
         for t in range(steps):
             args = [h[t] for h in per_step] + state + consts
@@ -58,12 +58,8 @@ class _FusedSequence(torch.autograd.Function):
             result = fw(*args)
             outs = result[:n_out]
             saved.append(result[n_out:])
-            if y_index is None:
-                ys.append(outs[0])
-                state = list(outs[1:])
-            else:
-                state = list(outs)
-                ys.append(outs[y_index])
+            ys.append(outs[0])
+            state = list(outs[1:])
             if want_states:
                 history.append(state)
         ctx.kernels, ctx.n_hoisted, ctx.n_state = kernels, n_hoisted, n_state
@@ -88,7 +84,7 @@ class _FusedSequence(torch.autograd.Function):
         d_hist = list(d_rest[n_s:]) if ctx.want_states else []
         steps, per_step = ctx.steps, ctx.per_step
         saved = ctx.saved_tensors
-        bw, y_index = kernels.backward.forward, kernels.y_index
+        bw = kernels.backward.forward
         n_c = kernels.program.n_const
         carry = [g for g in d_final]
         # Gradients of the hoisted inputs, written step by step into one (T, B, ...) buffer each.
@@ -109,11 +105,7 @@ class _FusedSequence(torch.autograd.Function):
                 if d_hist_steps and d_hist_steps[j] is not None:
                     state_tangents[j] = _add(state_tangents[j], d_hist_steps[j][t])
             dy = d_y_steps[t] if d_y_steps is not None else None
-            if y_index is None:
-                tangents = [dy] + state_tangents
-            else:
-                tangents = state_tangents
-                tangents[y_index] = _add(tangents[y_index], dy)
+            tangents = [dy] + state_tangents
             grads = bw(*saved[t * per_step:(t + 1) * per_step], *[g if g is not None else _zeros(meta, d_ys)
                                                for g, meta in zip(tangents, kernels.tangent_meta)])
             for i in range(n_h):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -55,8 +55,6 @@ class CellProgram:
     step_fn: fx.GraphModule
     n_hoisted: int
     n_const: int
-    #: index of the state leaf that the output ``y`` is (``None`` if ``y`` is distinct).
-    y_is_state: Optional[int]
     #: ``step_fn`` with torch twins for aten calls, for running without autograd.
     fast_step_fn: fx.GraphModule
 
@@ -159,14 +157,12 @@ def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -
             raise TraceError(f"a value crossing into the step is not a tensor ({a.name})")
 
     outputs = list(output.args[0])
-    y_node = outputs[0]
-    y_is_state = next((i for i, o in enumerate(outputs[1:]) if o is y_node), None)
 
     const_fn = fx.GraphModule(gm, cut_graph(graph, param_nodes, consts))
     input_fn = fx.GraphModule(gm, cut_graph(graph, [x_node] + param_nodes, hoisted))
     step_fn = fx.GraphModule(gm, cut_graph(graph, hoisted + state_nodes + consts, outputs))
     return CellProgram(names, spec, n_state, const_fn, input_fn, step_fn, len(hoisted), len(consts),
-                       y_is_state, _fast_copy(step_fn))
+                       _fast_copy(step_fn))
 
 
 def _classify(graph: fx.Graph, region: dict[fx.Node, str]) -> None:

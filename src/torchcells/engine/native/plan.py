@@ -525,7 +525,7 @@ def _encode_call(node: fx.Node, slot: dict) -> tuple:
 
 
 def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_hoisted: int, n_state: int,
-                 n_const: int, y_index: Optional[int]) -> NativeKernels:
+                 n_const: int) -> NativeKernels:
     """Plan the derived forward ``(*args) -> (*outs, *saved)`` and backward ``(*saved, *tangents)``."""
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     results = list(fw_out.args[0])
@@ -538,7 +538,7 @@ def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_ho
             const_only.add(node)
     state_out = {}
     for p, node in enumerate(outs):
-        s = p if y_index is not None else p - 1
+        s = p - 1  # outs = (y, *new state)
         if s >= 0 and isinstance(node, fx.Node) and node not in state_out:
             state_out[node] = s
     unique: list[fx.Node] = []
@@ -576,7 +576,7 @@ def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_ho
     bw_packed = _packable(bw, lambda n: n in once)
     bw_spec = plan_graph(bw, bw_alias, packed=bw_packed, per_sequence=once)
     y_alias = -1
-    if y_index is None and outs and isinstance(outs[0], fx.Node):
+    if outs and isinstance(outs[0], fx.Node):
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
     n_grads = n_hoisted + n_state + n_const + (len(placeholders) - n_hoisted - n_state - n_const)
     sources = _deferred_sources(bw_spec, n_grads, n_hoisted, kinds, n_state)
