@@ -25,7 +25,7 @@ from torchcells.engine.fused import run_fused, run_inference
 from torchcells.engine.native import available as native_library_available
 from torchcells.engine.native import notice as native_notice
 from torchcells.engine.run import run
-from torchcells.engine.trace import TraceError, trace_cell
+from torchcells.graph import TraceError, trace_cell
 from torchcells.engine.unroll import unroll
 
 T, B, I, H = 6, 4, 3, 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from ..engine.trace import TraceError
+from ..graph import TraceError
 from .svg import COLORS, Canvas, fmt, text_width
 from .trace_graph import CellGraph, DNode, cell_graph
 

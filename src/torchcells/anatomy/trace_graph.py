@@ -1,6 +1,6 @@
 """A cell's inside as a small graph, read from its traced ``forward``.
 
-The step is traced once (:func:`torchcells.engine.trace.trace_step`, fake tensors
+The step is traced once (:func:`torchcells.graph.trace_step`, fake tensors
 at batch 1, nothing computed) into aten operations, which are then read as a
 diagram:
 
@@ -27,7 +27,7 @@ from torch import fx, nn
 from torch.utils._pytree import TreeSpec
 
 from ..cell import is_namedtuple
-from ..engine.trace import trace_step
+from ..graph import trace_step
 
 _SEE_THROUGH = {"t", "transpose", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
                 "permute", "clone", "detach", "alias", "contiguous", "_to_copy", "to", "lift_fresh_copy",

@@ -68,7 +68,7 @@ def _trace_before_checkpointing(cell: Any, x: Tensor, state: Any, engine: str, m
     Failures are cached and reported later by the engine, as without chunks."""
     from . import scan
     from .fused import fused_program
-    from .trace import TraceError
+    from ..graph import TraceError
 
     if engine not in ("auto", "fused") or scan.is_scannable(cell):
         return

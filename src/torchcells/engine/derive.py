@@ -1,6 +1,6 @@
 """Deriving a cell's fused step: traced once per cell structure and shapes, then cached.
 
-From the step region of :func:`.trace.trace_cell`, the step and its
+From the step region of :func:`torchcells.graph.trace_cell`, the step and its
 ``torch.autograd.grad`` are traced together (``make_fx``, fake tensors) and the joint
 graph is cut: nodes that read a tangent form the backward, the others the forward,
 and the forward values the backward reads are what each step saves. Then the
@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, fx, nn
 
-from .trace import CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
+from ..graph import CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 

@@ -1,6 +1,6 @@
 """The fused path: hoisted input part, one autograd node for the whole sequence.
 
-From a cell's traced step (:mod:`.trace`):
+From a cell's traced step (:mod:`torchcells.graph`):
 
 1. the *const* region runs once and the *input* region runs once for all ``T``
    steps (``vmap`` over time: one large product instead of ``T`` small ones), both
@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from ..cell import map_state
 from .derive import FusedKernels, explain_fallback, fused_program
 from .lengths import reverse_padded, step_mask
-from .trace import TraceError
+from ..graph import TraceError
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program", "run_fused", "run_inference"]
 

@@ -28,7 +28,7 @@ from ..cells import GRUCell
 from . import scan
 from .fused import explain_fallback, run_fused, run_inference
 from .torch_kernels import has_torch_kernel, run_torch_kernel
-from .trace import TraceError
+from ..graph import TraceError
 from .unroll import unroll
 
 ENGINES = ("auto", "loop", "fused", "scan", "torch")

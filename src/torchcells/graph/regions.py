@@ -27,20 +27,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec
 
-__all__ = ["CellProgram", "TraceError", "cut_graph", "drop_detach", "fast_targets", "trace_cell", "trace_step"]
+from .rewrite import cut_graph, fast_targets
+from .trace import RANDOM_OPS, TraceError, op_name, trace_step
+
+__all__ = ["CellProgram", "trace_cell"]
 
 aten = torch.ops.aten
-
-# Operations whose results differ from call to call: never hoisted or fused.
-_RANDOM = {"bernoulli", "native_dropout", "rand", "randn", "rand_like", "randn_like", "randint",
-           "normal", "uniform", "multinomial", "randperm", "exponential", "geometric", "cauchy",
-           "log_normal", "poisson", "dropout"}
-
-
-class TraceError(RuntimeError):
-    """The cell's step cannot be split (why is in the message); the reference loop runs instead."""
 
 
 @dataclass
@@ -65,15 +59,6 @@ class CellProgram:
 
 
 
-def _op_name(node: fx.Node) -> str:
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    packet = getattr(target, "overloadpacket", None)
-    if packet is not None:
-        name = getattr(packet, "__name__", name)
-    return name.split(".")[0].rstrip("_")
-
-
 def trace_cell(cell: nn.Module, x: Tensor, state: Any) -> CellProgram:
     """Trace ``cell`` at the shapes of one step ``x`` ``(B, ...)`` and ``state``.
 
@@ -82,42 +67,6 @@ def trace_cell(cell: nn.Module, x: Tensor, state: Any) -> CellProgram:
     """
     gm, names, spec = trace_step(cell, x, state)
     return _split(gm, names, spec, spec.num_leaves)
-
-
-def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, list[str], TreeSpec]:
-    """The whole step as one aten graph, unsplit: ``(graph_module, param_names, state_spec)``.
-
-    The graph's placeholders are the parameters and buffers (``param_names`` order),
-    ``x_t``, then the state's leaves; its output is ``(y_t, *new_state_leaves)``.
-    Raises :class:`TraceError` as :func:`trace_cell` does.
-    """
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.func import functional_call
-
-    named = list(cell.named_parameters()) + list(cell.named_buffers())
-    names = [n for n, _ in named]
-    tensors = [t for _, t in named]
-    leaves, spec = tree_flatten(state)
-    if not all(isinstance(t, Tensor) for t in leaves):
-        raise TraceError("the state is not made of tensors only")
-
-    def step(params: list[Tensor], x_t: Tensor, *state_leaves: Tensor):
-        y, new = functional_call(cell, dict(zip(names, params)), (x_t, tree_unflatten(list(state_leaves), spec)))
-        new_leaves, new_spec = tree_flatten(new)
-        if new_spec != spec:
-            raise TraceError(f"the new state's structure {new_spec} differs from the old {spec}")
-        return (y, *new_leaves)
-
-    try:
-        with torch.no_grad():
-            gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
-                                                   *[t.detach() for t in leaves])
-    except TraceError:
-        raise
-    except Exception as e:  # data-dependent control flow, unsupported ops, ...
-        raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    return gm, names, spec
 
 
 def _split(gm: fx.GraphModule, names: list[str], spec: TreeSpec, n_state: int) -> CellProgram:
@@ -172,8 +121,8 @@ def _classify(graph: fx.Graph, region: dict[fx.Node, str]) -> None:
             continue
         if node.op != "call_function":
             raise TraceError(f"unexpected graph node {node.op} {node.target}")
-        if _op_name(node) in _RANDOM:
-            raise TraceError(f"the step uses a random operation ({_op_name(node)})")
+        if op_name(node) in RANDOM_OPS:
+            raise TraceError(f"the step uses a random operation ({op_name(node)})")
         kinds = {region[a] for a in node.all_input_nodes}
         region[node] = "step" if "step" in kinds else ("input" if "input" in kinds else "const")
 
@@ -277,56 +226,3 @@ def _fast_copy(gm: fx.GraphModule) -> fx.GraphModule:
     fast_targets(fast.graph)
     fast.recompile()
     return fast
-
-
-def cut_graph(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any]) -> fx.Graph:
-    """A new graph computing ``outputs`` from ``inputs`` (nodes of ``graph``), copying what is needed."""
-    new = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for i, node in enumerate(inputs):
-        env[node] = new.placeholder(f"in_{i}_{node.name}")
-        env[node].meta = dict(node.meta)
-
-    def copy(node: fx.Node) -> fx.Node:
-        if node not in env:
-            for a in node.all_input_nodes:
-                copy(a)
-            env[node] = new.node_copy(node, lambda n: env[n])
-        return env[node]
-
-    new.output(tuple(copy(o) if isinstance(o, fx.Node) else o for o in outputs))
-    new.eliminate_dead_code()
-    return new
-
-
-def drop_detach(graph: fx.Graph) -> None:
-    """Remove ``detach`` nodes; only for graphs that run without autograd (derived backward graphs)."""
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in (aten.detach.default, aten.alias.default):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-
-
-
-# aten overloads with a torch function of the same signature and semantics: the torch
-# function is called with less Python overhead (~0.6 µs a call), which adds up per step.
-_FAST = {
-    aten.add.Tensor: torch.add, aten.sub.Tensor: torch.sub, aten.mul.Tensor: torch.mul,
-    aten.div.Tensor: torch.div, aten.sigmoid.default: torch.sigmoid, aten.tanh.default: torch.tanh,
-    aten.relu.default: torch.relu, aten.exp.default: torch.exp, aten.neg.default: torch.neg,
-    aten.mm.default: torch.mm, aten.addmm.default: torch.addmm, aten.t.default: torch.t,
-    aten.cat.default: torch.cat, aten.where.self: torch.where, aten.rsub.Scalar: torch.rsub,
-    aten.clone.default: torch.clone,
-    # the graphs given to fast_targets run without autograd, where split's view tracking is moot
-    aten.split.Tensor: torch.unsafe_split,
-}
-
-
-def fast_targets(graph: fx.Graph) -> None:
-    """Point aten calls at their torch twins where both mean the same (see ``_FAST``).
-
-    Only for graphs that run without autograd (the derived forward/backward of the
-    fused path, the inference step)."""
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target in _FAST:
-            node.target = _FAST[node.target]

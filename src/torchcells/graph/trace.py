@@ -1,0 +1,72 @@
+"""Tracing a cell's step into a graph of aten operations.
+
+:func:`trace_step` traces the plain ``forward`` once (``make_fx`` with fake tensors, so
+nothing is computed and data-dependent Python control flow is detected rather than
+baked in). The engine splits the result into regions (:mod:`.regions`); anatomy reads
+it as a diagram.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+__all__ = ["RANDOM_OPS", "TraceError", "op_name", "trace_step"]
+
+# Operations whose results differ from call to call: never hoisted or fused.
+RANDOM_OPS = {"bernoulli", "native_dropout", "rand", "randn", "rand_like", "randn_like", "randint",
+           "normal", "uniform", "multinomial", "randperm", "exponential", "geometric", "cauchy",
+           "log_normal", "poisson", "dropout"}
+
+
+class TraceError(RuntimeError):
+    """The cell's step cannot be split (why is in the message); the reference loop runs instead."""
+
+
+def op_name(node: fx.Node) -> str:
+    """The operator's base name (``aten.add_.Tensor`` -> ``add``)."""
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:
+        name = getattr(packet, "__name__", name)
+    return name.split(".")[0].rstrip("_")
+
+
+def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, list[str], TreeSpec]:
+    """The whole step as one aten graph, unsplit: ``(graph_module, param_names, state_spec)``.
+
+    The graph's placeholders are the parameters and buffers (``param_names`` order),
+    ``x_t``, then the state's leaves; its output is ``(y_t, *new_state_leaves)``.
+    Raises :class:`TraceError` as :func:`trace_cell` does.
+    """
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    named = list(cell.named_parameters()) + list(cell.named_buffers())
+    names = [n for n, _ in named]
+    tensors = [t for _, t in named]
+    leaves, spec = tree_flatten(state)
+    if not all(isinstance(t, Tensor) for t in leaves):
+        raise TraceError("the state is not made of tensors only")
+
+    def step(params: list[Tensor], x_t: Tensor, *state_leaves: Tensor):
+        y, new = functional_call(cell, dict(zip(names, params)), (x_t, tree_unflatten(list(state_leaves), spec)))
+        new_leaves, new_spec = tree_flatten(new)
+        if new_spec != spec:
+            raise TraceError(f"the new state's structure {new_spec} differs from the old {spec}")
+        return (y, *new_leaves)
+
+    try:
+        with torch.no_grad():
+            gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
+                                                   *[t.detach() for t in leaves])
+    except TraceError:
+        raise
+    except Exception as e:  # data-dependent control flow, unsupported ops, ...
+        raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    return gm, names, spec
