@@ -58,7 +58,7 @@ def test_anatomy_example_and_its_table(tmp_path, monkeypatch):
 
 
 def test_anatomy_diagrams_in_docs_are_what_the_code_draws():
-    from torchcells.anatomy.spec import build
+    from torchcells.cli_spec import build
     docs = README.parent / "docs" / "anatomy"
     model, example = build("lstm:input=10,hidden=20,layers=2,bidirectional", seq_len=5)
     anatomy = torchcells_explain(model, example)

@@ -46,7 +46,7 @@ def _explain(args: argparse.Namespace) -> int:
     import json
 
     from .anatomy import explain
-    from .anatomy.spec import build
+    from .cli_spec import build
 
     try:
         shape = _shape_arg(args.input_shape) if args.input_shape else None
@@ -61,7 +61,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.svg:
         from pathlib import Path
 
-        from .anatomy.files import write_atomic
+        from .files import write_atomic
         for kind in anatomy.svg_kinds():
             try:
                 path = write_atomic(Path(args.svg) / f"{kind}.svg", anatomy.to_svg(kind))

@@ -251,7 +251,7 @@ def test_user_cell_counts_state_and_traced_multiply_adds():
 @pytest.mark.parametrize("cell", [LSTMCell(5, 7), GRUCell(5, 7), ElmanCell(5, 7), LSTMCell(5, 7, proj_size=3),
                                   torchcells.MinGRUCell(5, 7)])
 def test_traced_multiply_adds_equal_the_gate_arithmetic(cell):
-    from torchcells.anatomy.recurrent import traced_macs
+    from torchcells.anatomy.rnn_rows import traced_macs
     (la,) = explain(Recurrent(cell), torch.randn(4, 2, 5)).layers
     assert la.gates and la.macs_per_application == traced_macs(cell, (5,)) > 0
 

@@ -12,7 +12,7 @@ from torch import nn
 import torchcells
 from torchcells import Bidirectional, Cell, GRUCell, LSTMCell, Recurrent, Stack
 from torchcells.anatomy import explain
-from torchcells.anatomy.cell_diagram import layout
+from torchcells.anatomy.render.cell_diagram import layout
 from torchcells.anatomy.trace_graph import cell_graph
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -105,7 +105,8 @@ def test_cell_diagram_uses_the_models_own_weight_names():
                                   LSTMCell(6, 8, proj_size=3)], ids=lambda c: type(c).__name__)
 def test_cell_layout_has_no_overlapping_nodes(cell):
     g = cell_graph(cell, (cell.input_size,))
-    pos, widths, cols, _, sizes = layout(g)
+    placed = layout(g)
+    pos, cols, sizes = placed.pos, placed.cols, placed.sizes
     boxes = [(pos[n][0] - sizes[n][0] / 2, pos[n][1] - sizes[n][1] / 2, pos[n][0] + sizes[n][0] / 2,
               pos[n][1] + sizes[n][1] / 2, n) for n in g.nodes]
     for i, a in enumerate(boxes):

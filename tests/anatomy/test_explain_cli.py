@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchcells
-from torchcells.anatomy.spec import build
+from torchcells.cli_spec import build
 from torchcells.cli import main
 
 

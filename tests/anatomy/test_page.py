@@ -89,6 +89,13 @@ def test_svg_files_are_the_diagrams_that_apply(tmp_path):
         ET.parse(p)
 
 
+def test_the_page_and_the_svgs_are_what_the_string_forms_say(tmp_path):
+    a = explain(Recurrent(GRUCell(3, 4)), torch.randn(6, 1, 3))
+    assert a.save_html(tmp_path / "p.html").read_text(encoding="utf-8") == a.to_html()
+    for path in a.save_svg(tmp_path / "svg"):
+        assert path.read_text(encoding="utf-8") == a.to_svg(path.stem)
+
+
 # -- in a browser ------------------------------------------------------------------------------------
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:

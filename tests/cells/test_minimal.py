@@ -238,6 +238,5 @@ def test_bad_input_is_named(spec):
 @spec_param
 def test_exported_and_counted(spec):
     assert spec.make.__name__ in tc.__all__ and spec.make.__name__ in tc.cells.__all__
-    from torchcells.anatomy import census
-    rows = census(tc.Recurrent(new_cell(spec)), steps=7)
-    assert rows[0].gates == spec.gates and rows[0].units == H and rows[0].applications == 7
+    (row,) = tc.explain(tc.Recurrent(new_cell(spec)), torch.randn(7, 1, I, dtype=DT)).layers
+    assert tuple(g.name for g in row.gates) == spec.gates and row.units == H and row.applications == 7

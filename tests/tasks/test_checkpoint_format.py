@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from torchcells.tasks.checkpoint import (CHECKPOINT, CheckpointError, atomic_write, load_checkpoint, pack,
-                                         save_checkpoint, unpack)
+from torchcells.tasks.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, pack, save_checkpoint, unpack
 
 
 def test_optimizer_state_survives_pack_and_unpack():
@@ -40,17 +39,16 @@ def test_save_and_load_round_trip(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["epochs_done"] == 1
 
 
-def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
-    path = tmp_path / "file.bin"
-    atomic_write(path, b"old")
+def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"model/w": torch.zeros(2)}, {"epochs_done": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def crash(*args):
         raise OSError("disk full")
     monkeypatch.setattr("os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        atomic_write(path, b"new")
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]    # no temporary file left behind
+        save_checkpoint(tmp_path, {"model/w": torch.ones(2)}, {"epochs_done": 2})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before    # no temporary file left behind
 
 
 def test_a_safetensors_file_without_our_metadata_is_refused(tmp_path):

@@ -4,7 +4,7 @@ One forward runs on the example input (in eval mode, without gradients; the
 model's mode is restored) with hooks on every module that record input and
 output shapes and how often each module ran. Then the module tree is walked:
 a module of a known kind becomes one or more :class:`~.records.Layer` rows (see
-:mod:`.mappers`); an unknown container is opened and its children walked (its
+:mod:`.mappers` and :mod:`.rnn_rows`); an unknown container is opened and its children walked (its
 own parameters, if any, become one row); an unknown module whose children did
 not run (a fused block such as ``nn.MultiheadAttention``) is one opaque row.
 Recurrent containers (``Stack``, ``Bidirectional``, multi-layer ``nn.LSTM``) are
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .mappers import Calls, Context, map_module, opaque_row
+from .context import Calls, Context
+from .mappers import batch_of, map_module, opaque_row
 from .records import Anatomy, Layer
 
 __all__ = ["explain"]
@@ -148,7 +149,6 @@ def _describe(example: Any) -> str:
 
 
 def _guess_batch(model: nn.Module, calls: dict[nn.Module, Calls], example_input: Any) -> int:
-    from .mappers import batch_of
     for module, rec in sorted(calls.items(), key=lambda kv: kv[1].order):
         b = batch_of(module, rec)
         if b is not None:

@@ -2,86 +2,24 @@
 
 Counts are per example (one sequence): the batch is divided out. A row's
 ``parameters`` counts only parameters not already counted by an earlier row.
+Recurrent layers and cells are read by :mod:`.rnn_rows`; everything else here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from torch import nn
 
 from ..cell import Cell
 from ..layers import Bidirectional, Recurrent, Stack
+from .context import Calls, Context
+from .kinds import LayerKind
 from .records import Layer
-from .recurrent import cell_row, recurrent_rows, torch_rnn_rows
+from .rnn_rows import cell_row, recurrent_rows, torch_rnn_rows
 
-
-@dataclass
-class Calls:
-    """What the hooks saw of one module: ``order`` of its first call, shapes per call."""
-
-    order: int
-    inputs: list[Any] = field(default_factory=list)
-    input_kinds: list[str] = field(default_factory=list)
-    kwargs: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.inputs)
-
-
-class Context:
-    """The walk's shared state: calls, batch size, parameter names, parameters already counted."""
-
-    def __init__(self, model: nn.Module, calls: dict[nn.Module, Calls], batch: int) -> None:
-        self.model = model
-        self.calls = calls
-        self.batch = batch
-        self.seen: set[int] = set()
-        self.names: dict[int, str] = {}
-        for name, p in model.named_parameters():
-            self.names.setdefault(id(p), name)
-        # torchcells' drop-ins save their parameters under torch.nn's names (weight_ih_l0, ...).
-        for path, module in model.named_modules():
-            internal = getattr(module, "_internal_names", None)
-            if isinstance(internal, dict):
-                for inner, torch_name in internal.items():
-                    try:
-                        p = module.get_parameter(inner)
-                    except AttributeError:
-                        continue
-                    self.names[id(p)] = f"{path}.{torch_name}" if path else torch_name
-        self.parents: dict[str, tuple[str, nn.Module]] = {}
-        for path, module in model.named_modules():
-            for name, child in module.named_children():
-                self.parents[f"{path}.{name}" if path else name] = (path, module)
-
-    def name(self, p: nn.Parameter) -> str:
-        return self.names.get(id(p), "?")
-
-    def count(self, params: list[nn.Parameter]) -> tuple[int, int]:
-        """``(new, shared)``: elements of ``params`` counted here for the first time, and already counted."""
-        new = shared = 0
-        for p in params:
-            if id(p) in self.seen:
-                shared += p.numel()
-            else:
-                self.seen.add(id(p))
-                new += p.numel()
-        return new, shared
-
-    def order(self, module: nn.Module) -> float:
-        rec = self.calls.get(module)
-        return float(rec.order) if rec else float("inf")
-
-    def per_example(self, shape: Any) -> int:
-        """Elements of one example in a recorded shape (the batch divided out)."""
-        if not shape or shape[0] == "packed":
-            return 0
-        return max(1, math.prod(shape) // max(self.batch, 1)) if len(shape) > 1 else math.prod(shape)
+__all__ = ["batch_of", "map_module", "opaque_row"]
 
 
 def batch_of(module: nn.Module, rec: Calls) -> Optional[int]:
@@ -135,7 +73,7 @@ def opaque_row(ctx: Context, module: nn.Module, path: str, params: list[nn.Param
     """A module torchcells cannot see into: its parameters and how often it ran."""
     rec = ctx.calls.get(module)
     label = f"{type(module).__name__} ({what})" if what else type(module).__name__
-    return _base(ctx, module, path, params, cell="opaque", kind="opaque", step_function=label, units=0,
+    return _base(ctx, module, path, params, cell="opaque", kind=LayerKind.OPAQUE, step_function=label, units=0,
                  applications=rec.count if rec and not what else 0)
 
 
@@ -153,7 +91,7 @@ def map_module(ctx: Context, module: nn.Module, path: str) -> Optional[list[Laye
     params = list(module.parameters())
     if isinstance(module, nn.Linear):
         apps = sum(ctx.per_example(s) // module.in_features for s in rec.inputs) if rec else 0
-        return [_base(ctx, module, path, params, cell="neuron", kind="dense", units=module.out_features,
+        return [_base(ctx, module, path, params, cell="neuron", kind=LayerKind.DENSE, units=module.out_features,
                       step_function=f"Neuron({module.in_features}→1) ×{module.out_features}",
                       applications=apps, input_size=module.in_features,
                       macs_per_application=module.in_features * module.out_features)]
@@ -164,7 +102,7 @@ def map_module(ctx: Context, module: nn.Module, path: str) -> Optional[list[Laye
         positions = sum(ctx.per_example(s) for s in rec.outputs) if rec else 0
         channels = (rec.outputs[0][-dims - 1] if rec and rec.outputs and len(rec.outputs[0]) > dims else 0)
         window = getattr(module, "kernel_size", None) or getattr(module, "output_size", "")
-        return [_base(ctx, module, path, params, cell="pool", kind="pool", units=channels,
+        return [_base(ctx, module, path, params, cell="pool", kind=LayerKind.POOL, units=channels,
                       step_function=f"{type(module).__name__[:-2]} window {window}",
                       applications=positions // max(channels, 1))]
     for kinds, cell in ((_NORM, "normalization"), (_DROPOUT, "dropout"), (_RESHAPE, "reshape")):
@@ -172,7 +110,8 @@ def map_module(ctx: Context, module: nn.Module, path: str) -> Optional[list[Laye
             return [_elementwise(ctx, module, path, params, cell)]
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         lookups = sum(ctx.per_example(s) for s in rec.inputs) if rec else 0
-        return [_base(ctx, module, path, params, cell="embedding", kind="embedding", units=module.num_embeddings,
+        return [_base(ctx, module, path, params, cell="embedding", kind=LayerKind.EMBEDDING,
+                      units=module.num_embeddings,
                       step_function=f"lookup of {module.num_embeddings} rows × {module.embedding_dim}",
                       applications=lookups)]
     if type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, nn.MultiheadAttention):
@@ -191,7 +130,7 @@ def _elementwise(ctx: Context, module: nn.Module, path: str, params: list[nn.Par
         apps = sum(ctx.per_example(s) // max(units, 1) for s in rec.inputs) if rec else 0
     else:
         units, apps = features, rec.count if rec else 0
-    return _base(ctx, module, path, params, cell=cell, kind=cell, units=units, applications=apps,
+    return _base(ctx, module, path, params, cell=cell, kind=LayerKind(cell), units=units, applications=apps,
                  step_function=type(module).__name__)
 
 
@@ -209,7 +148,7 @@ def _conv_row(ctx: Context, module: Any, path: str, params: list[nn.Parameter], 
         channels = module.out_channels
     positions = sum(ctx.per_example(s) // channels for s in shapes if s)
     ks = "×".join(str(k) for k in module.kernel_size)
-    return _base(ctx, module, path, params, cell="kernel", kind="conv", units=module.out_channels,
+    return _base(ctx, module, path, params, cell="kernel", kind=LayerKind.CONV, units=module.out_channels,
                  step_function=f"Kernel({module.in_channels // module.groups}×{ks}→1) ×{module.out_channels}",
                  applications=positions, input_size=module.in_channels,
                  macs_per_application=per_kernel * (module.in_channels if transposed else module.out_channels))

@@ -1,6 +1,10 @@
 """What :func:`~torchcells.explain` finds: one :class:`Layer` per layer, in an :class:`Anatomy`.
 
-Counts follow the three senses of "cell" (ARCHITECTURE.md):
+Plain data: the readers (:mod:`.explain`) fill these records and the renderers
+(:mod:`.render`) draw them; ``Anatomy``'s ``to_text``, ``to_svg``, ``save_html``, ...
+hand the records to those functions and hold no drawing of their own.
+
+Counts follow the three senses of "cell" (README.md, "What 'cell' means: three senses"):
 
 * ``units`` -- the neuron-like elements of one layer: hidden units of a recurrent
   cell (the 1997 paper's "memory cells"), neurons of a dense layer, kernels of a
@@ -19,9 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from torch import nn
+from .kinds import LayerKind
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Anatomy", "Gate", "Layer", "LayerKind", "WeightRows"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,14 @@ class Gate:
 class Layer:
     """One layer: a cell applied along an axis (a direction of a recurrent layer is a layer).
 
-    ``parameters`` counts each parameter once in the whole model: a parameter shared
+    ``kind`` is a :class:`~.kinds.LayerKind` (a plain string such as ``"dense"`` is turned
+    into one). ``parameters`` counts each parameter once in the whole model: a parameter shared
     with a layer listed earlier counts there and appears here in ``shared_parameters``.
     """
 
     name: str
     cell: str
-    kind: str
+    kind: LayerKind
     step_function: str
     units: int
     applications: int
@@ -99,6 +109,9 @@ class Layer:
     #: shape of one step's input without the batch, for tracing.
     step_shape: Optional[tuple[int, ...]] = None
 
+    def __post_init__(self) -> None:
+        self.kind = LayerKind(self.kind)
+
     @property
     def macs(self) -> int:
         return self.macs_per_application * self.applications
@@ -114,11 +127,11 @@ class Layer:
 
     @property
     def recurrent(self) -> bool:
-        return self.kind == "recurrent"
+        return self.kind is LayerKind.RECURRENT
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "cell": self.cell, "kind": self.kind, "module": self.module,
+            "name": self.name, "cell": self.cell, "kind": self.kind.value, "module": self.module,
             "step_function": self.step_function, "units": self.units, "applications": self.applications,
             "parameters": self.parameters, "shared_parameters": self.shared_parameters,
             "weights": [{"name": n, "shape": list(s)} for n, s in self.weights],
@@ -129,9 +142,6 @@ class Layer:
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "output_shape": None if self.output_shape is None else list(self.output_shape),
         }
-
-
-SVG_KINDS = ("cell", "unrolled", "model")
 
 
 @dataclass
@@ -171,15 +181,17 @@ class Anatomy:
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
+    # -- conveniences: each hands the records to a function of .render -------------------
+
     def to_text(self, *, gates: bool = True) -> str:
         """A terminal table of the layers, then each recurrent layer's gates."""
-        from .text import anatomy_text
+        from .render.text import anatomy_text
         return anatomy_text(self, gates=gates)
 
     def account(self, *, sequence: str = "sequence", examples: int = 0) -> str:
         """A few lines per layer: its cells in the three senses, with this model's numbers
         (``sequence`` names one example, e.g. ``"image"``; ``examples`` adds a total over that many)."""
-        from .text import account
+        from .render.text import account
         return account(self, sequence=sequence, examples=examples)
 
     def to_svg(self, kind: str, *, layer: Optional[str] = None) -> str:
@@ -189,31 +201,27 @@ class Anatomy:
         ``layer`` names the layer whose cell is drawn (default: the first recurrent
         layer, else the first dense or convolution layer).
         """
-        if kind not in SVG_KINDS:
-            raise ValueError(f"Anatomy.to_svg: kind should be one of {', '.join(map(repr, SVG_KINDS))}, got {kind!r}")
-        if kind == "cell":
-            from .cell_diagram import cell_svg
-            return cell_svg(self, layer)
-        from .diagrams import unrolled_svg
-        from .model_diagram import model_svg
-        return unrolled_svg(self) if kind == "unrolled" else model_svg(self)
+        from .render.diagrams import to_svg
+        return to_svg(self, kind, layer=layer)
 
     def svg_kinds(self) -> list[str]:
         """The diagrams this model has: ``"unrolled"`` only with a recurrent layer, ``"cell"`` only with
         a recurrent, dense or convolution layer."""
-        kinds = {la.kind for la in self.layers}
-        return [k for k in SVG_KINDS if k == "model" or (k == "unrolled" and kinds & {"recurrent", "step"})
-                or (k == "cell" and kinds & {"recurrent", "step", "dense", "conv"})]
+        from .render.diagrams import svg_kinds
+        return svg_kinds(self)
+
+    def to_html(self) -> str:
+        """One self-contained page (diagrams, tables, glossary) as a string."""
+        from .render.html import anatomy_html
+        return anatomy_html(self)
 
     def save_svg(self, directory: Union[str, Path]) -> list[Path]:
         """Write ``cell.svg``, ``unrolled.svg`` and ``model.svg`` (those in :meth:`svg_kinds`) into
         ``directory``; return the paths."""
-        from .files import write_atomic
-        folder = Path(directory)
-        return [write_atomic(folder / f"{kind}.svg", self.to_svg(kind)) for kind in self.svg_kinds()]
+        from .render import save_svg
+        return save_svg(self, directory)
 
     def save_html(self, path: Union[str, Path]) -> Path:
         """Write one self-contained page (diagrams, tables, glossary); return its path."""
-        from .files import write_atomic
-        from .html import anatomy_html
-        return write_atomic(Path(path), anatomy_html(self))
+        from .render import save_html
+        return save_html(self, path)

@@ -144,105 +144,200 @@ def cell_graph(cell: nn.Module, step_shape: tuple[int, ...], *, gates: Optional[
 
 
 def read_graph(traced: Traced, *, gates: tuple[str, ...], param_labels: dict[str, str]) -> CellGraph:
-    graph = traced.gm.graph
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    n_params = len(traced.param_names)
-    params = {p: traced.param_names[i] for i, p in enumerate(placeholders[:n_params])}
-    nodes: dict[str, DNode] = {}
-    edges: list[tuple[str, str]] = []
-    rep: dict[fx.Node, Any] = {}  # fx node -> diagram node id, or ("param", name)
-    nodes["x"] = DNode("x", "input", "x_{t}", size=_width(placeholders[n_params]))
-    rep[placeholders[n_params]] = "x"
-    for leaf, name in zip(placeholders[n_params + 1:], traced.state_names):
-        nid = f"in:{name}"
-        nodes[nid] = DNode(nid, "state_in", f"{name}_{{t−1}}", size=_width(leaf))
-        rep[leaf] = nid
-    for p, name in params.items():
-        rep[p] = ("param", param_labels.get(name, name))
-    param_nodes: dict[str, str] = {}
+    """The diagram graph of a traced step: ``gates`` names the chunks of a split projection,
+    ``param_labels`` renames parameters."""
+    return _GraphReader(traced, gates, param_labels).read()
 
-    def source(a: Any) -> Optional[str]:
+
+class _GraphReader:
+    """One pass over a traced step, in the graph's order: each aten call becomes a projection, a
+    gate, an operation, or is seen through.
+
+    ``rep`` maps each fx node to what stands for it in the diagram: a node id, ``("param", name)``
+    for a parameter (a node is made only where one is used as a value), or ``("split", node)``
+    for a split whose chunks are taken apart where they are read.
+    """
+
+    def __init__(self, traced: Traced, gates: tuple[str, ...], param_labels: dict[str, str]) -> None:
+        self.traced = traced
+        self.gates = gates
+        self.nodes: dict[str, DNode] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.rep: dict[fx.Node, Any] = {}
+        self.param_nodes: dict[str, str] = {}  # parameter label -> its source node
+        self.proj_parts: dict[str, list[str]] = {}  # projection id -> weight labels
+        self.notes: dict[tuple[str, str], str] = {}  # edge -> the operand it is ("−": subtracted, "÷": divisor)
+        self.counter = 0
+        self._inputs(param_labels)
+
+    def _inputs(self, param_labels: dict[str, str]) -> None:
+        """The step's placeholders: the parameters, then x, then the state's leaves."""
+        placeholders = [n for n in self.traced.gm.graph.nodes if n.op == "placeholder"]
+        n_params = len(self.traced.param_names)
+        self.nodes["x"] = DNode("x", "input", "x_{t}", size=_width(placeholders[n_params]))
+        self.rep[placeholders[n_params]] = "x"
+        for leaf, name in zip(placeholders[n_params + 1:], self.traced.state_names):
+            nid = f"in:{name}"
+            self.nodes[nid] = DNode(nid, "state_in", f"{name}_{{t−1}}", size=_width(leaf))
+            self.rep[leaf] = nid
+        for p, name in zip(placeholders[:n_params], self.traced.param_names):
+            self.rep[p] = ("param", param_labels.get(name, name))
+
+    def read(self) -> CellGraph:
+        """Read every call, then the outputs; name the projections' weights; drop what reaches no output."""
+        for node in self.traced.gm.graph.nodes:
+            if node.op == "call_function":
+                self._call(node)
+        self._outputs()
+        for nid, weights in self.proj_parts.items():
+            self.nodes[nid].detail = _weights_detail(weights)
+        _prune(self.nodes, self.edges)
+        return CellGraph(self.nodes, self.edges, self.traced.gm, self.traced.state_names,
+                         {e: n for e, n in self.notes.items() if e in self.edges})
+
+    def _new_id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def _source(self, a: Any) -> Optional[str]:
         """Diagram id for an fx argument (a parameter used as a value becomes a source node)."""
         if not isinstance(a, fx.Node):
             return None
-        r = rep.get(a)
+        r = self.rep.get(a)
         if isinstance(r, tuple):
             name = r[1]
-            if name not in param_nodes:
+            if name not in self.param_nodes:
                 nid = f"param:{name}"
-                nodes[nid] = DNode(nid, "param", name.rsplit(".", 1)[0] if name.endswith(("weight", "bias"))
-                                   else name, sub=f"{_width(a)} learned", size=_width(a))
-                param_nodes[name] = nid
-            return param_nodes[name]
+                self.nodes[nid] = DNode(nid, "param", name.rsplit(".", 1)[0] if name.endswith(("weight", "bias"))
+                                        else name, sub=f"{_width(a)} learned", size=_width(a))
+                self.param_nodes[name] = nid
+            return self.param_nodes[name]
         return r
 
-    proj_parts: dict[str, list[str]] = {}  # projection id -> weight labels
-    notes: dict[tuple[str, str], str] = {}  # edge -> the operand it is ("−": subtracted, "÷": divisor)
-    counter = [0]
+    def _split_of(self, a: Any) -> Optional[fx.Node]:
+        """The split node ``a`` stands for, if it is one."""
+        r = self.rep.get(a)
+        return r[1] if isinstance(r, tuple) and r[0] == "split" else None
 
-    def new_id(prefix: str) -> str:
-        counter[0] += 1
-        return f"{prefix}{counter[0]}"
-
-    for node in graph.nodes:
-        if node.op != "call_function":
-            continue
+    def _call(self, node: fx.Node) -> None:
+        """One aten call, by what it does."""
         name = _op(node)
         args = [a for a in node.args if isinstance(a, fx.Node)]
         for a in node.args:
             if isinstance(a, (list, tuple)):
                 args += [b for b in a if isinstance(b, fx.Node)]
         if name in _SEE_THROUGH and args:
-            rep[node] = rep.get(args[0])
-            continue
-        if name in _PRODUCTS and any(isinstance(rep.get(a), tuple) for a in args):
-            weights = [rep[a][1] for a in args if isinstance(rep.get(a), tuple)]
-            inputs = [a for a in args if not isinstance(rep.get(a), tuple)]
-            nid = new_id("proj")
-            width = _width(node)
-            unit = "kernels" if name == "convolution" else "neurons"  # a convolution's units are kernels
-            nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} {unit}", size=width)
-            proj_parts[nid] = weights
-            for a in inputs:
-                s = source(a)
-                if s:
-                    edges.append((s, nid))
-            rep[node] = nid
-            continue
-        if name in _SPLITS:
-            rep[node] = ("split", node)
-            continue
-        if name == "getitem" and isinstance(rep.get(node.args[0]), tuple) and rep[node.args[0]][0] == "split":
-            split_node = rep[node.args[0]][1]
-            k = int(node.args[1])
-            rep[node] = _split_part(split_node, k, rep, nodes, edges, proj_parts, gates, source, _width(node))
-            continue
-        if name == "add" and _merge_same_gate(node, args, rep, nodes, edges, proj_parts):
-            continue
-        nid = new_id("op")
-        nodes[nid] = DNode(nid, "op", _symbol(name, node), size=_width(node))
+            self.rep[node] = self.rep.get(args[0])
+        elif name in _PRODUCTS and any(isinstance(self.rep.get(a), tuple) for a in args):
+            self._projection(node, name, args)
+        elif name in _SPLITS:
+            self.rep[node] = ("split", node)
+        elif name == "getitem" and (split := self._split_of(node.args[0])) is not None:
+            self.rep[node] = self._split_part(split, int(node.args[1]), _width(node))  # type: ignore[arg-type]
+        elif not (name == "add" and self._merge_same_gate(node, args)):
+            self._operation(node, name, args)
+
+    def _projection(self, node: fx.Node, name: str, args: list[fx.Node]) -> None:
+        """A product with a parameter: a learned projection, a dense layer of as many neurons as it has outputs."""
+        weights = [self.rep[a][1] for a in args if isinstance(self.rep.get(a), tuple)]
+        inputs = [a for a in args if not isinstance(self.rep.get(a), tuple)]
+        nid = self._new_id("proj")
+        width = _width(node)
+        unit = "kernels" if name == "convolution" else "neurons"  # a convolution's units are kernels
+        self.nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} {unit}", size=width)
+        self.proj_parts[nid] = weights
+        for a in inputs:
+            s = self._source(a)
+            if s:
+                self.edges.append((s, nid))
+        self.rep[node] = nid
+
+    def _operation(self, node: fx.Node, name: str, args: list[fx.Node]) -> None:
+        """Anything else that computes: a pointwise (or joining) operation."""
+        nid = self._new_id("op")
+        self.nodes[nid] = DNode(nid, "op", _symbol(name, node), size=_width(node))
         for i, a in enumerate(args):
-            s = source(a)
-            if s and (s, nid) not in edges:
-                edges.append((s, nid))
+            s = self._source(a)
+            if s and (s, nid) not in self.edges:
+                self.edges.append((s, nid))
                 if i == 1 and name in _SECOND:  # which side of a − b, a ÷ b
-                    notes[(s, nid)] = _SECOND[name]
-        rep[node] = nid
-    output = next(n for n in graph.nodes if n.op == "output")
-    outs = list(output.args[0])
-    nodes["y"] = DNode("y", "output", "y_{t}", size=_width(outs[0]))
-    if (s := source(outs[0])):
-        edges.append((s, "y"))
-    for leaf, name in zip(outs[1:], traced.state_names):
-        nid = f"out:{name}"
-        nodes[nid] = DNode(nid, "state_out", f"{name}_{{t}}", size=_width(leaf))
-        if (s := source(leaf)):
-            edges.append((s, nid))
-    for nid, weights in proj_parts.items():
-        nodes[nid].detail = _weights_detail(weights)
-    _prune(nodes, edges)
-    return CellGraph(nodes, edges, traced.gm, traced.state_names,
-                     {e: n for e, n in notes.items() if e in edges})
+                    self.notes[(s, nid)] = _SECOND[name]
+        self.rep[node] = nid
+
+    def _outputs(self) -> None:
+        """``y_t`` and the new state's leaves, from the step's output."""
+        output = next(n for n in self.traced.gm.graph.nodes if n.op == "output")
+        outs = list(output.args[0])
+        self.nodes["y"] = DNode("y", "output", "y_{t}", size=_width(outs[0]))
+        if (s := self._source(outs[0])):
+            self.edges.append((s, "y"))
+        for leaf, name in zip(outs[1:], self.traced.state_names):
+            nid = f"out:{name}"
+            self.nodes[nid] = DNode(nid, "state_out", f"{name}_{{t}}", size=_width(leaf))
+            if (s := self._source(leaf)):
+                self.edges.append((s, nid))
+
+    def _split_part(self, split: fx.Node, k: int, width: int) -> str:
+        """Chunk ``k`` of a split: a gate projection when the split's source is made of projections."""
+        src = split.args[0]
+        parts = split.meta.get("val")
+        chunks = len(parts) if isinstance(parts, (list, tuple)) else len(split.users)
+        projs = self._projections_behind(src)
+        if projs:
+            gate = self.gates[k] if len(self.gates) == chunks else f"part {k + 1}"
+            return self._gate(gate, projs, k, width)
+        nid = f"{self._source(src)}#{k}"
+        if nid not in self.nodes:
+            self.nodes[nid] = DNode(nid, "op", f"part {k + 1}", size=width)
+            if (s := self._source(src)):
+                self.edges.append((s, nid))
+        return nid
+
+    def _gate(self, gate: str, projs: list[str], k: int, width: int) -> str:
+        """Gate ``gate``: rows ``k·width … (k+1)·width − 1`` of the projections ``projs``, one projection of its own."""
+        nid = f"gate:{gate}:{'+'.join(projs)}"
+        if nid not in self.nodes:
+            weights = [w for p in projs for w in self.proj_parts[p]]
+            rows = f"[{k * width}:{(k + 1) * width}]"
+            unit = "kernels" if any(self.nodes[p].sub.endswith("kernels") for p in projs) else "neurons"
+            self.nodes[nid] = DNode(nid, "proj", gate, sub=f"{width} {unit}", size=width)
+            self.proj_parts[nid] = [w + rows for w in weights]
+            for p in projs:
+                for s, d in list(self.edges):
+                    if d == p and (s, nid) not in self.edges:
+                        self.edges.append((s, nid))
+        return nid
+
+    def _projections_behind(self, src: Any) -> list[str]:
+        """The projections that ``src`` is (one), or the sum of (``W_ih x + W_hh h``)."""
+        nodes, r = self.nodes, self.rep.get(src)
+        if isinstance(r, str) and nodes.get(r) and nodes[r].kind == "proj":
+            return [r]
+        if isinstance(src, fx.Node) and _op(src) == "add" and isinstance(r, str) and r in nodes \
+                and nodes[r].kind == "op":
+            parts = [self.rep.get(a) for a in src.args if isinstance(a, fx.Node)]
+            if len(parts) == 2 and all(isinstance(p, str) and nodes[p].kind == "proj" for p in parts):
+                return [str(p) for p in parts]
+        return []
+
+    def _merge_same_gate(self, node: fx.Node, args: list[fx.Node]) -> bool:
+        """``add`` of two projections of the same gate, each used only here: one projection."""
+        ids = [self.rep.get(a) for a in args]
+        if len(ids) != 2 or not all(isinstance(i, str) and self.nodes[i].kind == "proj" for i in ids):
+            return False
+        a, b = self.nodes[str(ids[0])], self.nodes[str(ids[1])]
+        if a.label != b.label or a.id == b.id or any(len(x.users) != 1 for x in args):
+            return False
+        nid = f"{a.id}&{b.id}"
+        self.nodes[nid] = DNode(nid, "proj", a.label, sub=a.sub, size=a.size)
+        self.proj_parts[nid] = self.proj_parts.pop(a.id) + self.proj_parts.pop(b.id)
+        for old in (a.id, b.id):
+            for i, (s, d) in enumerate(self.edges):
+                if d == old:
+                    self.edges[i] = (s, nid)
+            del self.nodes[old]
+        self.rep[node] = nid
+        return True
 
 
 def _weights_detail(weights: list[str]) -> str:
@@ -272,69 +367,6 @@ def _proj_title(weights: list[str]) -> str:
     if head and last == "weight":
         return head.rsplit(".", 1)[-1]
     return "projection" if last.startswith("weight_hr") else last
-
-
-def _split_part(split: fx.Node, k: int, rep: dict, nodes: dict[str, DNode], edges: list,
-                proj_parts: dict[str, list[str]], gates: tuple[str, ...], source: Any, width: int) -> str:
-    """Chunk ``k`` of a split: a gate projection when the split's source is made of projections."""
-    src = split.args[0]
-    parts = split.meta.get("val")
-    chunks = len(parts) if isinstance(parts, (list, tuple)) else len(split.users)
-    projs = _projections_behind(src, rep, nodes)
-    if projs:
-        gate = gates[k] if len(gates) == chunks else f"part {k + 1}"
-        nid = f"gate:{gate}:{'+'.join(projs)}"
-        if nid not in nodes:
-            weights = [w for p in projs for w in proj_parts[p]]
-            rows = f"[{k * width}:{(k + 1) * width}]"
-            unit = "kernels" if any(nodes[p].sub.endswith("kernels") for p in projs) else "neurons"
-            nodes[nid] = DNode(nid, "proj", gate, sub=f"{width} {unit}", size=width)
-            proj_parts[nid] = [w + rows for w in weights]
-            for p in projs:
-                for s, d in list(edges):
-                    if d == p and (s, nid) not in edges:
-                        edges.append((s, nid))
-        return nid
-    nid = f"{source(src)}#{k}"
-    if nid not in nodes:
-        nodes[nid] = DNode(nid, "op", f"part {k + 1}", size=width)
-        if (s := source(src)):
-            edges.append((s, nid))
-    return nid
-
-
-def _projections_behind(src: Any, rep: dict, nodes: dict[str, DNode]) -> list[str]:
-    """The projections that ``src`` is (one), or the sum of (``W_ih x + W_hh h``)."""
-    r = rep.get(src)
-    if isinstance(r, str) and nodes.get(r) and nodes[r].kind == "proj":
-        return [r]
-    if isinstance(src, fx.Node) and _op(src) == "add" and isinstance(r, str) and r in nodes \
-            and nodes[r].kind == "op":
-        parts = [rep.get(a) for a in src.args if isinstance(a, fx.Node)]
-        if len(parts) == 2 and all(isinstance(p, str) and nodes[p].kind == "proj" for p in parts):
-            return [str(p) for p in parts]
-    return []
-
-
-def _merge_same_gate(node: fx.Node, args: list[fx.Node], rep: dict, nodes: dict[str, DNode], edges: list,
-                     proj_parts: dict[str, list[str]]) -> bool:
-    """``add`` of two projections of the same gate, each used only here: one projection."""
-    ids = [rep.get(a) for a in args]
-    if len(ids) != 2 or not all(isinstance(i, str) and nodes[i].kind == "proj" for i in ids):
-        return False
-    a, b = nodes[str(ids[0])], nodes[str(ids[1])]
-    if a.label != b.label or a.id == b.id or any(len(x.users) != 1 for x in args):
-        return False
-    nid = f"{a.id}&{b.id}"
-    nodes[nid] = DNode(nid, "proj", a.label, sub=a.sub, size=a.size)
-    proj_parts[nid] = proj_parts.pop(a.id) + proj_parts.pop(b.id)
-    for old in (a.id, b.id):
-        for i, (s, d) in enumerate(edges):
-            if d == old:
-                edges[i] = (s, nid)
-        del nodes[old]
-    rep[node] = nid
-    return True
 
 
 def _symbol(name: str, node: fx.Node) -> str:

@@ -8,8 +8,10 @@ Each is a :class:`Stack` of :class:`Recurrent` layers (wrapped in
   entry ``l·D + d`` for layer ``l``, direction ``d`` (0 forward, 1 backward);
 * state-dict keys ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``
   (``weight_hr_l{l}`` with ``proj_size``), with the suffix ``_reverse`` for the backward
-  direction. ``state_dict()`` writes these keys, ``load_state_dict`` reads them, and
-  ``lstm.weight_ih_l0`` is the parameter of layer 0's forward cell.
+  direction. ``state_dict()`` writes these keys, ``load_state_dict`` reads them,
+  ``lstm.weight_ih_l0`` is the parameter of layer 0's forward cell, and
+  ``lstm.torch_parameter_names()`` maps each of these names, in torch.nn's order, to the
+  parameter's path inside the drop-in (``stack.layers.0.cell.weight_ih``).
 
 Departures from torch.nn, all additions: ``forward`` also takes ``lengths=`` for padded
 input (outputs are zero past each length, as after ``pad_packed_sequence``); a
@@ -115,6 +117,17 @@ class _TorchStyleRNN(nn.Module):
         directions = 2 if self.bidirectional else 1
         return [list(self._cell_at(l, d).parameters(recurse=False))
                 for l in range(self.num_layers) for d in range(directions)]
+
+    def torch_parameter_names(self) -> dict[str, str]:
+        """torch.nn's parameter names, in torch.nn's order, each mapped to where the parameter lives here.
+
+        The keys are the names ``state_dict()`` writes and ``torch.nn.LSTM`` uses (``weight_ih_l0``,
+        ``bias_hh_l1_reverse``, ``weight_hr_l0``, ...), in the order of torch.nn's
+        ``_flat_weights_names``; each value is the parameter's path inside this module, for
+        ``get_parameter``: ``LSTM(10, 20).torch_parameter_names()["weight_ih_l0"]`` is
+        ``"stack.layers.0.cell.weight_ih"``. A new dict each call.
+        """
+        return dict(self._torch_names)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for cuDNN's nn.LSTM."""

@@ -7,16 +7,16 @@ optimizer's tensors (``optimizer/…``), every process's random-number-generator
 configuration, the epochs done, the per-epoch history and the optimizer's non-tensor
 structure. ``DIR/config.json`` is a readable copy of that JSON (not read back).
 
-Writes are atomic: the bytes go to a temporary file in the same folder, are flushed to
-disk, then ``os.replace`` puts them in place, so a crash leaves the previous checkpoint
-whole. Loading reads only tensors and JSON (``safetensors`` + ``json``), so a checkpoint
-cannot run code; a damaged or foreign file is a :class:`CheckpointError` in one line.
+Writes are atomic (:func:`torchcells.files.write_atomic`): the bytes go to a temporary file
+in the same folder, are flushed to disk, then ``os.replace`` puts them in place, so a crash
+leaves the previous checkpoint whole. Loading reads only tensors and JSON (``safetensors`` +
+``json``), so a checkpoint cannot run code; a damaged or foreign file is a
+:class:`CheckpointError` in one line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..files import write_atomic
 from .base import TaskError
 
-__all__ = ["CHECKPOINT", "CONFIG", "FORMAT", "Checkpoint", "CheckpointError", "atomic_write", "load_checkpoint",
-           "save_checkpoint", "pack", "unpack"]
+__all__ = ["CHECKPOINT", "CONFIG", "FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint",
+           "pack", "unpack"]
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -50,21 +51,6 @@ class Checkpoint:
         """The tensors under ``prefix/``, keys without it."""
         start = prefix + "/"
         return {k[len(start):]: v for k, v in self.tensors.items() if k.startswith(start)}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def pack(value: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
@@ -114,9 +100,9 @@ def save_checkpoint(directory: Path, tensors: dict[str, Tensor], meta: dict[str,
     text = json.dumps(meta)
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={_META_KEY: text})
     path = directory / CHECKPOINT
-    atomic_write(path, data)
+    write_atomic(path, data)
     readable = {k: v for k, v in meta.items() if k != "optimizer"}
-    atomic_write(directory / CONFIG, (json.dumps(readable, indent=2) + "\n").encode())
+    write_atomic(directory / CONFIG, (json.dumps(readable, indent=2) + "\n").encode())
     return path
 
 

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .checkpoint import atomic_write
+from ..files import write_atomic
 
 __all__ = ["plot_compare", "plot_history"]
 
@@ -30,7 +30,7 @@ def _save(figure: Any, stem: Path) -> list[Path]:
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
         path = stem.with_suffix(f".{fmt}")
-        atomic_write(path, buffer.getvalue())
+        write_atomic(path, buffer.getvalue())
         paths.append(path)
     return paths
 

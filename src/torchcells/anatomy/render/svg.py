@@ -103,8 +103,3 @@ def _markup(text: str) -> str:
         pos = m.end()
     out.append(escape(text[pos:]))
     return "".join(out)
-
-
-def fmt(n: int) -> str:
-    """``15040`` → ``15,040``."""
-    return f"{n:,}"

@@ -8,11 +8,17 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
-from .svg import fmt
-from .text import layer_count, shape_text
+from ..kinds import LayerKind
+from .cell_diagram import cell_svg
+from .diagrams import svg_kinds
+from .model_diagram import model_svg
+from .text import block_name, fmt, layer_count, shape_text
+from .unrolled import unrolled_svg
 
 if TYPE_CHECKING:
-    from .records import Anatomy, Layer
+    from ..records import Anatomy, Layer
+
+__all__ = ["anatomy_html"]
 
 _CSS = """
 body { font-family: "DejaVu Sans", Verdana, Arial, sans-serif; color: #1d1d1d; margin: 24px auto;
@@ -34,28 +40,28 @@ dl.glossary dt { font-weight: bold; margin-top: 10px; } dl.glossary dd { margin-
 
 def anatomy_html(a: Anatomy) -> str:
     """The page for ``a`` (a complete HTML document)."""
-    from .. import __version__
+    from ... import __version__
     parts = [f"<h1>Anatomy of <code>{escape(a.model)}</code></h1>",
              f'<p class="summary">{fmt(a.total_parameters)} parameters in {layer_count(a)} · '
              f"{fmt(a.macs)} multiply-adds per example · input {escape(shape_text(a.input_shape))} → "
              f"output {escape(shape_text(a.output_shape))} (batch of {a.batch_size} in the example)</p>",
              _glossary(a), '<h2 id="model">The model: input → layers → output</h2>',
-             _figure(a.to_svg("model"), "Each layer drawn with its cells in the sense that fits: neurons side by "
+             _figure(model_svg(a), "Each layer drawn with its cells in the sense that fits: neurons side by "
                      "side, kernels across positions, one cell repeated across time.")]
-    if any(la.kind in ("recurrent", "step") for la in a.layers):
+    if any(la.kind.in_time for la in a.layers):
         parts += ['<h2 id="unrolled">The recurrent layers unrolled over time</h2>',
-                  _figure(a.to_svg("unrolled"), "One box per application; long sequences are elided.")]
-    if "cell" in a.svg_kinds():
+                  _figure(unrolled_svg(a), "One box per application; long sequences are elided.")]
+    if "cell" in svg_kinds(a):
         parts.append('<h2 id="cells">Inside a cell</h2>')
     for i, la in enumerate(_distinct_cells(a)):
         try:
-            svg = a.to_svg("cell", layer=la.name).replace('id="cell-diagram"', f'id="cell-diagram-{i}"', 1)
+            svg = cell_svg(a, la.name).replace('id="cell-diagram"', f'id="cell-diagram-{i}"', 1)
         except ValueError as e:  # a cell whose forward cannot be traced
             parts.append(f"<p><b>{escape(la.name)}</b>: {escape(str(e))}</p>")
             continue
         caption = (f"{escape(la.step_function)} of layer {escape(la.name)}, read from its traced forward: yellow "
                    f"boxes are learned projections, pink discs pointwise operations, blue lines the state."
-                   if la.kind in ("recurrent", "step") else
+                   if la.kind.in_time else
                    f"One of the {la.units} cells of layer {escape(la.name)} ({escape(la.step_function)}).")
         parts.append(_figure(svg, caption))
     parts += ['<h2 id="layers">Layers</h2>', _layers_table(a)]
@@ -82,19 +88,19 @@ def _distinct_cells(a: Anatomy) -> list[Layer]:
     """One layer per kind of cell (LSTM, GRU, a user cell, neuron, kernel), recurrent first; at most four."""
     seen: set[str] = set()
     out = []
-    for kinds in (("recurrent", "step"), ("dense", "conv")):
-        for la in a.layers:
-            key = la.cell if la.kind in ("recurrent", "step") else la.kind
-            if la.kind in kinds and key not in seen and (la.trace_cell is not None or la.kind in ("dense", "conv")):
-                seen.add(key)
-                out.append(la)
+    in_time = [la for la in a.layers if la.kind.in_time]
+    for la in in_time + [la for la in a.layers if la.kind.in_width]:
+        key = la.cell if la.kind.in_time else la.kind.value
+        if key not in seen and (la.trace_cell is not None or la.kind.in_width):
+            seen.add(key)
+            out.append(la)
     return out[:4]
 
 
 def _glossary(a: Anatomy) -> str:
-    rec = next((la for la in a.layers if la.kind in ("recurrent", "step")), None)
-    dense = next((la for la in a.layers if la.kind == "dense"), None)
-    conv = next((la for la in a.layers if la.kind == "conv"), None)
+    rec = next((la for la in a.layers if la.kind.in_time), None)
+    dense = next((la for la in a.layers if la.kind is LayerKind.DENSE), None)
+    conv = next((la for la in a.layers if la.kind is LayerKind.CONV), None)
     items = []
     if rec is not None:
         gates = [g.name for g in rec.gates if g.name != "projection"]
@@ -113,8 +119,8 @@ def _glossary(a: Anatomy) -> str:
             ("Application: one box of an unrolled diagram",
              f"For one sequence of {fmt(rec.steps or 0)} steps, <code>{escape(rec.name)}</code> applies its cell "
              f"<b>{fmt(rec.applications)} times</b>, always with the same weights. Over all its recurrent layers "
-             f"this model makes {fmt(sum(la.applications for la in a.layers if la.kind in ('recurrent', 'step')))} "
-             f"applications per sequence." + _twin_text(a, rec)),
+             f"this model makes {fmt(sum(la.applications for la in a.layers if la.kind.in_time))} "
+             f"applications per sequence." + _other_direction_text(a, rec)),
         ]
     layer_text = []
     if rec is not None:
@@ -128,8 +134,7 @@ def _glossary(a: Anatomy) -> str:
                           f"{fmt(conv.applications)} positions")
     if layer_text:
         items.append(("Layer: a cell applied along an axis", "; ".join(layer_text) + "."))
-    between = " → ".join(f"<code>{escape(la.block if la.kind == 'recurrent' and la.block else la.name)}</code>"
-                         for la in _unique_blocks(a))
+    between = " → ".join(f"<code>{escape(block_name(la))}</code>" for la in _unique_blocks(a))
     items.append(("Between the input layer and the output layer",
                   f"The input {escape(shape_text(a.input_shape))} flows through {between} to the output "
                   f"{escape(shape_text(a.output_shape))}. In the model diagram below, the yellow shapes inside "
@@ -138,12 +143,12 @@ def _glossary(a: Anatomy) -> str:
     return f'<h2 id="glossary">What is a cell, what is a layer — in this model</h2><dl class="glossary">{body}</dl>'
 
 
-def _twin_text(a: Anatomy, rec: Layer) -> str:
+def _other_direction_text(a: Anatomy, rec: Layer) -> str:
     """A sentence on the backward direction of ``rec``'s bidirectional layer, if it has one."""
-    twins = [la for la in a.layers if la.block == rec.block and la is not rec and la.kind == "recurrent"]
-    if not twins:
+    others = [la for la in a.layers if la.block == rec.block and la is not rec and la.kind is LayerKind.RECURRENT]
+    if not others:
         return ""
-    twin = twins[0]
+    twin = others[0]
     return (f" Its twin <code>{escape(twin.name)}</code> reads the sequence from the end with a cell of its own "
             f"({fmt(twin.parameters + twin.shared_parameters)} other weights, {fmt(twin.applications)} more "
             f"applications); the two directions make one bidirectional layer whose outputs are joined.")
@@ -153,7 +158,7 @@ def _unique_blocks(a: Anatomy) -> list[Layer]:
     seen: set[str] = set()
     out = []
     for la in a.layers:
-        key = la.block if la.kind == "recurrent" and la.block else la.name
+        key = block_name(la)
         if key not in seen:
             seen.add(key)
             out.append(la)
@@ -166,11 +171,12 @@ def _layers_table(a: Anatomy) -> str:
             "</th><th class=n>MACs</th></tr>")
     rows = []
     for la in a.layers:
-        arrow = {"forward": " →", "backward": " ←"}.get(la.direction or "", "") if la.kind == "recurrent" else ""
+        recurrent = la.kind is LayerKind.RECURRENT
+        arrow = {"forward": " →", "backward": " ←"}.get(la.direction or "", "") if recurrent else ""
         state = ", ".join(f"{n} {s}" for n, s in la.state) or "–"
         shared = f" (+{fmt(la.shared_parameters)} shared)" if la.shared_parameters else ""
         rows.append(f"<tr><td><code>{escape(la.name)}</code>{arrow}</td><td>{escape(la.cell)}</td>"
-                    f"<td>{escape(la.kind)}</td><td>{escape(la.step_function)}</td><td class=n>{fmt(la.units)}</td>"
+                    f"<td>{escape(la.kind.value)}</td><td>{escape(la.step_function)}</td><td class=n>{fmt(la.units)}</td>"
                     f"<td class=n>{fmt(la.applications)}</td><td>{escape(state)}</td>"
                     f"<td class=n>{fmt(la.parameters)}{shared}</td><td class=n>{fmt(la.macs_per_application)}</td>"
                     f"<td class=n>{fmt(la.macs)}</td></tr>")

@@ -10,40 +10,31 @@ other cell they are counted from its traced step (matrix products at batch 1).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from torch import nn
 
+from .. import cells
 from ..cell import Cell, is_namedtuple, state_leaves
-from ..cells import ElmanCell, GRUCell, LSTMCell
+from ..layers import Bidirectional, Stack
+from .context import Context, has_torch_names
+from .kinds import CELL_KINDS, LayerKind, cell_kind_name, gate_activations, kind_of_class
 from .records import Gate, Layer, WeightRows
 
-if TYPE_CHECKING:
-    from .mappers import Context
+__all__ = ["cell_kind", "cell_row", "gated_gates", "gated_macs", "recurrent_rows", "torch_rnn_rows", "traced_macs"]
 
-#: cell kind -> (gates, activations); torch's gate order.
-KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "LSTM": (("i", "f", "g", "o"), ("σ", "σ", "tanh", "σ")),
-    "GRU": (("r", "z", "n"), ("σ", "σ", "tanh")),
-    "Elman": (("h",), ("tanh",)),
-    "minGRU": (("z", "h"), ("σ", "g")),
-    "minLSTM": (("f", "i", "h"), ("σ", "σ", "g")),
-}
-_CELL_KIND = {"LSTMCell": "LSTM", "GRUCell": "GRU", "ElmanCell": "Elman", "RNNCell": "Elman",
-              "MinGRUCell": "minGRU", "MinLSTMCell": "minLSTM", "LSTM": "LSTM", "GRU": "GRU", "RNN": "Elman"}
 _ROLES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def cell_kind(module: nn.Module) -> str:
     """``"LSTM"``, ``"GRU"``, ``"Elman"``, ... for the built-in cells; the class name otherwise."""
-    return _CELL_KIND.get(type(module).__name__, type(module).__name__) \
-        if type(module).__module__.startswith(("torch.nn", "torchcells.cells")) else type(module).__name__
+    return kind_of_class(type(module).__name__, type(module).__module__)
 
 
 def gated_gates(kind: str, hidden: int, gates: tuple[str, ...], named: dict[str, Any],
                 activation: Optional[str] = None) -> tuple[Gate, ...]:
     """Gate rows of ``named`` (role -> ``(state_dict name, shape)``; roles as in ``_ROLES`` and ``weight_hr``)."""
-    acts = KINDS[kind][1] if kind in KINDS else ("",) * len(gates)
+    acts = gate_activations(kind, len(gates))
     if activation and kind == "Elman":
         acts = (activation,)
     out = []
@@ -64,24 +55,24 @@ def gated_macs(gates: tuple[Gate, ...]) -> int:
 
 def _twin(kind: str, input_size: int, hidden: int, *, bias: bool, proj: int = 0,
           nonlinearity: str = "tanh") -> Optional[Cell]:
-    """A torchcells cell with the same step as a torch.nn layer, on the meta device (for tracing)."""
-    if kind == "LSTM":
-        return LSTMCell(input_size, hidden, bias=bias, proj_size=proj, device="meta")
-    if kind == "GRU":
-        return GRUCell(input_size, hidden, bias=bias, device="meta")
+    """torchcells' cell with the same step as a torch.nn layer or cell of ``kind`` (:data:`~.kinds.CELL_KINDS`),
+    on the meta device: what the cell diagram traces."""
+    row = CELL_KINDS.get(kind)
+    if row is None or not row.torchcells_cell:  # pragma: no cover - torch.nn has only LSTM, GRU, Elman
+        return None
+    options: dict[str, Any] = {"proj_size": proj} if proj else {}
     if kind == "Elman":
-        return ElmanCell(input_size, hidden, bias=bias, nonlinearity=nonlinearity, device="meta")
-    return None  # pragma: no cover
+        options["nonlinearity"] = nonlinearity
+    return getattr(cells, row.torchcells_cell)(input_size, hidden, bias=bias, device="meta", **options)
 
 
 def torch_rnn_rows(ctx: Context, module: Any, path: str) -> list[Layer]:
     """``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: one row per layer and direction."""
-    kind = _CELL_KIND[type(module).__name__] if type(module).__name__ in _CELL_KIND else \
-        {"LSTM": "LSTM", "GRU": "GRU"}.get(module.mode, "Elman")
+    kind = cell_kind_name(type(module).__name__, module.mode)
     nonlinearity = "relu" if module.mode == "RNN_RELU" else "tanh"
     rec = ctx.calls.get(module)
     steps = _steps(rec.inputs[0], module.batch_first, 1) if rec and rec.inputs else 0
-    gates = KINDS[kind][0]
+    gates = CELL_KINDS[kind].gates
     H, P = module.hidden_size, getattr(module, "proj_size", 0)
     directions = 2 if module.bidirectional else 1
     rows = []
@@ -96,7 +87,8 @@ def torch_rnn_rows(ctx: Context, module: Any, path: str) -> list[Layer]:
             new, shared = ctx.count(params)
             out = (P or H)
             rows.append(Layer(
-                name=f"{path + '.' if path else ''}l{layer}{'_reverse' if d else ''}", cell=kind, kind="recurrent",
+                name=f"{path + '.' if path else ''}l{layer}{'_reverse' if d else ''}", cell=kind,
+                kind=LayerKind.RECURRENT,
                 module=f"nn.{type(module).__name__}", step_function=f"{kind}Cell({I}→{H}"
                 + (f", proj {P})" if P else ")"), units=H, applications=steps, parameters=new,
                 shared_parameters=shared, weights=tuple((ctx.name(p), tuple(p.shape)) for p in params), gates=g,
@@ -126,7 +118,7 @@ def _cell_parts(ctx: Context, cell: nn.Module) -> dict[str, Any]:
     H = int(getattr(cell, "hidden_size", 0) or 0)
     params = list(cell.parameters())
     gates: tuple[Gate, ...] = ()
-    names = getattr(cell, "GATES", None) or (KINDS[kind][0] if kind in KINDS else None)
+    names = getattr(cell, "GATES", None) or (CELL_KINDS[kind].gates if kind in CELL_KINDS else None)
     if names and H:
         named = {n: (ctx.name(p), tuple(p.shape)) for n, p in cell.named_parameters(recurse=False)}
         gates = gated_gates(kind, H, tuple(names), named, getattr(cell, "nonlinearity", None))
@@ -196,7 +188,8 @@ def recurrent_rows(ctx: Context, module: Any, path: str) -> list[Layer]:
     new, shared = ctx.count(params)
     group, block = _group(ctx, path)
     out_shape = rec.outputs[0] if rec and rec.outputs else None
-    return [Layer(name=path or "(model)", kind="recurrent", module="Recurrent", applications=steps * (rec.count if rec else 0),
+    return [Layer(name=path or "(model)", kind=LayerKind.RECURRENT, module="Recurrent",
+                  applications=steps * (rec.count if rec else 0),
                   parameters=new, shared_parameters=shared, weights=tuple((ctx.name(p), tuple(p.shape)) for p in params),
                   steps=steps, direction="backward" if module.reverse else "forward", group=group, block=block,
                   input_shape=(steps, ctx.batch, facts["input_size"] or 0),
@@ -219,7 +212,7 @@ def cell_row(ctx: Context, cell: Any, path: str) -> Layer:
             facts["macs_per_application"] = traced_macs(cell, facts["step_shape"])
     params = list(cell.parameters())
     new, shared = ctx.count(params)
-    return Layer(name=path or "(model)", kind="step", module=type(cell).__name__,
+    return Layer(name=path or "(model)", kind=LayerKind.STEP, module=type(cell).__name__,
                  applications=rec.count if rec else 0, parameters=new, shared_parameters=shared,
                  weights=tuple((ctx.name(p), tuple(p.shape)) for p in params), steps=rec.count if rec else 0,
                  input_shape=rec.inputs[0] if rec and rec.inputs else None,
@@ -230,12 +223,11 @@ def cell_row(ctx: Context, cell: Any, path: str) -> Layer:
 def _group(ctx: Context, path: str) -> tuple[str, str]:
     """The outermost recurrent container above ``path`` (Stack, Bidirectional, drop-in), and the
     layer's block: its path with the direction taken out, shared by a bidirectional pair."""
-    from ..layers import Bidirectional, Stack
     group = path
     cur = path
     while cur in ctx.parents:
         parent_path, parent = ctx.parents[cur]
-        if isinstance(parent, (Stack, Bidirectional, nn.ModuleList)) or hasattr(parent, "_internal_names"):
+        if isinstance(parent, (Stack, Bidirectional, nn.ModuleList)) or has_torch_names(parent):
             group = parent_path
             cur = parent_path
         else:

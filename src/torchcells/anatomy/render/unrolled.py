@@ -1,4 +1,4 @@
-"""The unrolled diagram (recurrent layers over time), the model diagram, and one neuron or kernel.
+"""The unrolled diagram: the recurrent layers over time, one box per application.
 
 Long sequences are elided (the first steps, ``⋯``, the last), so a diagram's size
 does not depend on ``T``.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Union
 
-from .svg import COLORS, Canvas, fmt
+from .svg import COLORS, Canvas
+from .text import fmt
 
 if TYPE_CHECKING:
-    from .records import Anatomy, Layer
+    from ..records import Anatomy, Layer
+
+__all__ = ["recurrent_blocks", "shown_steps", "unrolled_svg"]
 
 #: steps drawn before the ellipsis when a sequence is longer than ``_SHOW + 2``.
 _SHOW = 3
@@ -28,7 +31,7 @@ def recurrent_blocks(anatomy: Anatomy) -> list[list[Layer]]:
     """Recurrent (and step) layers grouped by block: one entry per depth, one or two directions each."""
     blocks: dict[str, list[Layer]] = {}
     for layer in anatomy.layers:
-        if layer.kind in ("recurrent", "step"):
+        if layer.kind.in_time:
             blocks.setdefault(layer.block or layer.name, []).append(layer)
     return [sorted(b, key=lambda la: la.direction == "backward") for b in blocks.values()]
 
@@ -42,7 +45,7 @@ def unrolled_svg(anatomy: Anatomy) -> str:
     blocks = recurrent_blocks(anatomy)
     if not blocks:
         raise ValueError(f"Anatomy.to_svg('unrolled'): {anatomy.model} has no recurrent layer to unroll; its layers "
-                         f"are {[(la.name, la.kind) for la in anatomy.layers]}")
+                         f"are {[(la.name, la.kind.value) for la in anatomy.layers]}")
     steps = max(la.steps or 0 for b in blocks for la in b)
     cols = shown_steps(steps)
     left, col_w, box_w = 250.0, 164.0, 104.0

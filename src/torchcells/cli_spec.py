@@ -1,4 +1,4 @@
-"""Models named on the command line: ``torchcells explain SPEC``.
+"""Models named on the command line: the ``SPEC`` of ``torchcells explain SPEC`` (see :mod:`.cli`).
 
 ``SPEC`` is either a built-in description, ``NAME[:key=value,flag,...]``::
 
@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+__all__ = ["GRAMMAR", "build", "parse"]
 
 GRAMMAR = ("SPEC should be NAME[:key=value,flag,...] with NAME one of lstm, gru, rnn, mlp, cnn "
            "(e.g. lstm:input=10,hidden=20,layers=2,bidirectional), or package.module:factory")

@@ -9,14 +9,18 @@ the two directions of a bidirectional layer). Layers of one recurrent container
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
-from .diagrams import recurrent_blocks, shown_steps
-from .svg import COLORS, Canvas, fmt, text_width
-from .text import layer_count, shape_text
+from ..kinds import LayerKind
+from .svg import COLORS, Canvas, text_width
+from .text import fmt, layer_count, shape_text
+from .unrolled import recurrent_blocks, shown_steps
 
 if TYPE_CHECKING:
-    from .records import Anatomy, Layer
+    from ..records import Anatomy, Layer
+
+__all__ = ["model_svg", "neuron_svg"]
 
 _W = 620.0  # layer box width
 _X = 40.0
@@ -37,9 +41,9 @@ def _items(anatomy: Anatomy) -> list[list[Layer]]:
 
 def _height(item: list[Layer]) -> float:
     kind = item[0].kind
-    if kind in ("recurrent", "step"):
+    if kind.in_time:
         return 58.0 + 22 * (len(item) - 1)
-    if kind in ("dense", "conv"):
+    if kind.in_width:
         return 58.0
     return 34.0
 
@@ -63,11 +67,11 @@ def model_svg(anatomy: Anatomy) -> str:
     previous = None
     for item, h in zip(items, heights):
         la = item[0]
-        extra = 16.0 if la.group and la.group != previous and la.kind == "recurrent" else 0.0
+        extra = 16.0 if la.group and la.group != previous and la.kind is LayerKind.RECURRENT else 0.0
         previous = la.group
         c.line(_X + _W / 2, y + 2, _X + _W / 2, y + gap + extra - 2, arrow=True)
         y += gap + extra
-        if la.kind == "recurrent" and la.group:
+        if la.kind is LayerKind.RECURRENT and la.group:
             span = groups.setdefault(la.group, [y, y + h])
             span[1] = y + h
         _layer(c, item, y, h)
@@ -95,27 +99,27 @@ def _io(c: Canvas, y: float, label: str) -> None:
 
 def _layer(c: Canvas, item: list[Layer], y: float, h: float) -> None:
     la = item[0]
-    learned = la.kind in ("recurrent", "step", "dense", "conv")
+    learned = la.kind.learned
     fill = "#fffdf3" if learned else COLORS["band"]
     c.rect(_X, y, _W, h, fill=fill, stroke=COLORS["learned_edge"] if learned else COLORS["band_edge"], rx=6)
     params = sum(x.parameters for x in item)
     shared = sum(x.shared_parameters for x in item)
     right = fmt(params) + (f" (+{fmt(shared)} shared)" if shared else "")
     c.text(_X + _W + 22, y + h / 2, right, size=12, anchor="start", mono=True)
-    name = (la.block or la.name) if la.kind == "recurrent" and len(item) == 2 else la.name
+    name = (la.block or la.name) if la.kind is LayerKind.RECURRENT and len(item) == 2 else la.name
     if not learned:
         c.text(_X + 12, y + h / 2, f"{name}", size=12, anchor="start", weight="bold")
-        c.text(_X + 20 + text_width(name, 12), y + h / 2, f"{la.kind}: {la.step_function}", size=11, anchor="start",
+        c.text(_X + 20 + text_width(name, 12), y + h / 2, f"{la.kind.value}: {la.step_function}", size=11, anchor="start",
                color=COLORS["muted"])
         return
     c.text(_X + 12, y + 15, name, size=12, anchor="start", weight="bold")
-    if la.kind in ("recurrent", "step"):
+    if la.kind.in_time:
         what = "bidirectional recurrent layer" if len(item) == 2 else (
-            "recurrent layer" if la.kind == "recurrent" else "cell called step by step")
+            "recurrent layer" if la.kind is LayerKind.RECURRENT else "cell called step by step")
         c.text(_X + 12, y + 32, what, size=11, anchor="start", color=COLORS["muted"])
         c.text(_X + 12, y + 48, f"{la.step_function} · {la.units} units", size=11, anchor="start")
         _time_row(c, item, y)
-    elif la.kind == "dense":
+    elif la.kind is LayerKind.DENSE:
         c.text(_X + 12, y + 32, "dense layer", size=11, anchor="start", color=COLORS["muted"])
         times = f", applied {fmt(la.applications)}×" if la.applications > 1 else ""
         c.text(_X + 12, y + 48, f"{la.units} neurons × {la.input_size} inputs{times}", size=11, anchor="start")
@@ -168,8 +172,7 @@ def _width_row(c: Canvas, la: Layer, cy: float, *, circles: bool) -> None:
 
 def neuron_svg(la: Layer) -> str:
     """One neuron (dense layer) or one kernel (convolution): a weighted sum of its inputs plus a bias."""
-    import math
-    dense = la.kind == "dense"
+    dense = la.kind is LayerKind.DENSE
     fan_in = la.input_size if dense else la.macs_per_application // max(la.units, 1)
     what = "neuron" if dense else "kernel"
     title = f"One {what} of {la.name}: {fan_in} weights + bias, one of {la.units}"

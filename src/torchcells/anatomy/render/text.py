@@ -1,16 +1,23 @@
-"""Plain-text views of an :class:`~.records.Anatomy`: a table, and an account in words."""
+"""Plain-text views of an :class:`~torchcells.anatomy.Anatomy`: a table, and an account in words;
+and the small formatters the diagrams and the page share (numbers, shapes, the layer count)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .svg import fmt
+from ..kinds import LayerKind, torch_twin
 
 if TYPE_CHECKING:
-    from .records import Anatomy, Layer
+    from ..records import Anatomy, Layer
+
+__all__ = ["account", "anatomy_text", "block_name", "fmt", "gate_table", "layer_count", "shape_text", "table"]
 
 _ARROWS = {"forward": "→", "backward": "←"}
-_TWINS = {"LSTM": "nn.LSTMCell", "GRU": "nn.GRUCell", "Elman": "nn.RNNCell"}
+
+
+def fmt(n: int) -> str:
+    """``15040`` → ``15,040``."""
+    return f"{n:,}"
 
 
 def shape_text(shape: object) -> str:
@@ -19,10 +26,16 @@ def shape_text(shape: object) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"  # type: ignore[attr-defined]
 
 
+def block_name(layer: Layer) -> str:
+    """The name of the layer ``layer`` belongs to: a recurrent layer's block (both directions of a
+    bidirectional layer are one), else its own name."""
+    return layer.block if layer.kind is LayerKind.RECURRENT and layer.block else layer.name
+
+
 def layer_count(a: Anatomy) -> str:
     """``"2 layers (4 counting each direction)"``: the two directions of a bidirectional layer are one layer."""
     rows = len(a.layers)
-    blocks = len({la.block if la.kind == "recurrent" and la.block else la.name for la in a.layers})
+    blocks = len({block_name(la) for la in a.layers})
     out = f"{blocks} layer{'s' if blocks != 1 else ''}"
     return out + (f" ({rows} counting each direction)" if rows != blocks else "")
 
@@ -46,11 +59,11 @@ def anatomy_text(a: Anatomy, *, gates: bool = True) -> str:
             f"(batch of {a.batch_size} in the example)")
     rows = []
     for la in a.layers:
-        name = la.name + (f" {_ARROWS[la.direction]}" if la.direction and la.kind == "recurrent" else "")
+        name = la.name + (f" {_ARROWS[la.direction]}" if la.direction and la.kind is LayerKind.RECURRENT else "")
         params = fmt(la.parameters) + (f" (+{fmt(la.shared_parameters)} shared)" if la.shared_parameters else "")
-        rows.append([name, la.cell, la.kind, la.step_function, fmt(la.units), fmt(la.applications), _state(la),
+        rows.append([name, la.cell, la.kind.value, la.step_function, fmt(la.units), fmt(la.applications), _state(la),
                      params, fmt(la.macs_per_application), fmt(la.macs)])
-    recurrent = [la.applications for la in a.layers if la.kind in ("recurrent", "step")]
+    recurrent = [la.applications for la in a.layers if la.kind.in_time]
     rows.append(["total", "", "", "", "", f"{fmt(sum(recurrent))} (recurrent)" if recurrent else "", "",
                  fmt(a.total_parameters), "", fmt(a.macs)])
     out = [head, "", table(["layer", "cell", "kind", "step function", "units", "applications", "state",
@@ -79,9 +92,9 @@ def account(a: Anatomy, *, sequence: str = "sequence", examples: int = 0) -> str
     lines: list[str] = []
     recurrent_apps = 0
     for la in a.layers:
-        if la.kind == "recurrent":
+        if la.kind is LayerKind.RECURRENT:
             recurrent_apps += la.applications
-            twin = _TWINS.get(la.cell)
+            twin = torch_twin(la.cell)
             gates = [g for g in la.gates if g.name != "projection"]
             units = (f"{la.units}, each with {len(gates)} gate neurons ({', '.join(g.name for g in gates)})"
                      if len(gates) > 1 else f"{la.units} recurrent neurons")
@@ -95,14 +108,14 @@ def account(a: Anatomy, *, sequence: str = "sequence", examples: int = 0) -> str
                 f"    applications  : {la.applications} per {sequence}, one per time step, all sharing the same "
                 f"{fmt(la.parameters + la.shared_parameters)} parameters -- the boxes of an unrolled diagram",
             ]
-        elif la.kind == "dense":
+        elif la.kind is LayerKind.DENSE:
             lines += [
                 f"{la.name}  dense layer",
                 f"    units         : {la.units} neuron cells side by side, each a weighted sum of "
                 f"{la.input_size} inputs plus a bias",
                 f"    applications  : {la.applications} per {sequence} ({fmt(la.parameters)} parameters)",
             ]
-        elif la.kind == "conv":
+        elif la.kind is LayerKind.CONV:
             lines += [
                 f"{la.name}  convolution layer",
                 f"    units         : {la.units} kernel cells ({la.step_function})",

@@ -1,4 +1,4 @@
-"""Draw a cell's inside (from :mod:`.trace_graph`) as a layered left-to-right diagram.
+"""Draw a cell's inside (read by :mod:`torchcells.anatomy.trace_graph`) as a layered left-to-right diagram.
 
 Layout: each node's column is its longest distance from the inputs (outputs in
 the last column); edges that skip columns pass through invisible waypoints;
@@ -8,14 +8,19 @@ then pulled towards their neighbours without overlapping.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from ..graph import TraceError
-from .svg import COLORS, Canvas, fmt, text_width
-from .trace_graph import CellGraph, DNode, cell_graph
+from ...graph import TraceError
+from ..trace_graph import CellGraph, DNode, cell_graph
+from .model_diagram import neuron_svg
+from .svg import COLORS, Canvas, text_width
+from .text import fmt
 
 if TYPE_CHECKING:
-    from .records import Anatomy, Layer
+    from ..records import Anatomy, Layer
+
+__all__ = ["CellLayout", "cell_svg", "draw_cell_graph", "layout", "pick_layer"]
 
 _GAP_X, _GAP_Y, _TOP = 46, 18, 64
 
@@ -24,10 +29,10 @@ def pick_layer(anatomy: Anatomy, name: Optional[str]) -> Layer:
     """The named layer, else the first recurrent (or step) layer, else the first dense or conv layer."""
     if name is not None:
         return anatomy.layer(name)
-    for kinds in (("recurrent", "step"), ("dense", "conv")):
-        for layer in anatomy.layers:
-            if layer.kind in kinds:
-                return layer
+    found = next((la for la in anatomy.layers if la.kind.in_time), None) \
+        or next((la for la in anatomy.layers if la.kind.in_width), None)
+    if found is not None:
+        return found
     raise ValueError(f"Anatomy.to_svg('cell'): {anatomy.model} has no recurrent, dense or convolution layer "
                      f"to draw; its layers are {[la.name for la in anatomy.layers]}")
 
@@ -35,8 +40,7 @@ def pick_layer(anatomy: Anatomy, name: Optional[str]) -> Layer:
 def cell_svg(anatomy: Anatomy, name: Optional[str] = None) -> str:
     """The inside of one application of a layer's cell, traced from its ``forward``."""
     layer = pick_layer(anatomy, name)
-    if layer.kind in ("dense", "conv"):
-        from .model_diagram import neuron_svg
+    if layer.kind.in_width:
         return neuron_svg(layer)
     if layer.trace_cell is None or layer.step_shape is None:
         raise ValueError(f"Anatomy.to_svg('cell'): the cell of {layer.name} cannot be traced (no cell module "
@@ -79,95 +83,140 @@ def _node_size(node: DNode) -> tuple[float, float]:
     return max(text_width(node.label, 15), text_width(f"{node.size} features", 10)) + 20, 42
 
 
-def layout(graph: CellGraph) -> tuple[dict[str, tuple[float, float]], list[float], list[list[str]],
-                                        dict[tuple[str, str], list[str]], dict[str, tuple[float, float]]]:
-    """Positions (centres), column widths, column orders, each edge's waypoints, node sizes."""
-    nodes, edges = graph.nodes, graph.edges
-    succ: dict[str, list[str]] = {n: [] for n in nodes}
-    pred: dict[str, list[str]] = {n: [] for n in nodes}
-    for s, d in edges:
-        succ[s].append(d)
-        pred[d].append(s)
-    col: dict[str, int] = {}
-    order = _topo(nodes, succ, pred)
-    for n in order:
-        col[n] = 0 if nodes[n].kind in ("input", "state_in") else max((col[p] + 1 for p in pred[n]), default=0)
-    last = max(col.values(), default=0) + 1
-    for n, node in nodes.items():
-        if node.kind in ("output", "state_out"):
-            col[n] = last
-    # pointwise operations move right, next to what reads them (shorter edges, straight state lines)
-    for n in reversed(order):
-        if nodes[n].kind in ("op", "param") and succ[n]:
-            col[n] = max(col[n], min(col[m] for m in succ[n]) - 1)
-    # waypoints for edges spanning several columns
-    chains: dict[tuple[str, str], list[str]] = {}
-    cols: list[list[str]] = [[] for _ in range(last + 1)]
-    for n in order:
-        cols[col[n]].append(n)
-    sizes = {n: _node_size(d) for n, d in nodes.items()}
-    for s, d in edges:
-        chain = []
-        for c in range(col[s] + 1, col[d]):
-            w = f"~{s}>{d}@{c}"
-            cols[c].append(w)
-            sizes[w] = (8, 10)
-            chain.append(w)
-        chains[(s, d)] = chain
-    links: list[tuple[str, str]] = []
-    for (s, d), chain in chains.items():
-        path = [s, *chain, d]
-        links += list(zip(path, path[1:]))
-    up: dict[str, list[str]] = {}
-    down: dict[str, list[str]] = {}
-    for a, b in links:
-        down.setdefault(a, []).append(b)
-        up.setdefault(b, []).append(a)
-    # first column, top to bottom: state that no projection reads (the LSTM's c "conveyor belt"),
-    # then state read by projections, then the input -- the order of the textbook figures
-    def rank0(n: str) -> int:
-        if n not in nodes:
+@dataclass
+class CellLayout:
+    """Where :func:`layout` puts a cell graph: each node's centre, each column's width, the nodes of
+    each column top to bottom (waypoints included), each edge's waypoints, each node's size."""
+
+    pos: dict[str, tuple[float, float]]
+    widths: list[float]
+    cols: list[list[str]]
+    chains: dict[tuple[str, str], list[str]]
+    sizes: dict[str, tuple[float, float]]
+
+
+def layout(graph: CellGraph) -> CellLayout:
+    """A layered left-to-right layout of ``graph`` (see the module docstring)."""
+    return _Layout(graph).run()
+
+
+class _Layout:
+    """The passes of :func:`layout`, run in this order: columns, waypoints, order within columns, coordinates."""
+
+    def __init__(self, graph: CellGraph) -> None:
+        self.nodes, self.edges = graph.nodes, graph.edges
+        self.succ: dict[str, list[str]] = {n: [] for n in self.nodes}
+        self.pred: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for s, d in self.edges:
+            self.succ[s].append(d)
+            self.pred[d].append(s)
+        self.order = _topo(self.nodes, self.succ, self.pred)
+        self.col: dict[str, int] = {}
+        self.last = 0
+        self.cols: list[list[str]] = []
+        self.sizes: dict[str, tuple[float, float]] = {}
+        self.chains: dict[tuple[str, str], list[str]] = {}
+        self.up: dict[str, list[str]] = {}
+        self.down: dict[str, list[str]] = {}
+
+    def run(self) -> CellLayout:
+        self.assign_columns()
+        self.add_waypoints()
+        self.order_columns()
+        return self.place()
+
+    def assign_columns(self) -> None:
+        """Each node's column: its longest distance from the inputs; outputs in the last column."""
+        nodes, col = self.nodes, self.col
+        for n in self.order:
+            col[n] = 0 if nodes[n].kind in ("input", "state_in") else max((col[p] + 1 for p in self.pred[n]), default=0)
+        self.last = max(col.values(), default=0) + 1
+        for n, node in nodes.items():
+            if node.kind in ("output", "state_out"):
+                col[n] = self.last
+        # pointwise operations move right, next to what reads them (shorter edges, straight state lines)
+        for n in reversed(self.order):
+            if nodes[n].kind in ("op", "param") and self.succ[n]:
+                col[n] = max(col[n], min(col[m] for m in self.succ[n]) - 1)
+
+    def add_waypoints(self) -> None:
+        """Fill the columns; an edge spanning several columns passes through a waypoint in each."""
+        self.cols = [[] for _ in range(self.last + 1)]
+        for n in self.order:
+            self.cols[self.col[n]].append(n)
+        self.sizes = {n: _node_size(d) for n, d in self.nodes.items()}
+        for s, d in self.edges:
+            chain = []
+            for c in range(self.col[s] + 1, self.col[d]):
+                w = f"~{s}>{d}@{c}"
+                self.cols[c].append(w)
+                self.sizes[w] = (8, 10)
+                chain.append(w)
+            self.chains[(s, d)] = chain
+        for (s, d), chain in self.chains.items():
+            path = [s, *chain, d]
+            for a, b in zip(path, path[1:]):
+                self.down.setdefault(a, []).append(b)
+                self.up.setdefault(b, []).append(a)
+
+    def _rank0(self, n: str) -> int:
+        """First column, top to bottom: state that no projection reads (the LSTM's c "conveyor belt"),
+        then state read by projections, then the input -- the order of the textbook figures."""
+        if n not in self.nodes:
             return 3
-        if nodes[n].kind == "state_in":
-            return 1 if any(nodes[m].kind == "proj" for m in succ[n]) else 0
+        if self.nodes[n].kind == "state_in":
+            return 1 if any(self.nodes[m].kind == "proj" for m in self.succ[n]) else 0
         return 2
-    cols[0].sort(key=rank0)
-    for _ in range(6):
-        for c in range(1, last):
-            _sort_by(cols[c], up, cols[c - 1])
+
+    def order_columns(self) -> None:
+        """The order within each column: barycentre sweeps; new state in the order of the old state."""
+        cols, last = self.cols, self.last
+        cols[0].sort(key=self._rank0)
+        for _ in range(6):
+            for c in range(1, last):
+                _sort_by(cols[c], self.up, cols[c - 1])
+            for c in range(last - 1, 0, -1):
+                _sort_by(cols[c], self.down, cols[c + 1])
+        # last column: new state in the order of the old state in the first, then the output
+        first = {n.split(":", 1)[-1]: i for i, n in enumerate(cols[0])}
+        cols[last].sort(key=lambda n: (first.get(n.split(":", 1)[-1], len(first))
+                                       if self.nodes[n].kind == "state_out" else len(first) + 1))
         for c in range(last - 1, 0, -1):
-            _sort_by(cols[c], down, cols[c + 1])
-    # last column: new state in the order of the old state in the first, then the output
-    first = {n.split(":", 1)[-1]: i for i, n in enumerate(cols[0])}
-    cols[last].sort(key=lambda n: (first.get(n.split(":", 1)[-1], len(first)) if nodes[n].kind == "state_out"
-                                   else len(first) + 1))
-    for c in range(last - 1, 0, -1):
-        _sort_by(cols[c], down, cols[c + 1])
-    # coordinates
-    widths = [max((sizes[n][0] for n in column), default=10) for column in cols]
-    xs, left = [], 24.0
-    for width in widths:
-        xs.append(left + width / 2)
-        left += width + _GAP_X
-    y_of: dict[str, float] = {}
-    for column in cols:
-        y = float(_TOP)
-        for n in column:
-            y_of[n] = y + sizes[n][1] / 2
-            y += sizes[n][1] + _GAP_Y
-    sweeps = [(range(1, len(cols)), up), (range(len(cols) - 2, -1, -1), down)] * 4 + [(range(1, len(cols)), up)]
-    for columns, nbrs in sweeps:
-        for c in columns:
-            for n in cols[c]:
-                ys = sorted(y_of[m] for m in nbrs.get(n, []))
-                if ys:
-                    y_of[n] = (ys[(len(ys) - 1) // 2] + ys[len(ys) // 2]) / 2
-            _separate(cols[c], y_of, sizes)
-    low = min(y_of[n] - sizes[n][1] / 2 for n in y_of)
-    for n in y_of:
-        y_of[n] += _TOP - low
-    pos = {n: (xs[col_of], y_of[n]) for col_of, column in enumerate(cols) for n in column}
-    return pos, widths, cols, chains, sizes
+            _sort_by(cols[c], self.down, cols[c + 1])
+
+    def place(self) -> CellLayout:
+        """Coordinates: columns side by side; rows stacked, then pulled towards their neighbours."""
+        cols, sizes = self.cols, self.sizes
+        widths = [max((sizes[n][0] for n in column), default=10) for column in cols]
+        xs, left = [], 24.0
+        for width in widths:
+            xs.append(left + width / 2)
+            left += width + _GAP_X
+        y_of: dict[str, float] = {}
+        for column in cols:
+            y = float(_TOP)
+            for n in column:
+                y_of[n] = y + sizes[n][1] / 2
+                y += sizes[n][1] + _GAP_Y
+        self._pull_rows(y_of)
+        low = min(y_of[n] - sizes[n][1] / 2 for n in y_of)
+        for n in y_of:
+            y_of[n] += _TOP - low
+        pos = {n: (xs[col_of], y_of[n]) for col_of, column in enumerate(cols) for n in column}
+        return CellLayout(pos, widths, cols, self.chains, sizes)
+
+    def _pull_rows(self, y_of: dict[str, float]) -> None:
+        """Move each node to the median height of its neighbours, sweeping both ways, without overlaps."""
+        cols = self.cols
+        sweeps = [(range(1, len(cols)), self.up), (range(len(cols) - 2, -1, -1), self.down)] * 4 \
+            + [(range(1, len(cols)), self.up)]
+        for columns, nbrs in sweeps:
+            for c in columns:
+                for n in cols[c]:
+                    ys = sorted(y_of[m] for m in nbrs.get(n, []))
+                    if ys:
+                        y_of[n] = (ys[(len(ys) - 1) // 2] + ys[len(ys) // 2]) / 2
+                _separate(cols[c], y_of, self.sizes)
 
 
 def _topo(nodes: dict[str, DNode], succ: dict[str, list[str]], pred: dict[str, list[str]]) -> list[str]:
@@ -209,7 +258,8 @@ def _separate(column: list[str], y_of: dict[str, float], sizes: dict[str, tuple[
 
 def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
     """The SVG of ``graph``: projections as yellow boxes, pointwise operations as pink discs."""
-    pos, widths, cols, chains, sizes = layout(graph)
+    placed = layout(graph)
+    pos, widths, cols, chains, sizes = placed.pos, placed.widths, placed.cols, placed.chains, placed.sizes
     nodes = graph.nodes
     col_of = {n: i for i, column in enumerate(cols) for n in column}
     right = max(x + sizes[n][0] / 2 for n, (x, _) in pos.items()) + 24
