@@ -1,8 +1,11 @@
-"""Shared test configuration: a derandomized hypothesis profile and tensor comparisons.
+"""Shared test configuration: a derandomized hypothesis profile, tensor comparisons and the reference loop.
 
-Helpers are handed to tests as fixtures (``close``, ``tolerances``) rather than
-imported, so they work whatever import mode pytest runs with and whatever other
-``conftest.py`` files sit in sub-folders.
+Helpers are handed to tests as fixtures (``close``, ``tolerances``, ``reference_loop``)
+rather than imported, so they work whatever import mode pytest runs with and whatever other
+``conftest.py`` files sit in sub-folders. What a test needs while it is collected (its
+parametrize tables) is a module of the tests' own, imported by name: ``fixture_cells``
+(cells written for the tests) and ``cell_table`` (tests/cells/, the table of cells); their
+folders are put on ``sys.path`` here, so that works in every import mode too.
 
 Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=...``):
 
@@ -13,11 +16,18 @@ Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=...``):
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+HERE = Path(__file__).resolve().parent
+for folder in (HERE, HERE / "cells"):      # fixture_cells.py, cells/cell_table.py
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
@@ -74,3 +84,58 @@ def close() -> Callable[..., None]:
 def tolerances() -> Callable[[torch.dtype], dict[str, float]]:
     """``tolerances(dtype) -> {"atol", "rtol"}``."""
     return tolerances_for
+
+
+# --------------------------------------------------------------------------------------
+# The reference loop: the oracle every layer and engine test compares against. Written
+# here, plainly, without the library's engine or state helpers, so it stays independent.
+# --------------------------------------------------------------------------------------
+def _tree_map(fn: Callable[..., torch.Tensor], state: Any, *others: Any) -> Any:
+    """``fn`` on every tensor of ``state`` (and the matching tensors of ``others``), keeping
+    NamedTuple types; ``()`` stays ``()``."""
+    if isinstance(state, torch.Tensor):
+        return fn(state, *others)
+    parts = [_tree_map(fn, part, *(o[i] for o in others)) for i, part in enumerate(state)]
+    return type(state)(*parts) if hasattr(type(state), "_fields") else tuple(parts)
+
+
+def run_reference_loop(cell: Any, x: torch.Tensor, state: Any, lengths: Optional[Sequence[int]] = None, *,
+                       reverse: bool = False, all_states: bool = False) -> tuple[Any, ...]:
+    """A cell run over time the plain way: one sequence at a time, one ``cell(x_t, state)`` call per step.
+
+    ``x`` is time-major ``(T, B, ...)``; ``state`` is batched ``(B, ...)``: a tensor or any
+    nesting of tuples and NamedTuples of tensors (``()`` for none); ``lengths`` has one entry
+    per sequence (default: all ``T``; at least one step must run). Sequence ``b`` reads
+    ``x[:L_b, b:b+1]``, its last valid step first for ``reverse``.
+
+    Returns ``(outputs (T, B, ...), final_state)``, and with ``all_states`` also the state
+    after every step ``(T, B, ...)``, both at the input's own positions (for ``reverse`` too)
+    and zero at padded steps. A sequence of length 0 keeps its state.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    lens = [steps] * batch if lengths is None else [int(n) for n in lengths]
+    assert any(lens), "reference_loop: at least one step should run"
+    ys: list[list[Any]] = [[None] * steps for _ in range(batch)]      # ys[b][t]: sequence b's output at t
+    states: list[list[Any]] = [[None] * steps for _ in range(batch)]  # its state after step t
+    finals = []
+    for b in range(batch):
+        s = _tree_map(lambda t: t[b:b + 1], state)
+        for t in (reversed(range(lens[b])) if reverse else range(lens[b])):
+            ys[b][t], s = cell(x[t, b:b + 1], s)
+            states[b][t] = s
+        finals.append(s)
+    y_zero = torch.zeros_like(next(y for row in ys for y in row if y is not None))
+    s_zero = _tree_map(lambda t: torch.zeros_like(t[:1]), state)
+    outputs = torch.cat([torch.stack([y_zero if y is None else y for y in row]) for row in ys], 1)
+    final = _tree_map(lambda *rows: torch.cat(rows), *finals)
+    if not all_states:
+        return outputs, final
+    every = [_tree_map(lambda *ts: torch.stack(ts), *[s_zero if s is None else s for s in row]) for row in states]
+    return outputs, final, _tree_map(lambda *rows: torch.cat(rows, 1), *every)
+
+
+@pytest.fixture
+def reference_loop() -> Callable[..., tuple[Any, ...]]:
+    """``reference_loop(cell, x, state, lengths=None, *, reverse=False, all_states=False)``:
+    :func:`run_reference_loop`, the hand-written loop every layer and engine is checked against."""
+    return run_reference_loop

@@ -69,31 +69,10 @@ def assert_close(actual: Any, expected: Any, what: str = "") -> None:
         torch.testing.assert_close(x, y, **TOL, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-def loop(cell: Cell, x: Tensor, state: Memory, lengths: list[int], reverse: bool = False):
-    """Hand loop, one sequence at a time; time-major. Returns ``(outputs, Memory)``."""
-    outs, hs, ms = [], [], []
-    for b, L in enumerate(lengths):
-        s = Memory(state.h[b:b + 1], state.m[b:b + 1])
-        xb = x[:L, b:b + 1].flip(0) if reverse else x[:L, b:b + 1]
-        ys = []
-        for t in range(L):
-            y, s = cell(xb[t], s)
-            ys.append(y[0])
-        ys = ys[::-1] if reverse else ys
-        outs.append(torch.stack(ys + [x.new_zeros(cell.hidden_size)] * (x.shape[0] - L)))
-        hs.append(s.h)
-        ms.append(s.m)
-    return torch.stack(outs, 1), Memory(torch.cat(hs), torch.cat(ms))
-
-
-def flip_each(x: Tensor, lengths: list[int]) -> Tensor:
-    return torch.stack([torch.cat([x[:L, b].flip(0), x[L:, b]]) for b, L in enumerate(lengths)], 1)
-
-
 # ---------------------------------------------------------------- Recurrent
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
-def test_user_cell_in_recurrent_equals_a_hand_loop(reverse, batch_first):
+def test_user_cell_in_recurrent_equals_a_hand_loop(reverse, batch_first, reference_loop):
     cell = user_cell()
     layer = Recurrent(cell, reverse=reverse, batch_first=batch_first)
     x_tm = torch.randn(T, B, 3, dtype=DT, requires_grad=True)
@@ -104,7 +83,7 @@ def test_user_cell_in_recurrent_equals_a_hand_loop(reverse, batch_first):
     if batch_first:
         out = out.transpose(0, 1)
     assert isinstance(final, Memory)
-    want_out, want_final = loop(cell, x_tm, state, LENGTHS, reverse)
+    want_out, want_final = reference_loop(cell, x_tm, state, LENGTHS, reverse=reverse)
     assert_close(out, want_out, "outputs")
     assert_close(final, want_final, "final state")
     assert torch.equal(final.h[1], state.h[1]) and torch.equal(final.m[1], state.m[1])  # length 0
@@ -128,14 +107,14 @@ def test_user_cell_every_step_states():
 
 
 # ---------------------------------------------------------------- Stack and Bidirectional
-def test_user_cell_in_a_stack():
+def test_user_cell_in_a_stack(reference_loop):
     first, second = user_cell(3, 4, seed=0), user_cell(4, 4, seed=1)
     net = Stack([Recurrent(first), Recurrent(second, reverse=True)])
     x = torch.randn(T, B, 3, dtype=DT, requires_grad=True)
     init = (random_memory(B), random_memory(B))
     out, (s1, s2) = net(x, init, lengths=LENGTHS)
-    h1, w1 = loop(first, x, init[0], LENGTHS)
-    h2, w2 = loop(second, h1, init[1], LENGTHS, reverse=True)
+    h1, w1 = reference_loop(first, x, init[0], LENGTHS)
+    h2, w2 = reference_loop(second, h1, init[1], LENGTHS, reverse=True)
     assert_close(out, h2, "outputs")
     assert isinstance(s1, Memory) and isinstance(s2, Memory)
     assert_close((s1, s2), (w1, w2), "final states")
@@ -144,7 +123,7 @@ def test_user_cell_in_a_stack():
     assert_close(list(g_got), list(g_want), "gradients")
 
 
-def test_user_cell_in_bidirectional():
+def test_user_cell_in_bidirectional(reference_loop):
     with pytest.warns(UserWarning, match=r"cell\.leak .*without reset_parameters"):
         bi = Bidirectional(Recurrent(user_cell()), merge="concat")
     fwd, bwd = bi.forward_layer.cell, bi.backward_layer.cell
@@ -157,8 +136,8 @@ def test_user_cell_in_bidirectional():
     x = torch.randn(T, B, 3, dtype=DT, requires_grad=True)
     init = BidirectionalState(random_memory(B), random_memory(B))
     out, final = bi(x, init, lengths=LENGTHS)
-    f_out, f_fin = loop(fwd, x, init.forward, LENGTHS)
-    b_out, b_fin = loop(bwd, x, init.backward, LENGTHS, reverse=True)
+    f_out, f_fin = reference_loop(fwd, x, init.forward, LENGTHS)
+    b_out, b_fin = reference_loop(bwd, x, init.backward, LENGTHS, reverse=True)
     want = torch.cat([f_out, b_out], -1)
     assert_close(out, want, "outputs")
     assert isinstance(final, BidirectionalState) and isinstance(final.backward, Memory)
@@ -203,7 +182,7 @@ class ForwardOnlyCell(Cell):
         return h, h
 
 
-def test_default_init_state_is_zeros_of_batch_by_hidden():
+def test_default_init_state_is_zeros_of_batch_by_hidden(reference_loop):
     cell = ForwardOnlyCell()
     z = cell.init_state(2, dtype=DT)
     assert isinstance(z, Tensor) and z.shape == (2, 4) and z.dtype == DT and torch.all(z == 0)
@@ -211,12 +190,8 @@ def test_default_init_state_is_zeros_of_batch_by_hidden():
     x = torch.randn(T, B, 3, dtype=DT)
     out, h = Recurrent(cell)(x, lengths=LENGTHS)
     assert h.shape == (B, 4) and torch.all(h[1] == 0)
-    for b, L in enumerate(LENGTHS):
-        s = torch.zeros(1, 4, dtype=DT)
-        for t in range(L):
-            y, s = cell(x[t, b:b + 1], s)
-            torch.testing.assert_close(out[t, b], y[0], **TOL)
-        torch.testing.assert_close(h[b], s[0], **TOL)
+    want_out, want_h = reference_loop(cell, x, torch.zeros(B, 4, dtype=DT), LENGTHS)
+    assert_close((out, h), (want_out, want_h), "from the default zero state")
     out, h = Recurrent(cell)(x[:, 0])  # unbatched: state (H,)
     assert out.shape == (T, 4) and h.shape == (4,)
 

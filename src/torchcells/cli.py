@@ -10,22 +10,30 @@ from . import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """``torchcells train digits`` with a short summary: held-out accuracy and where the cells are."""
     import torch
 
     from .anatomy import explain
-    from .tasks.digits import train_digits
+    from .tasks.base import TaskError
+    from .tasks.training import resolve_config, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    zoo_name = {"gru": "gru", "lstm": "lstm", "rnn": "elman"}[args.cell]
     print(f"torchcells {__version__} demo: handwritten digits (scikit-learn, 8x8), each image read "
           f"row by row as 8 steps of 8 pixels.")
-    result = train_digits(cell=args.cell, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-                          seed=args.seed, progress=not args.no_progress)
-    print(f"\nheld-out accuracy: {result.accuracy:.4f} on {result.test_size} test images "
-          f"({args.epochs} epochs, {result.seconds:.1f} s, {torch.get_num_threads()} threads)")
+    try:
+        config = resolve_config("digits", zoo_name, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+                                seed=args.seed)
+        result = train(config, progress=not args.no_progress, plot=False)
+    except TaskError as e:
+        return _fail("demo", e)
+    images = len(result.held_out)
+    print(f"\nheld-out accuracy: {result.metric:.4f} on {images} test images "
+          f"({len(result.history)} epochs, {result.seconds:.1f} s, {torch.get_num_threads()} threads)")
     print("\nWhere the cells are in this model:")
-    anatomy = explain(result.model, torch.zeros(1, 8, 8))
-    print(anatomy.account(sequence="image", examples=result.test_size))
+    anatomy = explain(result.model, result.task.example(result.held_out)[0])
+    print(anatomy.account(sequence="image", examples=images))
     if args.html:
         path = anatomy.save_html(args.html)
         print(f"\nThe model's anatomy (diagrams, tables, glossary): {path} -- open it in a browser")

@@ -1,18 +1,17 @@
-"""The cell zoo: every cell against torch.nn's cell and against its equations.
+"""The cells in torch's form (Elman, LSTM, GRU): against torch.nn's cells and their equations.
 
-Table-driven: one :class:`CellSpec` row per cell kind. A row gives the factory for
-our cell, torch.nn's equivalent (where one exists) and the cell's equations written
-out independently here, so adding a cell adds one row and inherits every check:
-parity of outputs, states and gradients (float64 tight, float32 loose), gradcheck,
-same-seed initialization, state-dict compatibility, and named errors for bad input.
+The rows are those of tests/cells/cell_table.py with ``gates`` (torch's parameter layout and
+signature) or ``torch_make`` (torch.nn has the cell); each gets: parity of outputs, states and
+gradients with torch.nn (float64 tight, float32 loose), its equations, gradcheck, same-seed
+initialization, state-dict compatibility, and named errors for bad input. Every row of the
+table also gets the checks of tests/cells/test_zoo.py.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -23,97 +22,12 @@ from torch import Tensor, nn
 import torchcells as tc
 from torchcells.cell import state_leaves
 
-I, H, P, B = 3, 4, 2, 3  # input features, hidden units, projection size, batch
+from cell_table import P, TORCH_LAYOUT, TORCH_PARITY, CellRow
+
+I, H, B = 3, 4, 3  # input features, hidden units, batch (the projection P = 2 is the table's)
 DTYPES = [torch.float64, torch.float32]
-
-
-# --------------------------------------------------------------------------------------
-# Equations, written out from the papers / torch docs, independent of the library.
-# ``p`` maps torch parameter names to tensors; ``state`` is a tuple of leaves.
-# --------------------------------------------------------------------------------------
-def _gate(p: dict[str, Tensor], k: int, rows: int, x: Tensor, h: Tensor, *, split_bias: bool = False):
-    """Pre-activation of gate ``k`` (rows ``k·rows … (k+1)·rows − 1``): input part and recurrent part."""
-    sl = slice(k * rows, (k + 1) * rows)
-    xi = x @ p["weight_ih"][sl].T
-    hh = h @ p["weight_hh"][sl].T
-    if "bias_ih" in p:
-        xi = xi + p["bias_ih"][sl]
-        hh = hh + p["bias_hh"][sl]
-    return (xi, hh) if split_bias else xi + hh
-
-
-def elman_equations(nonlinearity: str):
-    phi = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-
-    def step(p, x, state):
-        (h,) = state
-        h = phi(_gate(p, 0, p["weight_hh"].shape[1], x, h))
-        return h, (h,)
-    return step
-
-
-def lstm_equations(p, x, state):
-    h, c = state
-    n = p["weight_hh"].shape[0] // 4  # H, the number of memory cells
-    i = torch.sigmoid(_gate(p, 0, n, x, h))
-    f = torch.sigmoid(_gate(p, 1, n, x, h))
-    g = torch.tanh(_gate(p, 2, n, x, h))
-    o = torch.sigmoid(_gate(p, 3, n, x, h))
-    c = f * c + i * g
-    h = o * torch.tanh(c)
-    if "weight_hr" in p:  # Sak et al. 2014: h_t = W_hr (o_t ⊙ tanh(c_t))
-        h = h @ p["weight_hr"].T
-    return h, (h, c)
-
-
-def gru_equations(p, x, state):
-    (h,) = state
-    n_units = p["weight_hh"].shape[0] // 3
-    xr, hr = _gate(p, 0, n_units, x, h, split_bias=True)
-    xz, hz = _gate(p, 1, n_units, x, h, split_bias=True)
-    xn, hn = _gate(p, 2, n_units, x, h, split_bias=True)
-    r = torch.sigmoid(xr + hr)
-    z = torch.sigmoid(xz + hz)
-    n = torch.tanh(xn + r * hn)  # torch's reset-after form: b_hn inside the product
-    h = (1 - z) * n + z * h
-    return h, (h,)
-
-
-# --------------------------------------------------------------------------------------
-# The table
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CellSpec:
-    id: str
-    make: Callable[..., nn.Module]                      # (I, H, *, bias, dtype) -> our cell
-    equations: Callable[[dict, Tensor, tuple], tuple]   # (params, x, state leaves) -> (y, leaves)
-    torch_make: Optional[Callable[..., nn.Module]] = None  # torch.nn's equivalent, same signature
-    gates: tuple[str, ...] = ()
-    out_size: int = H
-    kwargs_repr: str = ""  # what extra_repr adds for this row's options
-    extra_params: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.id
-
-
-SPECS = [
-    CellSpec("elman-tanh", lambda i, h, **kw: tc.ElmanCell(i, h, **kw), elman_equations("tanh"),
-             lambda i, h, **kw: nn.RNNCell(i, h, nonlinearity="tanh", **kw), gates=("h",)),
-    CellSpec("elman-relu", lambda i, h, **kw: tc.ElmanCell(i, h, nonlinearity="relu", **kw),
-             elman_equations("relu"), lambda i, h, **kw: nn.RNNCell(i, h, nonlinearity="relu", **kw),
-             gates=("h",), kwargs_repr="nonlinearity='relu'"),
-    CellSpec("lstm", lambda i, h, **kw: tc.LSTMCell(i, h, **kw), lstm_equations,
-             lambda i, h, **kw: nn.LSTMCell(i, h, **kw), gates=("i", "f", "g", "o")),
-    CellSpec("lstm-proj", lambda i, h, **kw: tc.LSTMCell(i, h, proj_size=P, **kw), lstm_equations,
-             None, gates=("i", "f", "g", "o"), out_size=P, kwargs_repr=f"proj_size={P}",
-             extra_params=("weight_hr",)),
-    CellSpec("gru", lambda i, h, **kw: tc.GRUCell(i, h, **kw), gru_equations,
-             lambda i, h, **kw: nn.GRUCell(i, h, **kw), gates=("r", "z", "n")),
-]
-TORCH_SPECS = [s for s in SPECS if s.torch_make is not None]
-spec_param = pytest.mark.parametrize("spec", SPECS, ids=str)
-torch_spec_param = pytest.mark.parametrize("spec", TORCH_SPECS, ids=str)
+spec_param = pytest.mark.parametrize("spec", TORCH_LAYOUT, ids=str)
+torch_spec_param = pytest.mark.parametrize("spec", TORCH_PARITY, ids=str)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +70,7 @@ def vjp_loss(outputs, cots) -> Tensor:
     return sum((o * g).sum() for o, g in zip(outputs, cots))
 
 
-def new_cell(spec: CellSpec, *, bias: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0):
+def new_cell(spec: CellRow, *, bias: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0):
     torch.manual_seed(seed)
     return spec.make(I, H, bias=bias, dtype=dtype)
 
@@ -219,9 +133,10 @@ def test_matches_equations(spec, bias, dtype, close):
     x_o, x_e = leaf_copies([x])[0], leaf_copies([x])[0]
     s_o, s_e = leaf_copies(leaves), leaf_copies(leaves)
     y_o, state_o = ours(x_o, pack_like(template, s_o))
-    y_e, state_e = spec.equations(params, x_e, tuple(s_e))
+    y_e, state_e = spec.reference(ours, params, x_e, s_e[0] if len(s_e) == 1 else tuple(s_e))
+    state_e = (state_e,) if isinstance(state_e, Tensor) else tuple(state_e)
 
-    assert y_o.shape == (B, spec.out_size)
+    assert y_o.shape == (B, spec.out(I, H))
     close(y_o, y_e, what="output")
     close(tuple(state_leaves(state_o)), state_e, what="state")
 
@@ -318,7 +233,7 @@ def test_projected_lstm_cell_same_seed_as_nn_lstm(bias):
 def test_parameter_layout(spec, bias):
     cell = new_cell(spec, bias=bias, dtype=torch.float32)
     g = len(spec.gates)
-    rec = spec.out_size
+    rec = spec.out(I, H)
     want = {"weight_ih": (g * H, I), "weight_hh": (g * H, rec)}
     if bias:
         want.update(bias_ih=(g * H,), bias_hh=(g * H,))
@@ -361,7 +276,7 @@ def test_init_state_is_zeros_of_the_right_shapes(spec, dtype):
     leaves = state_leaves(state)
     if spec.id.startswith("lstm"):
         assert isinstance(state, tc.LSTMState)
-        assert state.h.shape == (B, spec.out_size) and state.c.shape == (B, H)
+        assert state.h.shape == (B, spec.out(I, H)) and state.c.shape == (B, H)
     else:
         assert isinstance(state, Tensor) and state.shape == (B, H)
     for t in leaves:
@@ -381,7 +296,7 @@ def test_missing_state_means_zeros(spec, batched, close):
     y_zero, s_zero = cell(x, zeros)
     close(y_default, y_zero, what="output")
     close(tuple(state_leaves(s_default)), tuple(state_leaves(s_zero)), what="state")
-    assert y_default.shape == ((B, spec.out_size) if batched else (spec.out_size,))
+    assert y_default.shape == ((B, spec.out(I, H)) if batched else (spec.out(I, H),))
 
 
 @spec_param
@@ -472,7 +387,7 @@ def test_bad_input_names_the_cell_and_the_problem(spec, make_x, error, problem):
         cell(make_x())
 
 
-def _bad_states(spec: CellSpec):
+def _bad_states(spec: CellRow):
     """(description, make_state(cell, dtype), error, message regex) for a batch-B float32 input."""
     def like_init(transform):
         def make(cell):
@@ -493,7 +408,7 @@ def _bad_states(spec: CellSpec):
         pytest.param(like_init(lambda i, t: t.double()), TypeError, r"dtype", id="wrong-dtype"),
     ]
     if is_lstm:
-        cases.append(pytest.param(lambda cell: torch.zeros(B, spec.out_size), TypeError, r"should be a tuple \(h, c\)",
+        cases.append(pytest.param(lambda cell: torch.zeros(B, spec.out(I, H)), TypeError, r"should be a tuple \(h, c\)",
                                   id="tensor-for-lstm-state"))
     else:
         cases.append(pytest.param(lambda cell: (torch.zeros(B, H), torch.zeros(B, H)), TypeError, r"should be a tensor",
@@ -503,7 +418,7 @@ def _bad_states(spec: CellSpec):
 
 @pytest.mark.parametrize(
     "spec, make_state, error, problem",
-    [pytest.param(s, *case.values, id=f"{s.id}-{case.id}") for s in SPECS for case in _bad_states(s)],
+    [pytest.param(s, *case.values, id=f"{s.id}-{case.id}") for s in TORCH_LAYOUT for case in _bad_states(s)],
 )
 def test_bad_state_names_the_cell_and_the_problem(spec, make_state, error, problem):
     """A mismatched state is a named error, never a broadcast or a matmul shape error."""

@@ -16,9 +16,11 @@ TOL = {"atol": 1e-12, "rtol": 1e-10}
 T, B, I, H = 6, 5, 8, 6
 
 
-def loop(cell) -> tc.Recurrent:
-    """A layer on the reference loop: the same operations as the cell's own, so equal bit for bit."""
-    return tc.Recurrent(cell, engine="loop")
+@pytest.fixture
+def loop(reference_loop):
+    """``loop(cell, x, lengths=None)``: the outputs of the ``reference_loop`` fixture from the cell's
+    ``init_state``: the same operations as the cell's own, so equal bit for bit."""
+    return lambda cell, x, lengths=None: reference_loop(cell, x, cell.init_state(x.shape[1], dtype=DT), lengths)[0]
 
 
 def lstm(seed: int = 0, i: int = I, h: int = H) -> tc.LSTMCell:
@@ -57,11 +59,11 @@ def test_variational_output_mask_is_one_per_sequence_and_fresh_per_call():
     assert torch.equal(out3 == 0, zero)
 
 
-def test_variational_dropout_is_the_wrapped_cell_in_eval_and_expected_scale_in_training():
+def test_variational_dropout_is_the_wrapped_cell_in_eval_and_expected_scale_in_training(loop):
     inner = lstm()
     wrapped = tc.VariationalDropout(inner, 0.3).eval()
     x = torch.randn(T, B, I, dtype=DT)
-    assert torch.equal(loop(wrapped)(x)[0], loop(inner)(x)[0])
+    assert torch.equal(loop(wrapped, x), loop(inner, x))
     state = wrapped.train().init_state(20000, dtype=DT)
     torch.testing.assert_close(state.masks[0].mean(), torch.tensor(1.0, dtype=DT), atol=0.02, rtol=0)
 
@@ -83,7 +85,7 @@ def test_variational_dropout_on_a_conv_cell_drops_whole_channels():
 
 
 # ---------------------------------------------------------------- RecurrentDropout
-def test_recurrent_dropout_masks_the_h_fed_back_and_returns_it_unmasked():
+def test_recurrent_dropout_masks_the_h_fed_back_and_returns_it_unmasked(loop):
     torch.manual_seed(4)
     inner = lstm()
     cell = tc.RecurrentDropout(inner, 0.5)
@@ -100,7 +102,7 @@ def test_recurrent_dropout_masks_the_h_fed_back_and_returns_it_unmasked():
     torch.testing.assert_close(final.cell.c, c, **TOL)
     assert not (final.cell.h == 0).any()
     cell.eval()
-    assert torch.equal(loop(cell)(x)[0], loop(inner)(x)[0])
+    assert torch.equal(loop(cell, x), loop(inner, x))
 
 
 # ---------------------------------------------------------------- WeightDrop
@@ -120,7 +122,7 @@ def test_weight_drop_uses_one_mask_for_the_batch_and_every_step():
     assert torch.equal(cell.mask_weight_hh, mask), "a given state continues its sequence and its mask"
 
 
-def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_parameter():
+def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_parameter(reference_loop):
     torch.manual_seed(6)
     inner = lstm()
     before = inner.weight_hh.detach().clone()
@@ -134,7 +136,7 @@ def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_paramet
     assert not torch.equal(mask1, layer.cell.mask_weight_hh)
     assert not torch.allclose(out1, out2)
     zeros = layer.cell.cell.init_state(B, dtype=DT)  # the inner cell's: draws nothing
-    torch.testing.assert_close(out2, tc.Recurrent(layer.cell, engine="loop")(x, zeros)[0], **TOL)  # the new mask
+    torch.testing.assert_close(out2, reference_loop(layer.cell, x, zeros)[0], **TOL)  # the new mask
     assert torch.equal(inner.weight_hh, before) and isinstance(inner.weight_hh, torch.nn.Parameter)
     assert list(layer.state_dict()) == ["cell.cell." + k for k in inner.state_dict()]  # no mask saved
 
@@ -148,12 +150,12 @@ def test_weight_drop_gradient_is_zero_on_dropped_weights():
     assert torch.equal(g == 0, cell.mask_weight_hh == 0)
 
 
-def test_weight_drop_in_eval_and_with_p_zero_is_the_wrapped_cell():
+def test_weight_drop_in_eval_and_with_p_zero_is_the_wrapped_cell(loop):
     inner = lstm()
     x = torch.randn(T, B, I, dtype=DT)
-    want = loop(inner)(x)[0]
-    assert torch.equal(loop(tc.WeightDrop(inner, 0.5).eval())(x)[0], want)
-    assert torch.equal(loop(tc.WeightDrop(inner, 0.0))(x)[0], want)
+    want = loop(inner, x)
+    assert torch.equal(loop(tc.WeightDrop(inner, 0.5).eval(), x), want)
+    assert torch.equal(loop(tc.WeightDrop(inner, 0.0), x), want)
 
 
 def test_weight_drop_on_other_weights():
@@ -210,7 +212,7 @@ def test_stacked_cell_equals_a_stack_of_layers():
         torch.testing.assert_close(u, v, **TOL)
 
 
-def test_wrappers_compose_and_are_the_plain_cell_in_eval():
+def test_wrappers_compose_and_are_the_plain_cell_in_eval(loop):
     inner = lstm()
     cell = tc.VariationalDropout(tc.RecurrentDropout(tc.WeightDrop(inner, 0.3), 0.2), 0.1)
     x = torch.randn(T, B, I, dtype=DT)
@@ -220,7 +222,7 @@ def test_wrappers_compose_and_are_the_plain_cell_in_eval():
     for b, L in enumerate(lengths):
         assert torch.all(out[L:, b] == 0)
     cell.eval()
-    assert torch.equal(loop(cell)(x, lengths=lengths)[0], loop(inner)(x, lengths=lengths)[0])
+    assert torch.equal(loop(cell, x, lengths), loop(inner, x, lengths))
 
 
 def test_residual_adds_the_input():

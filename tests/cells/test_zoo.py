@@ -1,21 +1,21 @@
-"""The zoo's cells and wrappers, one row each: every row gets every check.
+"""Every cell and wrapper of the zoo, one row each in tests/cells/cell_table.py: every row gets every check.
 
-A :class:`ZooSpec` row gives the factory of a cell (or of a wrapper around one) and
-its step written out here from the paper's equations, independently of the library
-(through other torch functions where the library's code would be the obvious
-transcription: convolutions as ``unfold`` products, the sLSTM without its
-stabilizer, the surrogate spike as an ``autograd.Function``). Every row is checked:
+A row gives the factory of a cell (or of a wrapper around one) and its step written out
+from the paper's equations, independently of the library. Every row is checked:
 
 * one step equals the reference: outputs, states and gradients (float64);
 * ``gradcheck`` in float64 (the random cells and wrappers with a fixed seed inside);
 * ``Recurrent`` (forwards and reversed), ``Stack`` and ``Bidirectional`` with
-  lengths equal a hand loop over each sequence, with exact zeros at padded steps;
+  lengths equal the ``reference_loop`` fixture over each sequence, with exact zeros at
+  padded steps;
 * gradients reach every parameter through a layer with lengths, in training mode;
 * the fused engine equals the loop (lengths, reverse, every-step states, gradients)
   where the row's step has no random operation; where it has one, the layer falls
   back to the loop with a warning and ``engine="fused"`` is a named error;
 * eval mode is deterministic;
 * bad input, a bad state and a bad constructor argument get errors naming the cell.
+
+The rows in torch's form (Elman, LSTM, GRU) also get the checks of tests/cells/test_cells.py.
 """
 
 from __future__ import annotations
@@ -23,326 +23,27 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
 
-DT = torch.float64
+from cell_table import DT, IMAGE, ROWS, CellRow
+
 TOL = {"atol": 1e-10, "rtol": 1e-8}
 I, H, B, T = 3, 4, 4, 5
 LENGTHS = [3, 0, 5, 1]
-IMAGE = (3, 3)  # spatial size of the convolutional rows (channels: I in, H hidden)
-
-
-# --------------------------------------------------------------------------------------
-# References, written from the equations. ``p``: the cell's named parameters.
-# --------------------------------------------------------------------------------------
-def lin(x: Tensor, w: Tensor, b: Optional[Tensor] = None) -> Tensor:
-    out = x @ w.T
-    return out if b is None else out + b
-
-
-def rows_of(w: Optional[Tensor], k: int, n: int) -> Optional[Tensor]:
-    return None if w is None else w[k * n:(k + 1) * n]
-
-
-def lstm_ref(p: dict, x: Tensor, h: Tensor, c: Tensor, prefix: str = "", w_hh: Optional[Tensor] = None):
-    """Plain LSTM (torch's gate order i, f, g, o), optionally with another ``W_hh``."""
-    w_ih, b_ih, b_hh = p[prefix + "weight_ih"], p[prefix + "bias_ih"], p[prefix + "bias_hh"]
-    w_hh = p[prefix + "weight_hh"] if w_hh is None else w_hh
-    n = w_hh.shape[1]
-
-    def gate(k):
-        return lin(x, rows_of(w_ih, k, n), rows_of(b_ih, k, n)) + lin(h, rows_of(w_hh, k, n), rows_of(b_hh, k, n))
-    i, f, g, o = torch.sigmoid(gate(0)), torch.sigmoid(gate(1)), torch.tanh(gate(2)), torch.sigmoid(gate(3))
-    c = f * c + i * g
-    return o * torch.tanh(c), c
-
-
-def gru_ref(p: dict, x: Tensor, h: Tensor, prefix: str = "", reset_after: bool = True) -> Tensor:
-    w_ih, w_hh, b_ih, b_hh = (p[prefix + n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-    n = w_hh.shape[1]
-    def gate(k):
-        return lin(x, rows_of(w_ih, k, n), rows_of(b_ih, k, n)) + lin(h, rows_of(w_hh, k, n), rows_of(b_hh, k, n))
-    r, z = torch.sigmoid(gate(0)), torch.sigmoid(gate(1))
-    if reset_after:
-        cand = torch.tanh(lin(x, rows_of(w_ih, 2, n), rows_of(b_ih, 2, n))
-                          + r * lin(h, rows_of(w_hh, 2, n), rows_of(b_hh, 2, n)))
-    else:
-        cand = torch.tanh(lin(x, rows_of(w_ih, 2, n), rows_of(b_ih, 2, n))
-                          + lin(r * h, rows_of(w_hh, 2, n), rows_of(b_hh, 2, n)))
-    return (1 - z) * cand + z * h
-
-
-def ref_lstm_variant(cell, p, x, state):
-    """Peepholes (Gers & Schmidhuber 2000) and/or coupled gate (Greff et al. 2017)."""
-    h, c = state
-    n = cell.hidden_size
-    names = ("f", "g", "o") if cell.coupled else ("i", "f", "g", "o")
-    pre = {g: lin(x, rows_of(p["weight_ih"], k, n), rows_of(p["bias_ih"], k, n))
-           + lin(h, rows_of(p["weight_hh"], k, n), rows_of(p["bias_hh"], k, n)) for k, g in enumerate(names)}
-    peep = cell.peepholes
-    f = torch.sigmoid(pre["f"] + (p["weight_cf"] * c if peep else 0))
-    i = 1 - f if cell.coupled else torch.sigmoid(pre["i"] + (p["weight_ci"] * c if peep else 0))
-    c_new = f * c + i * torch.tanh(pre["g"])
-    o = torch.sigmoid(pre["o"] + (p["weight_co"] * c_new if peep else 0))
-    h = o * torch.tanh(c_new)
-    return h, (h, c_new)
-
-
-def ref_gru_before(cell, p, x, state):
-    h = gru_ref(p, x, state, reset_after=False)
-    return h, h
-
-
-def ref_mgu(cell, p, x, h):
-    n = cell.hidden_size
-    f = torch.sigmoid(lin(x, p["weight_ih"][:n], p["bias_ih"][:n]) + lin(h, p["weight_hh"][:n], p["bias_hh"][:n]))
-    cand = torch.tanh(lin(x, p["weight_ih"][n:], p["bias_ih"][n:]) + lin(f * h, p["weight_hh"][n:], p["bias_hh"][n:]))
-    h = (1 - f) * h + f * cand
-    return h, h
-
-
-def layer_norm(v: Tensor, gain: Tensor, shift: Tensor, eps: float = 1e-5) -> Tensor:
-    mean = v.mean(-1, keepdim=True)
-    var = ((v - mean) ** 2).mean(-1, keepdim=True)  # biased, as Ba et al.
-    return gain * (v - mean) / torch.sqrt(var + eps) + shift
-
-
-def ref_ln_lstm(cell, p, x, state):
-    h, c = state
-    pre = (layer_norm(x @ p["weight_ih"].T, p["norm_ih.weight"], p["norm_ih.bias"])
-           + layer_norm(h @ p["weight_hh"].T, p["norm_hh.weight"], p["norm_hh.bias"]))
-    n = cell.hidden_size
-    i, f, g, o = (pre[:, k * n:(k + 1) * n] for k in range(4))
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(layer_norm(c, p["norm_c.weight"], p["norm_c.bias"]))
-    return h, (h, c)
-
-
-def ref_ln_gru(cell, p, x, h):
-    a = layer_norm(x @ p["weight_ih"].T, p["norm_ih.weight"], p["norm_ih.bias"])
-    b = layer_norm(h @ p["weight_hh"].T, p["norm_hh.weight"], p["norm_hh.bias"])
-    n = cell.hidden_size
-    r = torch.sigmoid(a[:, :n] + b[:, :n])
-    z = torch.sigmoid(a[:, n:2 * n] + b[:, n:2 * n])
-    cand = torch.tanh(a[:, 2 * n:] + r * b[:, 2 * n:])
-    h = (1 - z) * cand + z * h
-    return h, h
-
-
-def ref_indrnn(cell, p, x, h):
-    h = torch.relu(lin(x, p["weight_ih"], p["bias_ih"]) + p["weight_hh"] * h)
-    return h, h
-
-
-def ref_slstm(cell, p, x, state):
-    """The paper's unstabilized sLSTM on ``c·e^m``, ``n·e^m``; ``m`` by its definition."""
-    h, c, n, m = state
-    pre = lin(x, p["weight_ih"], p["bias"]) + h @ p["weight_hh"].T
-    k = cell.hidden_size
-    i_pre, f_pre, z_pre, o_pre = (pre[:, j * k:(j + 1) * k] for j in range(4))
-    i, f = torch.exp(i_pre), torch.sigmoid(f_pre)
-    c_raw = f * (c * torch.exp(m)) + i * torch.tanh(z_pre)
-    n_raw = f * (n * torch.exp(m)) + i
-    h = torch.sigmoid(o_pre) * c_raw / n_raw
-    m_new = torch.maximum(torch.log(f) + m, i_pre)
-    return h, (h, c_raw * torch.exp(-m_new), n_raw * torch.exp(-m_new), m_new)
-
-
-class SurrogateSpike(torch.autograd.Function):
-    """Heaviside forwards; fast-sigmoid derivative ``1/(1 + 5|u|)²`` backwards."""
-
-    @staticmethod
-    def forward(ctx, u):
-        ctx.save_for_backward(u)
-        return (u > 0).to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (u,) = ctx.saved_tensors
-        return grad / (1 + 5.0 * u.abs()) ** 2
-
-
-def ref_lif(cell, p, x, v):
-    beta = 1 / (1 + torch.exp(-p["leak"]))
-    fired = (v > 1.0).to(v.dtype)
-    v = beta * v + lin(x, p["weight_ih"], p["bias_ih"]) - fired
-    return SurrogateSpike.apply(v - 1.0), v
-
-
-def ref_neuron(cell, p, x, state):
-    return torch.tanh(lin(x, p["weight"], p["bias"])), ()
-
-
-def ref_identity(cell, p, x, state):
-    return x, ()
-
-
-def ref_gaussian(cell, p, x, total):
-    """Eval mode: the mean; KL from torch.distributions."""
-    out = lin(x, p["weight"], p["bias"])
-    n = cell.hidden_size
-    mean, logvar = out[:, :n], out[:, n:]
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, torch.exp(0.5 * logvar)),
-                                           torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean)))
-    return mean, total + kl.sum(-1)
-
-
-def ref_kernel(cell, p, x, window):
-    full = torch.cat([window, x.unsqueeze(-1)], -1)
-    return F.conv1d(full, p["weight"], p["bias"])[:, :, 0], full[:, :, 1:]
-
-
-def ref_pool(cell, p, x, window):
-    full = torch.cat([window, x.unsqueeze(-1)], -1)
-    return F.max_pool1d(full, cell.kernel_size)[:, :, 0], full[:, :, 1:]
-
-
-def conv_same(v: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    """A 'same' 2-D convolution as a product with unfolded patches."""
-    k = w.shape[-1]
-    patches = F.unfold(v, k, padding=k // 2)                       # (B, C·k·k, pixels)
-    out = (w.flatten(1) @ patches).reshape(v.shape[0], w.shape[0], *v.shape[-2:])
-    return out if b is None else out + b.reshape(1, -1, 1, 1)
-
-
-def ref_conv_lstm(cell, p, x, state):
-    h, c = state
-    gates = conv_same(x, p["weight_ih"], p["bias_ih"]) + conv_same(h, p["weight_hh"], p["bias_hh"])
-    n = cell.hidden_size
-    i, f, g, o = (gates[:, k * n:(k + 1) * n] for k in range(4))
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, (h, c)
-
-
-def ref_conv_gru(cell, p, x, h):
-    n = cell.hidden_size
-    a = conv_same(x, p["weight_ih"], p["bias_ih"])
-    r = torch.sigmoid(a[:, :n] + conv_same(h, p["weight_hh"][:n], p["bias_hh"][:n]))
-    z = torch.sigmoid(a[:, n:2 * n] + conv_same(h, p["weight_hh"][n:2 * n], p["bias_hh"][n:2 * n]))
-    cand = torch.tanh(a[:, 2 * n:] + conv_same(r * h, p["weight_hh"][2 * n:], p["bias_hh"][2 * n:]))
-    h = (1 - z) * cand + z * h
-    return h, h
-
-
-def ref_variational(cell, p, x, state):
-    (h, c), (m_in, m_out) = state
-    h, c = lstm_ref(p, x * m_in, h, c, "cell.")
-    return h * m_out, ((h, c), (m_in, m_out))
-
-
-def ref_recurrent_dropout(cell, p, x, state):
-    (h, c), (m_h,) = state
-    h, c = lstm_ref(p, x, h * m_h, c, "cell.")
-    return h, ((h, c), (m_h,))
-
-
-def ref_weight_drop(cell, p, x, state):
-    h, c = state
-    h, c = lstm_ref(p, x, h, c, "cell.", w_hh=p["cell.weight_hh"] * cell.mask_weight_hh)
-    return h, (h, c)
-
-
-def ref_zoneout_eval(cell, p, x, state):
-    h, c = state
-    h_new, c_new = lstm_ref(p, x, h, c, "cell.")
-    h = cell.p_h * h + (1 - cell.p_h) * h_new
-    return h, (h, cell.p_c * c + (1 - cell.p_c) * c_new)
-
-
-def ref_residual(cell, p, x, h):
-    h = gru_ref(p, x, h, "cell.")
-    return x + h, h
-
-
-def ref_stacked(cell, p, x, state):
-    h1 = gru_ref(p, x, state[0], "cells.0.")
-    h2, c2 = lstm_ref(p, h1, state[1][0], state[1][1], "cells.1.")
-    return h2, (h1, (h2, c2))
-
-
-# --------------------------------------------------------------------------------------
-# The table
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ZooSpec:
-    id: str
-    make: Callable[[int, int], nn.Module]          # (input size, hidden size) -> cell
-    reference: Callable[..., tuple]                # (cell, params, x, state) -> (y, state as nested tuples)
-    random: bool = False       # draws random numbers inside a training step (loop only in training)
-    image: bool = False        # steps are (C, height, width) maps
-    same_size: bool = False    # output size = input size
-    spike: bool = False        # the output is a step function: gradcheck the state only
-    state: Optional[Callable[[nn.Module, int, Any], Any]] = None  # (cell, batch, gen) -> initial state
-
-    def __str__(self) -> str:
-        return self.id
-
-    def out(self, i: int, h: int) -> int:
-        return i if self.same_size else h
-
-
-def slstm_state(cell, batch, gen):
-    """A reachable sLSTM state: normalizer positive, stabilizer at most 0."""
-    h, c, n, m = (torch.randn(batch, cell.hidden_size, dtype=DT, generator=gen) for _ in range(4))
-    return tc.SLSTMState(h.tanh() * 0.5, c, n.abs() + 0.5, -m.abs())
-
-
-def drawn_state(cell, batch, gen):
-    """The wrapper's own init_state in training mode (masks drawn), with a random cell state."""
-    cell.train()
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    state = cell.init_state(batch, dtype=DT)
-    inner = map_state(lambda s: torch.randn(s.shape, dtype=DT, generator=gen), state.cell)
-    return tc.MaskedState(inner, state.masks)
-
-
-SPECS = [
-    ZooSpec("lstm-peephole", lambda i, h: tc.LSTMCell(i, h, peepholes=True), ref_lstm_variant),
-    ZooSpec("lstm-cifg", lambda i, h: tc.LSTMCell(i, h, coupled=True), ref_lstm_variant),
-    ZooSpec("lstm-cifg-peephole", lambda i, h: tc.LSTMCell(i, h, coupled=True, peepholes=True, forget_bias=1.0),
-            ref_lstm_variant),
-    ZooSpec("gru-reset-before", lambda i, h: tc.GRUCell(i, h, reset_after=False), ref_gru_before),
-    ZooSpec("mgu", tc.MGUCell, ref_mgu),
-    ZooSpec("ln-lstm", tc.LayerNormLSTMCell, ref_ln_lstm),
-    ZooSpec("ln-gru", tc.LayerNormGRUCell, ref_ln_gru),
-    ZooSpec("indrnn", tc.IndRNNCell, ref_indrnn),
-    ZooSpec("slstm", tc.SLSTMCell, ref_slstm, state=slstm_state),
-    ZooSpec("lif", tc.LIFCell, ref_lif, spike=True),
-    ZooSpec("neuron", tc.Neuron, ref_neuron),
-    ZooSpec("noisy-input", lambda i, h: tc.NoisyInput(i, std=0.3), ref_identity, random=True, same_size=True),
-    ZooSpec("gaussian", tc.GaussianCell, ref_gaussian, random=True),
-    ZooSpec("kernel", lambda i, h: tc.KernelCell(i, h, kernel_size=3), ref_kernel),
-    ZooSpec("pool", lambda i, h: tc.PoolCell(i, kernel_size=3), ref_pool, same_size=True),
-    ZooSpec("conv-lstm", lambda i, h: tc.ConvLSTMCell(i, h, kernel_size=3, spatial_size=IMAGE), ref_conv_lstm,
-            image=True),
-    ZooSpec("conv-gru", lambda i, h: tc.ConvGRUCell(i, h, kernel_size=3, spatial_size=IMAGE), ref_conv_gru,
-            image=True),
-    ZooSpec("variational-dropout", lambda i, h: tc.VariationalDropout(tc.LSTMCell(i, h), (0.3, 0.4)),
-            ref_variational, state=drawn_state),
-    ZooSpec("recurrent-dropout", lambda i, h: tc.RecurrentDropout(tc.LSTMCell(i, h), 0.4), ref_recurrent_dropout,
-            state=drawn_state),
-    ZooSpec("weight-drop", lambda i, h: tc.WeightDrop(tc.LSTMCell(i, h), 0.4), ref_weight_drop),
-    ZooSpec("zoneout", lambda i, h: tc.Zoneout(tc.LSTMCell(i, h), (0.3, 0.2)), ref_zoneout_eval, random=True),
-    ZooSpec("residual", lambda i, h: tc.Residual(tc.GRUCell(i, i)), ref_residual, same_size=True),
-    ZooSpec("stacked", lambda i, h: tc.StackedCell([tc.GRUCell(i, h), tc.LSTMCell(h, h)]), ref_stacked),
-]
-spec_param = pytest.mark.parametrize("spec", SPECS, ids=str)
+spec_param = pytest.mark.parametrize("spec", ROWS, ids=str)
 
 
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-def new_cell(spec: ZooSpec, i: int = I, h: int = H, seed: int = 0, train: bool = True) -> nn.Module:
+def new_cell(spec: CellRow, i: int = I, h: int = H, seed: int = 0, train: bool = True) -> nn.Module:
     torch.manual_seed(seed)
     cell = spec.make(i, h).to(DT)
     with torch.no_grad():  # move gains/leaks off their tidy initial values
@@ -357,15 +58,15 @@ def new_cell(spec: ZooSpec, i: int = I, h: int = H, seed: int = 0, train: bool =
     return cell
 
 
-def step_shape(spec: ZooSpec, i: int = I) -> tuple[int, ...]:
+def step_shape(spec: CellRow, i: int = I) -> tuple[int, ...]:
     return (i, *IMAGE) if spec.image else (i,)
 
 
-def random_input(spec: ZooSpec, *lead: int, gen: torch.Generator, i: int = I) -> Tensor:
+def random_input(spec: CellRow, *lead: int, gen: torch.Generator, i: int = I) -> Tensor:
     return torch.randn(*lead, *step_shape(spec, i), dtype=DT, generator=gen)
 
 
-def initial_state(spec: ZooSpec, cell: nn.Module, batch: int, gen: torch.Generator) -> Any:
+def initial_state(spec: CellRow, cell: nn.Module, batch: int, gen: torch.Generator) -> Any:
     if spec.state is not None:
         return spec.state(cell, batch, gen)
     return map_state(lambda s: torch.randn(s.shape, dtype=DT, generator=gen), cell.init_state(batch, dtype=DT))
@@ -388,29 +89,6 @@ def assert_close(actual: Any, expected: Any, what: str = "", tol: Optional[dict]
 
 def rows(state: Any, b: int) -> Any:
     return map_state(lambda s: s[b:b + 1], state)
-
-
-def cat_rows(parts: list) -> Any:
-    return map_state(lambda *xs: torch.cat(xs), parts[0], *parts[1:])
-
-
-def hand_loop(cell, x: Tensor, state: Any, lengths: list[int], reverse: bool = False):
-    """One sequence at a time, one step at a time; time-major. ``(outputs, final_state)``."""
-    outs, finals = [], []
-    for b, L in enumerate(lengths):
-        s = rows(state, b)
-        xb = x[:L, b:b + 1].flip(0) if reverse else x[:L, b:b + 1]
-        ys = []
-        for t in range(L):
-            y, s = cell(xb[t], s)
-            ys.append(y[0])
-        if reverse:
-            ys = ys[::-1]
-        y_shape = cell(x[0, :1], rows(state, b))[0].shape[1:]
-        ys += [x.new_zeros(y_shape)] * (x.shape[0] - L)
-        outs.append(torch.stack(ys))
-        finals.append(s)
-    return torch.stack(outs, 1), cat_rows(finals)
 
 
 # --------------------------------------------------------------------------------------
@@ -488,7 +166,7 @@ def test_gradcheck(spec):
 # --------------------------------------------------------------------------------------
 @spec_param
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_recurrent_with_lengths_equals_hand_loop(spec, reverse):
+def test_recurrent_with_lengths_equals_hand_loop(spec, reverse, reference_loop):
     gen = torch.Generator().manual_seed(2)
     cell = new_cell(spec, train=not spec.random)
     x = random_input(spec, T, B, gen=gen)
@@ -497,7 +175,7 @@ def test_recurrent_with_lengths_equals_hand_loop(spec, reverse):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a fallback warning is tested below
         out, final = tc.Recurrent(cell, reverse=reverse)(x, state, lengths=LENGTHS)
-    want, want_final = hand_loop(cell, x, state, LENGTHS, reverse)
+    want, want_final = reference_loop(cell, x, state, LENGTHS, reverse=reverse)
     for b, L in enumerate(LENGTHS):
         assert torch.all(out[L:, b] == 0), "padded outputs are exactly zero"
     assert_close(out, want, "outputs")
@@ -506,7 +184,7 @@ def test_recurrent_with_lengths_equals_hand_loop(spec, reverse):
 
 
 @spec_param
-def test_stack_and_bidirectional_with_lengths(spec):
+def test_stack_and_bidirectional_with_lengths(spec, reference_loop):
     gen = torch.Generator().manual_seed(3)
     first = new_cell(spec, train=not spec.random)
     mid = spec.out(I, H)
@@ -517,8 +195,8 @@ def test_stack_and_bidirectional_with_lengths(spec):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out, (s1, s2) = net(x, init, lengths=LENGTHS)
-    h1, w1 = hand_loop(first, x, init[0], LENGTHS)
-    h2, w2 = hand_loop(second, h1, init[1], LENGTHS, reverse=True)
+    h1, w1 = reference_loop(first, x, init[0], LENGTHS)
+    h2, w2 = reference_loop(second, h1, init[1], LENGTHS, reverse=True)
     assert_close(out, h2, "stack outputs")
     assert_close((s1, s2), (w1, w2), "stack final states")
     for b, L in enumerate(LENGTHS):
@@ -529,8 +207,8 @@ def test_stack_and_bidirectional_with_lengths(spec):
         bi = tc.Bidirectional(tc.Recurrent(first), merge="sum" if spec.image else "concat")
         init = bi.init_state(B, dtype=DT)
         out, (fwd, bwd) = bi(x, init, lengths=LENGTHS)
-    f_out, f_final = hand_loop(bi.forward_layer.cell, x, init.forward, LENGTHS)
-    b_out, b_final = hand_loop(bi.backward_layer.cell, x, init.backward, LENGTHS, reverse=True)
+    f_out, f_final = reference_loop(bi.forward_layer.cell, x, init.forward, LENGTHS)
+    b_out, b_final = reference_loop(bi.backward_layer.cell, x, init.backward, LENGTHS, reverse=True)
     merged = f_out + b_out if spec.image else torch.cat([f_out, b_out], -1)
     assert_close(out, merged, "bidirectional outputs")
     assert_close((fwd, bwd), (f_final, b_final), "bidirectional final states")
@@ -607,7 +285,7 @@ def _in_graph(node: Any, name: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.random], ids=str)
+@pytest.mark.parametrize("spec", [s for s in ROWS if s.random], ids=str)
 def test_random_steps_fall_back_to_the_loop_in_training(spec):
     cell = new_cell(spec)
     x = random_input(spec, T, B, gen=torch.Generator().manual_seed(0))
@@ -687,9 +365,9 @@ def test_unbatched_step_is_one_row_of_a_batch(spec):
 
 
 def test_every_zoo_class_has_a_row():
-    """A new zoo class without a row here fails (the torch-form cells are in test_cells.py)."""
-    covered = {type(new_cell(s)).__name__ for s in SPECS}
-    covered |= {"LSTMCell", "GRUCell", "ElmanCell", "MinGRUCell", "MinLSTMCell"}
+    """A new zoo class without a row in the table fails (minGRU and minLSTM are in test_minimal.py)."""
+    covered = {type(new_cell(s)).__name__ for s in ROWS}
+    covered |= {"MinGRUCell", "MinLSTMCell"}
     exported = {n for n in tc.cells.__all__ if n.endswith("Cell") or n in (
         "Neuron", "NoisyInput", "Zoneout", "VariationalDropout", "RecurrentDropout", "WeightDrop", "Residual")}
     assert exported <= covered, exported - covered

@@ -1,4 +1,4 @@
-"""What each zoo cell promises beyond the shared table (test_zoo.py): torch.nn parity where
+"""What each zoo cell promises beyond the shared table (cell_table.py, checked in test_zoo.py): torch.nn parity where
 torch has the same function, and each cell's own properties (the sLSTM's bounded output,
 spikes and their surrogate gradient, the Gaussian's moments and KL, the options of
 LSTMCell and GRUCell)."""

@@ -6,7 +6,7 @@ import torch
 
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
-from torchcells.bench import UserLSTMCell
+from fixture_cells import UserLSTMCell
 
 T, B, I, H = 11, 4, 3, 5
 CELLS = {"user-lstm": lambda: UserLSTMCell(I, H), "gru": lambda: tc.GRUCell(I, H),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import torchcells as tc
-from torchcells.bench import UserLSTMCell
+from fixture_cells import UserLSTMCell
 from torchcells.cell import map_state, state_leaves
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -16,7 +16,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import torchcells as tc
-from torchcells.bench import UserLSTMCell
+from fixture_cells import UserLSTMCell
 from torchcells.engine.derive import fused_program
 from torchcells.engine.native import available, library, notice
 from torchcells.engine.native.plan import plan_graph

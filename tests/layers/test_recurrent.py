@@ -1,14 +1,14 @@
 """``Recurrent(cell)`` equals a hand-written loop over the cell.
 
-The reference below is written independently of ``torchcells.engine``: a Python
-``for`` loop calling ``cell(x[t], state)``, one sequence at a time, on
-``x[:L_b, b:b+1]`` (flipped for ``reverse``). Every check is table-driven over
-``CELLS``, so a new cell is one more row.
+The reference is the ``reference_loop`` fixture (tests/conftest.py), written independently
+of ``torchcells.engine``: a Python ``for`` loop calling ``cell(x[t], state)``, one sequence
+at a time, on ``x[:L_b, b:b+1]`` (last step first for ``reverse``). Every check is
+table-driven over ``CELLS``, so a new cell is one more row.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import pytest
 import torch
@@ -92,39 +92,6 @@ def random_state(cell: Cell, batch: int) -> Any:
     return tmap(lambda z: torch.randn_like(z), cell.init_state(batch, dtype=DT))
 
 
-# ---------------------------------------------------------------- the reference loop
-def reference(cell: Cell, x: Tensor, state: Any, lengths: Optional[list[int]] = None,
-              reverse: bool = False):
-    """Time-major ``x`` ``(T, B, I)``, state ``(B, ...)`` -> outputs ``(T, B, O)``,
-    final state, every-step states ``(T, B, ...)`` (zero at padded steps)."""
-    steps, batch = x.shape[:2]
-    lens = [steps] * batch if lengths is None else [int(v) for v in lengths]
-    with torch.no_grad():
-        y0, s0 = cell(x.new_zeros(1, *x.shape[2:]), tmap(lambda s: s[:1], state))
-    outs, finals, hists = [], [], []
-    for b in range(batch):
-        L = lens[b]
-        s = tmap(lambda v: v[b:b + 1], state)
-        xb = x[:L, b:b + 1]
-        if reverse:
-            xb = xb.flip(0)
-        ys, hs = [], []
-        for t in range(L):
-            y, s = cell(xb[t], s)
-            ys.append(y)
-            hs.append(s)
-        if reverse:
-            ys.reverse()
-            hs.reverse()
-        ys += [torch.zeros_like(y0)] * (steps - L)
-        hs += [tmap(torch.zeros_like, s0)] * (steps - L)
-        outs.append(torch.stack(ys))
-        finals.append(s)
-        hists.append(tmap(lambda *ts: torch.stack(ts), hs[0], *hs[1:]))
-    return (torch.cat(outs, 1), tmap(lambda *ts: torch.cat(ts, 0), finals[0], *finals[1:]),
-            tmap(lambda *ts: torch.cat(ts, 1), hists[0], *hists[1:]))
-
-
 def grads(result: Any, weights: list[Tensor], wrt: list[Tensor]) -> list[Tensor]:
     outs = leaves(result)
     assert len(outs) == len(weights)
@@ -140,7 +107,8 @@ def grads(result: Any, weights: list[Tensor], wrt: list[Tensor]) -> list[Tensor]
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
 @pytest.mark.parametrize("all_states", [False, True], ids=["final", "all-states"])
-def test_recurrent_equals_hand_loop(make_cell, reverse, lengths, with_state, batch_first, all_states):
+def test_recurrent_equals_hand_loop(make_cell, reverse, lengths, with_state, batch_first, all_states,
+                                    reference_loop):
     cell = make(make_cell)
     layer = Recurrent(cell, batch_first=batch_first, reverse=reverse)
     x_tm = torch.randn(T, B, I, dtype=DT)
@@ -161,7 +129,7 @@ def test_recurrent_equals_hand_loop(make_cell, reverse, lengths, with_state, bat
 
     x_ref = x.transpose(0, 1) if batch_first else x
     s_ref = state if with_state else cell.init_state(B, dtype=DT)
-    ref_out, ref_final, ref_states = reference(cell, x_ref, s_ref, lengths, reverse)
+    ref_out, ref_final, ref_states = reference_loop(cell, x_ref, s_ref, lengths, reverse=reverse, all_states=True)
     want = [ref_out, ref_final] + ([ref_states] if all_states else [])
 
     assert_close(got_tm[0], want[0], "outputs")
@@ -277,7 +245,7 @@ def test_lengths_forms_agree_and_full_lengths_equal_no_lengths(make_cell):
 @pytest.mark.parametrize("make_cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
-def test_unbatched_input_and_state(make_cell, reverse, with_state):
+def test_unbatched_input_and_state(make_cell, reverse, with_state, reference_loop):
     cell = make(make_cell)
     layer = Recurrent(cell, reverse=reverse)
     x = torch.randn(T, I, dtype=DT, requires_grad=True)
@@ -286,7 +254,7 @@ def test_unbatched_input_and_state(make_cell, reverse, with_state):
 
     out, final, states = layer(x, state, all_states=True)
     s_ref = tmap(lambda s: s.unsqueeze(0), state) if with_state else cell.init_state(1, dtype=DT)
-    ref_out, ref_final, ref_states = reference(cell, x.unsqueeze(1), s_ref, None, reverse)
+    ref_out, ref_final, ref_states = reference_loop(cell, x.unsqueeze(1), s_ref, reverse=reverse, all_states=True)
     ref_out, ref_final = ref_out.squeeze(1), tmap(lambda s: s.squeeze(0), ref_final)
     ref_states = tmap(lambda s: s.squeeze(1), ref_states)
 

@@ -1,9 +1,10 @@
-"""The main job: digits read row by row."""
+"""The main job: digits read row by row (the data, and the task `torchcells demo` trains)."""
 
 import pytest
 import torch
 
-from torchcells.tasks.digits import load_digit_sequences, train_digits
+from torchcells.tasks import TaskError, resolve_config, train
+from torchcells.tasks.digits import load_digit_sequences
 
 
 def test_digit_sequences_are_rows_of_images():
@@ -16,19 +17,19 @@ def test_digit_sequences_are_rows_of_images():
 
 
 def test_unknown_cell_is_a_clear_error():
-    with pytest.raises(ValueError, match="cell should be one of"):
-        train_digits(cell="transformer", epochs=1, progress=False)
+    with pytest.raises(TaskError, match="unknown cell 'transformer'; choose one of"):
+        resolve_config("digits", "transformer", epochs=1)
 
 
 def test_two_epochs_learn_something():
     # 10 classes: chance is 0.1; two short epochs already reach well above it.
-    result = train_digits(cell="gru", hidden=32, epochs=2, progress=False)
-    assert result.accuracy > 0.5
-    assert result.losses[1] < result.losses[0]
+    result = train(resolve_config("digits", "gru", hidden=32, epochs=2), progress=False, plot=False)
+    assert result.metric > 0.5
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_demo_reaches_095(cell):
-    result = train_digits(cell=cell, progress=False)
-    assert result.accuracy >= 0.95, result.accuracy
+    result = train(resolve_config("digits", cell), progress=False, plot=False)    # the demo's settings
+    assert result.metric >= 0.95, result.metric

@@ -164,7 +164,8 @@ class SequenceModel(nn.Module):
 
 
 class Task:
-    """A dataset and what to learn from it. Subclasses set the class attributes and three methods.
+    """A dataset and what to learn from it. Subclasses set the class attributes and define
+    ``load``, ``build``, ``sums`` and ``baseline``; ``example`` and ``extra_report`` have defaults.
 
     ``metric`` is what the held-out evaluation reports (``higher_is_better`` says which way
     is good); ``defaults`` the training options used when the command line gives none.
@@ -176,7 +177,6 @@ class Task:
     higher_is_better: bool = True
     sequence: str = "sequence"                 # what one example is called in the summary
     defaults: dict[str, Any] = {}
-    allows_bidirectional: bool = True
 
     def load(self, seed: int) -> tuple[Split, Split]:
         """``(train, held_out)``, the same for the same ``seed``; raises :class:`TaskError` when missing."""
@@ -198,6 +198,10 @@ class Task:
         """One example as a batch of one ``(x, lengths)``, for the anatomy summary."""
         one = split.take(torch.tensor([0]))
         return one.inputs, one.lengths
+
+    def extra_report(self, model: SequenceModel, *, seed: int) -> list[str]:
+        """Lines this task adds to the closing summary of a run (none by default)."""
+        return []
 
 
 def classification_sums(logits: Tensor, targets: Tensor) -> Sums:

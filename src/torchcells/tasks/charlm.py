@@ -67,7 +67,6 @@ class CharLM(Task):
     higher_is_better = False
     sequence = "window"
     defaults = {"hidden": 128, "epochs": 5, "lr": 3e-3, "batch_size": 32}
-    allows_bidirectional = False
 
     def load(self, seed: int) -> tuple[Split, Split]:
         text = load_text()
@@ -93,6 +92,11 @@ class CharLM(Task):
         counts = torch.bincount(train.targets.flatten(), minlength=len(self._vocabulary())).double() + 1
         bits = -torch.log2(counts / counts.sum())
         return "character frequencies only", bits[held_out.targets.flatten()].mean().item()
+
+    def extra_report(self, model: SequenceModel, *, seed: int) -> list[str]:
+        """160 characters sampled from the trained model after the prompt ``"The "`` (temperature 0.8)."""
+        text = sample(model, self._vocabulary(), "The ", 160, generator=torch.Generator().manual_seed(seed))
+        return ["", "a sample from the model (prompt 'The ', temperature 0.8):", text]
 
     def _vocabulary(self) -> Vocabulary:
         if not hasattr(self, "vocabulary"):

@@ -17,7 +17,3 @@ def get_task(name: str) -> Task:
         raise TaskError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]()
 
-
-def describe_tasks() -> str:
-    """One line per task: name, metric, description."""
-    return "\n".join(f"  {t.name:<9} {t.metric:<10} {t.description}" for t in TASKS.values())

@@ -38,11 +38,7 @@ def summary(result: TrainResult, *, anatomy: bool = True) -> str:
              f"{'es' if result.world_size > 1 else ''}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} each"]
     if result.written:
         lines.append("written: " + ", ".join(str(p) for p in result.written))
-    if task.name == "charlm":
-        from .charlm import sample
-        generator = torch.Generator().manual_seed(c.seed)
-        text = sample(result.model, task.vocabulary, "The ", 160, generator=generator)  # type: ignore[attr-defined]
-        lines += ["", "a sample from the model (prompt 'The ', temperature 0.8):", text]
+    lines += task.extra_report(result.model, seed=c.seed)
     if anatomy:
         lines += ["", "The trained model's cells:", anatomy_text(result)]
     return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""Cells written for the tests, as a user would write them (not imported from the package).
+
+``from fixture_cells import UserLSTMCell`` works from every test folder (tests/conftest.py
+puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchcells import Cell, LSTMState
+
+
+class UserLSTMCell(Cell):
+    """An LSTM cell as a user would write it: two ``nn.Linear`` (gate rows i, f, g, o) and the equations.
+
+    ``c_t = σ(f) ⊙ c_{t−1} + σ(i) ⊙ tanh(g)``, ``h_t = σ(o) ⊙ tanh(c_t)``, with
+    ``[i, f, g, o] = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh``; the state is ``LSTMState(h, c)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.ih = nn.Linear(input_size, 4 * hidden_size)
+        self.hh = nn.Linear(hidden_size, 4 * hidden_size)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+        return LSTMState(zeros, zeros)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, LSTMState(h, c)
