@@ -358,3 +358,60 @@ def test_a_cell_that_ignores_its_input(runtime):
         results.append([out, final, *[p.grad.clone() for p in cell.parameters()]])
     for g, w in zip(*results[::-1]):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
+
+
+def test_an_executor_is_one_registration_and_runs_inside_the_shared_autograd_node():
+    """A registered executor (here: the Python one under another name, taking CPU float64 only) is
+    chosen ahead of the fallbacks where it accepts, and its forward/backward run in the shared node."""
+    from torchcells.engine import executors
+    from torchcells.engine.executors.python import PythonExecutor
+
+    class _RecordingSequence(executors.SequenceNode):
+        pass
+
+    class Recording(PythonExecutor):
+        name = "recording"
+        node = _RecordingSequence
+
+        def __init__(self):
+            self.calls = []
+
+        def accepts(self, kernels, device):
+            return None if device.type == "cpu" and kernels.tangent_meta[0][1] == torch.float64 else "float64 only"
+
+        def forward(self, inputs, want_states):
+            self.calls.append("forward")
+            return super().forward(inputs, want_states)
+
+        def backward(self, memo, saved, d_ys, d_final, d_states):
+            self.calls.append("backward")
+            return super().backward(memo, saved, d_ys, d_final, d_states)
+
+        def infer(self, inputs, want_states):
+            self.calls.append("infer")
+            return super().infer(inputs, want_states)
+
+    recording = Recording()
+    executors.register(recording, before="native")
+    try:
+        assert [e.name for e in executors.EXECUTORS] == ["recording", "native", "python"]
+        cell = make("gru")
+        x = torch.randn(T, B, I, dtype=torch.float64)
+        state = random_state(cell, torch.float64)
+        want, want_grads = run_and_grad(unroll, cell, x, state, lengths=LENGTHS, all_states=True)
+        got, got_grads = run_and_grad(run_fused, cell, x, state, lengths=LENGTHS, all_states=True)
+        assert "_RecordingSequenceBackward" in autograd_nodes(got[0])
+        for g, w in zip(got + got_grads, want + want_grads):
+            torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
+        with torch.no_grad():
+            run_inference(cell, x, state)
+        assert recording.calls == ["forward", "backward", "infer"]
+        f32 = make("gru", torch.float32)
+        out = run_fused(f32, x.float().requires_grad_(), random_state(f32, torch.float32))[0]
+        assert "_RecordingSequenceBackward" not in autograd_nodes(out)  # declined: the next one ran
+        assert recording.calls == ["forward", "backward", "infer"]
+    finally:
+        executors.unregister("recording")
+    assert [e.name for e in executors.EXECUTORS] == ["native", "python"]
+    with pytest.raises(ValueError):
+        executors.unregister("python")

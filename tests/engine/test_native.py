@@ -1,5 +1,6 @@
 """The native runtime: each elementwise opcode equals torch, plans have the intended shape,
-and the fused engine says so when the runtime is missing.
+the runtime's enums match the plan's records, and the fused engine says so when the runtime
+is missing or cannot be used.
 
 (Whole cells through the native runtime are checked against the reference loop in
 ``test_fused.py``, which runs every row of its table on both runtimes.)
@@ -18,8 +19,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import torchcells as tc
 from fixture_cells import UserLSTMCell
 from torchcells.engine.derive import fused_program
+from torchcells.engine.executors.native import native_plan
 from torchcells.engine.native import available, library, notice
 from torchcells.engine.native.plan import plan_graph
+from torchcells.engine.native.records import CallBlock, FusedBlock, OperandSource
 
 pytestmark = pytest.mark.skipif(not available(), reason=f"native runtime not built here: {notice()}")
 
@@ -28,7 +31,7 @@ R, C = 5, 37  # C not a multiple of any vector width: tails are exercised
 
 def run_program(fn, *args):
     gm = make_fx(fn, tracing_mode="fake")(*args)
-    spec = plan_graph(gm)
+    spec = plan_graph(gm.graph)
     return spec, spec.build(library()).run(list(args), [])
 
 
@@ -113,18 +116,21 @@ def test_lstm_step_plans_to_one_product_and_one_fused_group():
     gradients land in one buffer (cat folded)."""
     cell = UserLSTMCell(4, 8)
     kernels = fused_program(cell, torch.randn(3, 4), cell.init_state(3), masked=False)
-    fw, bw = kernels.native.forward, kernels.native.backward
-    kinds = [b[0] for b in fw.blocks]
-    assert kinds.count("fused") == 1 and fw.n_calls <= 2
+    plan = native_plan(kernels)
+    fw, bw = plan.forward, plan.backward
+    assert sum(isinstance(b, FusedBlock) for b in fw.blocks) == 1 and fw.n_calls <= 2
+    fw_calls = [b for b in fw.blocks if isinstance(b, CallBlock)]
+    bw_calls = [b for b in bw.blocks if isinstance(b, CallBlock)]
     # h W_hhᵀ alone: the group adds the hoisted input part as it reads the gates
-    assert [b[1] for b in fw.blocks if b[0] == "call"][0] == "aten::mm"
-    assert not any(b[0] == "call" and "split" in b[1] for b in fw.blocks)
-    assert not any(b[0] == "call" and b[1] == "aten::cat" for b in bw.blocks)
+    assert fw_calls[0].op == "aten::mm"
+    assert not any("split" in b.op for b in fw_calls)
+    assert not any(b.op == "aten::cat" for b in bw_calls)
     # what reads per-sequence values only (the weights' transposes) runs once, not once per step
-    assert all(b[-1] for b in fw.blocks if b[0] == "call" and b[1] == "aten::t")
-    assert not any(b[-1] for b in fw.blocks if b[0] == "call" and b[1] in ("aten::mm", "mkl::_mkl_linear"))
+    assert all(b.once for b in fw_calls if b.op == "aten::t")
+    assert not any(b.once for b in fw_calls if b.op in ("aten::mm", "mkl::_mkl_linear"))
     # h_{t-1} and c_{t-1} come from the state history; the deferred weight gradient needs no copies
-    assert kernels.native.deferred_source and all(k != 0 for k in kernels.native.deferred_source[0][::2])
+    assert plan.deferred and all(o.source != OperandSource.OWN_BUFFER
+                                 for o in (plan.deferred[0].left, plan.deferred[0].right))
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
@@ -192,7 +198,8 @@ def test_large_float32_products_run_on_packed_weights_and_equal_the_loop(name):
     x = torch.randn(4, 32, 16)
     state = cell.init_state(32)
     kernels = fused_program(cell, x[0], state, masked=False)
-    calls = [b[1] for p in (kernels.native.forward, kernels.native.backward) for b in p.blocks if b[0] == "call"]
+    plan = native_plan(kernels)
+    calls = [b.op for p in (plan.forward, plan.backward) for b in p.blocks if isinstance(b, CallBlock)]
     assert calls.count("mkl::_mkl_linear") == 2  # h W_hhᵀ forward, δ W_hh backward
     results = []
     for path in (unroll, lambda *a: run_fused(*a, native=True)):
@@ -218,4 +225,117 @@ def test_values_computed_once_per_sequence_follow_the_weights_between_sequences(
             cell.weight_hh.add_(0.5)
         got = run_fused(cell, x.requires_grad_(), cell.init_state(2, dtype=torch.float64), native=True)[0]
         want = unroll(cell, x, cell.init_state(2, dtype=torch.float64))[0]
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_the_runtime_enums_match_the_plan_records():
+    from torchcells.engine.native.records import ENUMS, enum_mismatch
+
+    exported = library().enums()
+    assert set(exported) == set(ENUMS)
+    assert enum_mismatch(exported) is None
+
+
+def test_an_enum_that_differs_is_named_with_the_values_that_differ():
+    from enum import IntEnum
+
+    from torchcells.engine.native.records import ENUMS, Op, enum_mismatch
+
+    exported = library().enums()
+    altered = dict(ENUMS, Op=IntEnum("Op", {**{m.name: m.value for m in Op}, "FILL": 99}))
+    message = enum_mismatch(exported, altered)
+    assert message is not None and "\n" not in message
+    assert "enum Op differs" in message and "FILL=C++:22" in message and "FILL=Python:99" in message
+    missing = dict(ENUMS)
+    del missing["Layout"]
+    assert "Layout" in (enum_mismatch(exported, missing) or "")
+
+
+def test_a_build_whose_enums_differ_is_not_used_and_says_which_in_one_line(monkeypatch):
+    from enum import IntEnum
+
+    from torch.utils import cpp_extension
+
+    from torchcells.engine.native import build, records
+
+    lib = library()
+    monkeypatch.setattr(build, "_STATE", {})
+    monkeypatch.setattr(cpp_extension, "load", lambda *args, **kwargs: lib)  # the same build, loaded again
+    swapped = {m.name: m.value for m in records.SavedKind}
+    swapped["ONCE"], swapped["PER_STEP"] = swapped["PER_STEP"], swapped["ONCE"]
+    monkeypatch.setitem(records.ENUMS, "SavedKind", IntEnum("SavedKind", swapped))
+    with pytest.warns(RuntimeWarning) as caught:
+        assert build.library() is None
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "native runtime unavailable" in messages[0] and "enum SavedKind differs" in messages[0]
+    layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+
+
+def test_deriving_a_step_plans_nothing_and_the_native_executor_plans_it_once_on_first_use(monkeypatch):
+    from collections import OrderedDict
+
+    from torchcells.engine import derive
+    from torchcells.engine.executors import native as native_executor
+    from torchcells.engine.fused import run_fused
+
+    monkeypatch.setattr(derive, "_CACHE", OrderedDict())
+    cell = tc.GRUCell(3, 7)
+    x = torch.randn(4, 5, 3, requires_grad=True)
+    kernels = fused_program(cell, x[0], cell.init_state(5), masked=False)
+    assert kernels.lowered == {}  # the derivation is for no backend in particular
+    for gm, aten_graph in zip((kernels.forward, kernels.backward), kernels.aten_graphs):
+        assert len(gm.graph.nodes) == len(aten_graph.nodes)  # the same graphs, aten targets kept
+    planned = []
+    real = native_executor.native_plan
+
+    def counting(k):
+        planned.append(k.lowered.get("native") is None)
+        return real(k)
+
+    monkeypatch.setattr(native_executor, "native_plan", counting)
+    for _ in range(2):
+        out = run_fused(cell, x, cell.init_state(5))[0]
+        assert type(out.grad_fn).__name__ == "NativeSequenceBackward"
+        out.sum().backward()
+    assert "native" in kernels.lowered and planned.count(True) == 1
+
+
+class GeluCell(tc.Cell):
+    """A step with an operator whose arguments the native runtime does not pass (a string)."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.lin = torch.nn.Linear(i + h, h)
+
+    def forward(self, x, h):
+        h = torch.nn.functional.gelu(self.lin(torch.cat([x, h], -1)), approximate="tanh")
+        return h, h
+
+
+def test_a_step_that_cannot_be_planned_makes_the_native_executor_decline_with_the_reason():
+    from torchcells.engine import executors
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.unroll import unroll
+
+    torch.manual_seed(0)
+    cell = GeluCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    kernels = fused_program(cell, x[0], cell.init_state(2, dtype=torch.float64), masked=False)
+    why = executors.reasons(kernels, torch.device("cpu"))
+    assert why["python"] is None
+    assert why["native"] is not None and "cannot be planned" in why["native"] and "approximate" in why["native"]
+    assert executors.choose(kernels, torch.device("cpu")).name == "python"
+    assert "CPU" in (executors.reasons(kernels, torch.device("meta"))["native"] or "")
+    results = []
+    for path in (unroll, lambda *a: run_fused(*a, native=True)):
+        cell.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = path(cell, xx, cell.init_state(2, dtype=torch.float64))[0]
+        out.sin().sum().backward()
+        results.append([out.detach(), xx.grad, *[p.grad for p in cell.parameters()]])
+    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+    for got, want in zip(*results[::-1]):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

@@ -6,8 +6,10 @@ graph is cut: nodes that read a tangent form the backward, the others the forwar
 and the forward values the backward reads are what each step saves. Then the
 backward is rewritten so that gradients of weights used by per-step products come
 out as the products' operands (summed over all steps later, in few large products),
-and aten calls are pointed at their cheaper torch twins. :func:`fused_program`
-returns the result as :class:`FusedKernels`; :mod:`.fused` runs them.
+and aten calls are pointed at their cheaper torch twins (a copy with aten targets is
+kept for executors that compile the step). :func:`fused_program` returns the result
+as :class:`FusedKernels`, for no backend in particular; :mod:`.fused` hands them to
+an executor (:mod:`.executors`), which may plan them for itself on first use.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import operator
 import warnings
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, fx, nn
@@ -45,8 +47,11 @@ class FusedKernels:
     transposed: dict[int, bool]        # const index -> the deferred left operands come transposed
     n_grads: int                       # backward outputs before the deferred operands (one per primal)
     tangent_meta: list[tuple[torch.Size, torch.dtype]]  # shape and dtype of each output's gradient
-    native: Optional[Any] = None       # native.NativeKernels: the same graphs planned for the C++ runtime
-    native_why: Optional[str] = None   # why there is no native plan
+    # forward and backward as derived, with aten targets (before the torch twins): what an
+    # executor that compiles the step (the native runtime's planner) reads
+    aten_graphs: tuple[fx.Graph, fx.Graph]
+    # what executors made of these graphs (a plan, or why there is none), by executor name
+    lowered: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
@@ -152,7 +157,7 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     for gm in (fw, bw):
         drop_detach(gm.graph)
         gm.graph.eliminate_dead_code()
-    native, native_why = _plan_native(fw, bw, n_outputs, n_h, n_s, n_c)
+    aten_graphs = (_copy_graph(fw.graph), _copy_graph(bw.graph))
     for gm in (fw, bw):
         fast_targets(gm.graph)
         gm.graph.lint()
@@ -160,17 +165,14 @@ def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> 
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
     return FusedKernels(program, masked, fw, bw, n_outputs, deferred, transposed, n_grads,
-                        tangent_meta, native, native_why)
+                        tangent_meta, aten_graphs)
 
 
-def _plan_native(fw: fx.GraphModule, bw: fx.GraphModule, n_outputs: int, n_h: int, n_s: int,
-                 n_c: int) -> tuple[Optional[Any], Optional[str]]:
-    """The graphs planned for the native runtime, or why not (they still run from Python)."""
-    from .native import NotNative, plan_kernels
-    try:
-        return plan_kernels(fw, bw, n_outputs=n_outputs, n_hoisted=n_h, n_state=n_s, n_const=n_c), None
-    except NotNative as e:
-        return None, str(e)
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    """A copy of ``graph`` (nodes' metadata included) that later rewrites of ``graph`` leave alone."""
+    copy = fx.Graph()
+    copy.output(copy.graph_copy(graph, {}))
+    return copy
 
 
 def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModule, fx.GraphModule, int]:

@@ -6,7 +6,9 @@ the cached build afterwards. The vector width follows torch's own CPU capability
 (AVX512, AVX2, or plain C++). Without a working compiler -- or with
 ``TORCHCELLS_NATIVE=0`` -- it returns ``None`` and the fused engine keeps its
 Python-driven loop; a failed build says so once, in one line (a ``RuntimeWarning``
-with ``notice()``'s text).
+with ``notice()``'s text). A build whose enums (opcodes, layouts, argument and saved-value
+kinds, operand sources) differ from the IntEnums of :mod:`.records` is not used either, and
+the notice names the enum that differs.
 """
 
 from __future__ import annotations
@@ -67,10 +69,24 @@ def library(*, verbose: bool = False) -> Optional[Any]:
         first = (str(e).strip().splitlines() or [""])[-1][:200]
         _STATE["why"] = f"{type(e).__name__}: {first}"
         lib = None
+    if lib is not None:
+        mismatch = _enum_mismatch(lib)
+        if mismatch is not None:  # the build reads plans differently from how plan.py writes them
+            _STATE["why"] = mismatch
+            lib = None
     _STATE["lib"] = lib
     if lib is None:
         warnings.warn(notice() or "", RuntimeWarning, stacklevel=2)
     return lib
+
+
+def _enum_mismatch(lib: Any) -> Optional[str]:
+    """Why ``lib``'s enums (``enums()``) differ from the IntEnums of :mod:`.records`, or ``None``."""
+    from .records import enum_mismatch
+
+    if not hasattr(lib, "enums"):
+        return "the build exports no enum table"
+    return enum_mismatch(lib.enums())
 
 
 def available() -> bool:

@@ -13,87 +13,48 @@ Every node of the graph becomes either
 * a **call**: any other aten operation (``addmm``, ``mm``, ``sum``, views),
   called from C++ through the dispatcher with its arguments encoded here.
 
-The plan is plain data (:class:`ProgramSpec`); the C++ ``Program`` is built from it
-when the runtime is loaded.
+A graph is planned by :class:`_Planner` in passes (blocks, folded cats, splits read
+in place, slots, encoding); each group is encoded by :class:`_GroupEncoder`. The
+result is plain data (:mod:`.records`); the C++ ``Program`` is built from it when
+the runtime runs it. :func:`plan_step` plans the three programs of a derived step.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import fx
 
+from .records import (Alloc, ArgKind, Block, CallArg, CallBlock, DeferredPair, FusedBlock, GroupInput, GroupOutput,
+                      Instr, Layout, NativePlan, Op, Operand, OperandSource, ProgramSpec, SavedKind, SavedPlace)
+
 aten = torch.ops.aten
 
-__all__ = ["NativeKernels", "NotNative", "ProgramSpec", "plan_graph", "plan_kernels"]
+__all__ = ["NotNative", "plan_graph", "plan_step"]
 
 
 class NotNative(Exception):
     """The graph uses something the native runtime does not run (the message says what)."""
 
 
-# opcodes: keep in step with `enum Op` in runtime.cpp
-(O_ADD, O_SUB, O_MUL, O_DIV, O_NEG, O_SIGMOID, O_TANH, O_EXP, O_LOG, O_RELU, O_SIGMOID_BWD, O_TANH_BWD,
- O_WHERE, O_THRESHOLD_BWD, O_MAX, O_MIN, O_SQRT, O_RSQRT, O_RECIP, O_ABS, O_COPY, O_SQUARE, O_FILL) = range(23)
-L_FULL, L_ROW, L_COL, L_SCALAR = range(4)
-A_TENSOR, A_INT, A_DOUBLE, A_BOOL, A_NONE, A_INTLIST, A_TENSORLIST, A_SCALAR_INT, A_SCALAR_DOUBLE, A_BOOLLIST = range(10)
-
-_UNARY = {aten.neg.default: O_NEG, aten.sigmoid.default: O_SIGMOID, aten.tanh.default: O_TANH,
-          aten.exp.default: O_EXP, aten.log.default: O_LOG, aten.relu.default: O_RELU,
-          aten.sqrt.default: O_SQRT, aten.rsqrt.default: O_RSQRT, aten.reciprocal.default: O_RECIP,
-          aten.abs.default: O_ABS, aten.clone.default: O_COPY, aten.alias.default: O_COPY}
-_BINARY = {aten.mul.Tensor: O_MUL, aten.div.Tensor: O_DIV, aten.sigmoid_backward.default: O_SIGMOID_BWD,
-           aten.tanh_backward.default: O_TANH_BWD, aten.maximum.default: O_MAX, aten.minimum.default: O_MIN}
-_WITH_ALPHA = {aten.add.Tensor: O_ADD, aten.sub.Tensor: O_SUB}
+_UNARY = {aten.neg.default: Op.NEG, aten.sigmoid.default: Op.SIGMOID, aten.tanh.default: Op.TANH,
+          aten.exp.default: Op.EXP, aten.log.default: Op.LOG, aten.relu.default: Op.RELU,
+          aten.sqrt.default: Op.SQRT, aten.rsqrt.default: Op.RSQRT, aten.reciprocal.default: Op.RECIP,
+          aten.abs.default: Op.ABS, aten.clone.default: Op.COPY, aten.alias.default: Op.COPY}
+_BINARY = {aten.mul.Tensor: Op.MUL, aten.div.Tensor: Op.DIV, aten.sigmoid_backward.default: Op.SIGMOID_BWD,
+           aten.tanh_backward.default: Op.TANH_BWD, aten.maximum.default: Op.MAX, aten.minimum.default: Op.MIN,
+           aten.mul.Scalar: Op.MUL, aten.div.Scalar: Op.DIV}
+_WITH_ALPHA = {aten.add.Tensor: Op.ADD, aten.sub.Tensor: Op.SUB, aten.add.Scalar: Op.ADD, aten.sub.Scalar: Op.SUB}
 _ELEMENTWISE = (set(_UNARY) | set(_BINARY) | set(_WITH_ALPHA)
                 | {aten.rsub.Scalar, aten.where.self, aten.masked_fill.Scalar, aten.threshold_backward.default,
-                   aten.pow.Tensor_Scalar, aten.mul.Scalar, aten.add.Scalar, aten.sub.Scalar, aten.div.Scalar})
+                   aten.pow.Tensor_Scalar})
 # c10::ScalarType numbers
 _SCALAR_TYPES = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4, torch.float16: 5,
                  torch.float32: 6, torch.float64: 7, torch.bool: 11, torch.bfloat16: 15}
 _SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unsafe_split.Tensor,
            aten.unsafe_split_with_sizes.default}
-
-
-@dataclass
-class ProgramSpec:
-    """A planned program: ``n_inputs`` input slots, blocks in order, the output slots."""
-
-    n_inputs: int
-    n_slots: int
-    output_slots: list[int]
-    blocks: list[tuple] = field(default_factory=list)
-    n_fused_ops: int = 0
-    n_calls: int = 0
-    _built: Any = None
-
-    def build(self, lib: Any) -> Any:
-        if self._built is None:
-            prog = lib.Program(self.n_slots, self.output_slots)
-            for block in self.blocks:
-                if block[0] == "call":
-                    prog.add_call(*block[1:])
-                else:
-                    prog.add_fused(*block[1:])
-            self._built = prog
-        return self._built
-
-
-@dataclass
-class NativeKernels:
-    """The forward and backward programs of one fused step, and where saved values live."""
-
-    forward: ProgramSpec
-    backward: ProgramSpec
-    saved_kind: list[int]   # per saved value: 0 per step, 1 once, 2+s state s before, 2+n_s+s after
-    y_alias: int            # the state leaf the forward's y is (its history is the output), or -1
-    inference: ProgramSpec  # the forward without the saved values, for runs without autograd
-    deferred_source: list[list[int]]  # per deferred pair: where both operands already lie, for all steps
-    fw_packed: list[int] = field(default_factory=list)  # consts whose MKL-packed copy the forward reads
-    bw_packed: list[int] = field(default_factory=list)  # once-saved values whose packed copy the backward reads
 
 
 def _args(node: Any) -> Any:
@@ -109,6 +70,14 @@ def _is_tensor(node: Any) -> bool:
     return isinstance(_val(node), torch.Tensor)
 
 
+def _output_node(graph: fx.Graph) -> fx.Node:
+    return next(n for n in graph.nodes if n.op == "output")
+
+
+def _placeholders(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "placeholder"]
+
+
 def _domain(node: fx.Node) -> Optional[tuple[int, int, torch.dtype]]:
     v = _val(node)
     if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() not in (1, 2):
@@ -121,16 +90,16 @@ def _domain(node: fx.Node) -> Optional[tuple[int, int, torch.dtype]]:
     return int(rows), int(cols), v.dtype
 
 
-def _layout(node: fx.Node, rows: int, cols: int) -> Optional[int]:
+def _layout(node: fx.Node, rows: int, cols: int) -> Optional[Layout]:
     shape = tuple(_val(node).shape)
     if shape == (rows, cols) or (rows == 1 and shape == (cols,)):
-        return L_FULL
+        return Layout.FULL
     if shape in ((cols,), (1, cols)):
-        return L_ROW
+        return Layout.ROW
     if shape == (rows, 1):
-        return L_COL
+        return Layout.COL
     if all(s == 1 for s in shape):
-        return L_SCALAR
+        return Layout.SCALAR
     return None
 
 
@@ -145,6 +114,7 @@ def _is_number(node: fx.Node) -> bool:
 
 
 def _fusable(node: fx.Node) -> Optional[tuple]:
+    """The ``(rows, cols, dtype)`` domain of an elementwise node a group can run, else ``None``."""
     if node.op != "call_function" or node.target not in _ELEMENTWISE:
         return None
     dom = _domain(node)
@@ -155,7 +125,7 @@ def _fusable(node: fx.Node) -> Optional[tuple]:
         return None
     if node.target is aten.pow.Tensor_Scalar and _args(node)[1] != 2:
         return None
-    for i, a in enumerate(_tensor_operands(node)):
+    for a in _tensor_operands(node):
         v = _val(a)
         if not isinstance(v, torch.Tensor) or _layout(a, rows, cols) is None:
             return None
@@ -166,14 +136,12 @@ def _fusable(node: fx.Node) -> Optional[tuple]:
     for a in _args(node):
         if not isinstance(a, (fx.Node, int, float)) or isinstance(a, bool):
             return None
-        if isinstance(a, fx.Node) and _is_number(a) and _domain(node) is not None:
-            v = _val(a)
-            if v.dtype not in (dtype,) and not v.is_floating_point():
-                return None
+        if isinstance(a, fx.Node) and _is_number(a) and _val(a).dtype != dtype and not _val(a).is_floating_point():
+            return None
     return dom
 
 
-def _bias_of(node: fx.Node) -> Optional[tuple[fx.Node, int]]:
+def _bias_of(node: fx.Node) -> Optional[tuple[fx.Node, Layout]]:
     """``addmm(U, h, W)`` (only used by one split) with ``U`` full-shaped or a row: ``(U, layout)``."""
     args = _args(node)
     if not (node.op == "call_function" and node.target is aten.addmm.default and len(node.users) == 1
@@ -183,304 +151,345 @@ def _bias_of(node: fx.Node) -> Optional[tuple[fx.Node, int]]:
     if u.dtype != out.dtype or out.dim() != 2:
         return None
     if tuple(u.shape) == tuple(out.shape):
-        return args[0], L_FULL
+        return args[0], Layout.FULL
     if tuple(u.shape) in ((out.shape[1],), (1, out.shape[1])):
-        return args[0], L_ROW
+        return args[0], Layout.ROW
     return None
 
 
 class _Group:
+    """Elementwise nodes of one domain ``key`` gathered into one fused block, and the cats it writes."""
+
     def __init__(self, key: tuple) -> None:
         self.key = key
         self.nodes: list[fx.Node] = []
         self.cats: list[fx.Node] = []
 
 
-def plan_graph(gm: fx.GraphModule, input_alias: Optional[list[int]] = None,
+def plan_graph(graph: fx.Graph, input_alias: Optional[list[int]] = None,
                outputs: Optional[list] = None, packed: Optional[list[fx.Node]] = None,
                per_sequence: Optional[set] = None) -> ProgramSpec:
-    """Plan ``gm`` (aten targets); ``input_alias[i]`` is the input slot placeholder ``i`` reads;
+    """Plan ``graph`` (aten targets); ``input_alias[i]`` is the input slot placeholder ``i`` reads;
     ``outputs`` replaces the graph's own output list. ``packed``: placeholders ``B`` (per-sequence
     ``[K, N]`` right operands of per-step products) whose MKL-packed form and ``Bᵀ`` come as two
     extra inputs each, after the graph's own: ``mm(A, B)`` then runs on the packed weights.
     ``per_sequence``: placeholders that hold the same value at every step; a call that reads only
     those (or what such calls made) is marked to run once per sequence, not once per step."""
-    graph = gm.graph
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    alias = input_alias if input_alias is not None else list(range(len(placeholders)))
-    n_inputs = max(alias) + 1 if alias else 0
-    pack_slots = {b: (n_inputs + 2 * k, n_inputs + 2 * k + 1) for k, b in enumerate(packed or [])}
-    n_inputs += 2 * len(pack_slots)
-    output_node = next(n for n in graph.nodes if n.op == "output")
+    return _Planner(graph, input_alias, outputs, packed, per_sequence).plan()
+
+
+class _Planner:
+    """Plans one graph in passes over shared state: blocks, folded cats, splits read in place,
+    slots, then the encoded program."""
+
+    def __init__(self, graph: fx.Graph, input_alias: Optional[list[int]], outputs: Optional[list],
+                 packed: Optional[list[fx.Node]], per_sequence: Optional[set]) -> None:
+        self.graph = graph
+        self.placeholders = _placeholders(graph)
+        self.alias = input_alias if input_alias is not None else list(range(len(self.placeholders)))
+        n_inputs = max(self.alias) + 1 if self.alias else 0
+        # per packed weight: the slots of its MKL-packed copy and of its transpose
+        self.pack_slots = {b: (n_inputs + 2 * k, n_inputs + 2 * k + 1) for k, b in enumerate(packed or [])}
+        self.n_inputs = n_inputs + 2 * len(self.pack_slots)
+        self.output_node = _output_node(graph)
+        self.outputs = outputs
+        # with an output list of its own: a group writes only values read outside it or listed there
+        self.needed = None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)}
+        self.per_sequence = per_sequence or set()
+        self.blocks: list[Union[_Group, fx.Node]] = []        # pass 1
+        self.group_of: dict[fx.Node, _Group] = {}
+        self.folded_cats: set[fx.Node] = set()                 # pass 2
+        self.column_of: dict[fx.Node, tuple[Any, int]] = {}    # pass 3: split piece -> (base, first column)
+        self.skipped_splits: set[fx.Node] = set()
+        self.bias_of: dict[fx.Node, tuple[fx.Node, Layout]] = {}
+        self.materialize: set[fx.Node] = set()
+        self.slot: dict[fx.Node, Any] = {}                     # pass 4
+        self.n_slots = self.n_inputs
+
+    def plan(self) -> ProgramSpec:
+        self._gather_blocks()
+        self._fold_cats()
+        for b in self.blocks:
+            if isinstance(b, fx.Node) and b.target in _SPLITS:
+                self._read_split_in_place(b)
+        self._assign_slots()
+        return self._encode()
 
     # 1. blocks: calls in graph order, elementwise nodes in the earliest group their inputs allow
-    blocks: list[Any] = []
-    where: dict[fx.Node, int] = {}
-    for node in graph.nodes:
-        if node.op != "call_function":
-            continue
-        if node.target is operator.getitem:
-            where[node] = where[_args(node)[0]]
-            continue
-        deps = [where[a] for a in node.all_input_nodes if a in where]
-        after = max(deps) if deps else -1
-        dom = _fusable(node)
-        if dom is not None:
-            chosen = None
-            for i in range(max(after, 0), len(blocks)):
-                b = blocks[i]
-                if isinstance(b, _Group) and b.key == dom and (i > after or b is blocks[after]):
-                    chosen = i
-                    break
-            if chosen is None:
-                blocks.append(_Group(dom))
-                chosen = len(blocks) - 1
-            blocks[chosen].nodes.append(node)
+    def _gather_blocks(self) -> None:
+        where: dict[fx.Node, int] = {}
+        for node in self.graph.nodes:
+            if node.op != "call_function":
+                continue
+            if node.target is operator.getitem:
+                where[node] = where[_args(node)[0]]
+                continue
+            deps = [where[a] for a in node.all_input_nodes if a in where]
+            after = max(deps) if deps else -1
+            dom = _fusable(node)
+            if dom is None:
+                self.blocks.append(node)
+                where[node] = len(self.blocks) - 1
+                continue
+            chosen = self._group_for(dom, after)
+            group = self.blocks[chosen]
+            assert isinstance(group, _Group)
+            group.nodes.append(node)
+            self.group_of[node] = group
             where[node] = chosen
-        else:
-            blocks.append(node)
-            where[node] = len(blocks) - 1
 
-    group_of = {n: b for b in blocks if isinstance(b, _Group) for n in b.nodes}
+    def _group_for(self, dom: tuple, after: int) -> int:
+        """The first group of domain ``dom`` at or after block ``after`` (a new one at the end if none)."""
+        for i in range(max(after, 0), len(self.blocks)):
+            b = self.blocks[i]
+            if isinstance(b, _Group) and b.key == dom and (i > after or b is self.blocks[after]):
+                return i
+        self.blocks.append(_Group(dom))
+        return len(self.blocks) - 1
 
     # 2. a cat along the last dim of results of one group: the group writes it in place
-    folded_cats: set[fx.Node] = set()
-    for b in blocks:
-        if isinstance(b, fx.Node) and b.target is aten.cat.default:
+    def _fold_cats(self) -> None:
+        for b in self.blocks:
+            if not (isinstance(b, fx.Node) and b.target is aten.cat.default):
+                continue
             parts = _args(b)[0]
             dim = _args(b)[1] if len(_args(b)) > 1 else b.kwargs.get("dim", 0)
-            owners = {group_of.get(p) for p in parts}
+            owners = {self.group_of.get(p) for p in parts}
             if (len(owners) == 1 and None not in owners and _val(b).dim() == 2 and dim in (1, -1)
                     and all(tuple(_val(p).shape) == tuple(_val(parts[0]).shape) for p in parts)
                     and _val(parts[0]).dim() == 2 and len(set(parts)) == len(parts)):
                 owner = owners.pop()
                 assert owner is not None
                 owner.cats.append(b)
-                folded_cats.add(b)
+                self.folded_cats.add(b)
 
     # 3. splits read in place by groups: a column block of the base
-    column_of: dict[fx.Node, tuple[Any, int]] = {}
-    skipped_splits: set[fx.Node] = set()
-    bias_of: dict[fx.Node, tuple[fx.Node, int]] = {}
-    materialize: set[fx.Node] = set()
-    for b in blocks:
-        if isinstance(b, fx.Node) and b.target in _SPLITS:
-            base = _args(b)[0]
-            dim = _args(b)[2] if len(_args(b)) > 2 else b.kwargs.get("dim", 0)
-            bv = _val(base)
-            if bv.dim() != 2 or dim not in (1, -1):
+    def _read_split_in_place(self, split: fx.Node) -> None:
+        base = _args(split)[0]
+        dim = _args(split)[2] if len(_args(split)) > 2 else split.kwargs.get("dim", 0)
+        if _val(base).dim() != 2 or dim not in (1, -1):
+            return
+        width = _val(base).shape[1]
+        sizes = _args(split)[1]
+        if isinstance(sizes, int):
+            sizes = [min(sizes, width - k) for k in range(0, width, sizes)]
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        getters = [u for u in split.users if u.target is operator.getitem]
+        if len(getters) != len(split.users):
+            return
+        only_groups = all(all(u in self.group_of for u in g.users) for g in getters)
+        for g in getters:
+            self.column_of[g] = (base, offsets[_args(g)[1]])
+        bias = _bias_of(base)
+        # addmm(U, h, W) read through such a split: run mm(h, W) and let the groups add U's
+        # columns (or U's row, for a bias) as they read -- no copy of U into the product first.
+        # A piece also read outside (saved for the backward) is written by a group.
+        read_by_groups = all(any(u in self.group_of for u in g.users)
+                             and all(u in self.group_of or u is self.output_node for u in g.users)
+                             for g in getters)
+        if bias is not None and read_by_groups:
+            self.bias_of[base] = bias
+            self.materialize.update(g for g in getters if self.output_node in g.users)
+            self.skipped_splits.add(split)
+        elif only_groups:
+            self.skipped_splits.add(split)
+
+    # 4. slots: inputs first (by alias), then one per value made (getitems share their source's)
+    def _assign_slots(self) -> None:
+        self.slot = {p: self.alias[i] for i, p in enumerate(self.placeholders)}
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node.target is operator.getitem:
                 continue
-            sizes = _args(b)[1]
-            width = bv.shape[1]
-            if isinstance(sizes, int):
-                sizes = [min(sizes, width - k) for k in range(0, width, sizes)]
-            offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-            getters = [u for u in b.users if u.target is operator.getitem]
-            if len(getters) != len(b.users):
+            val = _val(node)
+            self.slot[node] = [self._new_slot() for _ in val] if isinstance(val, (list, tuple)) else self._new_slot()
+        for node in self.graph.nodes:
+            if node.op == "call_function" and node.target is operator.getitem:
+                self.slot[node] = self.slot[_args(node)[0]][_args(node)[1]]
+
+    def _new_slot(self) -> int:
+        self.n_slots += 1
+        return self.n_slots - 1
+
+    # 5. the program: each block encoded, run-once calls marked, the output slots
+    def _encode(self) -> ProgramSpec:
+        spec = ProgramSpec(self.n_inputs, 0, [])
+        for b in self.blocks:
+            block = self._encode_block(b)
+            if block is None:
                 continue
-            only_groups = all(all(u in group_of for u in g.users) for g in getters)
-            for g in getters:
-                column_of[g] = (base, offsets[_args(g)[1]])
-            bias = _bias_of(base)
-            # 3b. addmm(U, h, W) read through such a split: run mm(h, W) and let the groups add
-            # U's columns (or U's row, for a bias) as they read -- no copy of U into the product
-            # first. A piece also read outside (saved for the backward) is written by a group.
-            if bias is not None and all(any(u in group_of for u in g.users)
-                                        and all(u in group_of or u is output_node for u in g.users)
-                                        for g in getters):
-                bias_of[base] = bias
-                materialize.update(g for g in getters if output_node in g.users)
-                skipped_splits.add(b)
-            elif only_groups:
-                skipped_splits.add(b)
+            spec.blocks.append(block)
+            if isinstance(block, FusedBlock):
+                spec.n_fused_ops += len(b.nodes)  # type: ignore[union-attr]
+            else:
+                spec.n_calls += 1
+        steady = {self.slot[p] for p in self.per_sequence} | {k for pair in self.pack_slots.values() for k in pair}
+        for block in spec.blocks:
+            _mark_once(block, steady)
+        spec.n_slots = self.n_slots
+        outs = _args(self.output_node)[0] if self.outputs is None else self.outputs
+        spec.output_slots = [self.slot[o] if isinstance(o, fx.Node) else -1 for o in outs]
+        return spec
 
-    # 4. slots and encoded blocks
-    slot: dict[fx.Node, Any] = {p: alias[i] for i, p in enumerate(placeholders)}
-    counter = [n_inputs]
-
-    def new_slot() -> int:
-        counter[0] += 1
-        return counter[0] - 1
-
-    for node in graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem:
-            continue
-        val = _val(node)
-        if isinstance(val, (list, tuple)):
-            slot[node] = [new_slot() for _ in val]
-        else:
-            slot[node] = new_slot()
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target is operator.getitem:
-            slot[node] = slot[_args(node)[0]][_args(node)[1]]
-
-    spec = ProgramSpec(n_inputs, 0, [])
-    for b in blocks:
+    def _encode_block(self, b: Union[_Group, fx.Node]) -> Optional[Block]:
+        """The block for ``b``; ``None`` where nothing runs (folded into a group, read in place)."""
         if isinstance(b, _Group):
-            spec.blocks.append(_encode_group(b, slot, column_of, group_of, output_node, skipped_splits,
-                                             None if outputs is None else {o for o in outputs if isinstance(o, fx.Node)},
-                                             bias_of, materialize))
-            spec.n_fused_ops += len(b.nodes)
-        elif b in folded_cats or b in skipped_splits:
-            continue
-        elif _is_number(b) and all(u in group_of for u in b.users):
-            continue
-        elif b in bias_of:
+            return _GroupEncoder(self, b).encode()
+        if b in self.folded_cats or b in self.skipped_splits:
+            return None
+        if _is_number(b) and all(u in self.group_of for u in b.users):
+            return None
+        if b in self.bias_of:  # the product alone: the groups add the addend as they read
             a, w = _args(b)[1], _args(b)[2]
-            spec.blocks.append(_mm_call(slot[a], w, slot[b], slot, pack_slots, _val(a).shape[0]))
-            spec.n_calls += 1
-        elif b.target is aten.mm.default and _args(b)[1] in pack_slots and not b.kwargs:
+            return self._mm_call(a, w, b)
+        if b.target is aten.mm.default and _args(b)[1] in self.pack_slots and not b.kwargs:
             a, w = _args(b)
-            spec.blocks.append(_mm_call(slot[a], w, slot[b], slot, pack_slots, _val(a).shape[0]))
-            spec.n_calls += 1
-        else:
-            spec.blocks.append(_encode_call(b, slot))
-            spec.n_calls += 1
-    steady = {slot[p] for p in (per_sequence or ())} | {k for pair in pack_slots.values() for k in pair}
-    spec.blocks = [_mark_once(b, steady) for b in spec.blocks]
-    spec.n_slots = counter[0]
-    outs = output_node.args[0] if outputs is None else outputs
-    spec.output_slots = [slot[o] if isinstance(o, fx.Node) else -1 for o in outs]
-    return spec
+            return self._mm_call(a, w, b)
+        return _encode_call(b, self.slot)
+
+    def _mm_call(self, a: fx.Node, w: fx.Node, node: fx.Node) -> CallBlock:
+        """``A @ W`` into ``node``'s slot: on MKL's packed copy of ``W`` where the planner was given one."""
+        out = self.slot[node]
+        if w in self.pack_slots:
+            mkl_w, orig = self.pack_slots[w]
+            return CallBlock("mkl::_mkl_linear", "", [CallArg(ArgKind.TENSOR, self.slot[a]), CallArg(ArgKind.TENSOR, mkl_w),
+                                                      CallArg(ArgKind.TENSOR, orig), CallArg(ArgKind.NONE),
+                                                      CallArg(ArgKind.INT, int(_val(a).shape[0]))], [out])
+        return CallBlock("aten::mm", "", [CallArg(ArgKind.TENSOR, self.slot[a]), CallArg(ArgKind.TENSOR, self.slot[w])],
+                         [out])
 
 
-def _encode_group(g: _Group, slot: dict, column_of: dict, group_of: dict, output_node: fx.Node,
-                  skipped_splits: set, needed: Optional[set], bias_of: dict, materialize: set) -> tuple:
-    rows, cols, _ = g.key
-    members = set(g.nodes)
-    regs: dict[fx.Node, int] = {}
-    inputs: list[list[int]] = []
-    pending: list[tuple[fx.Node, int]] = []
-    for node in g.nodes:
-        for a in _tensor_operands(node):
-            if a in members or a in regs:
-                continue
-            lay = _layout(a, rows, cols)
-            src: Any = a
-            offset = 0
-            if a in column_of and column_of[a][0] not in members:
-                split = _args(a)[0]
-                if split in skipped_splits or lay == L_FULL:
-                    src, offset = column_of[a]
-            if src is a and a.op == "call_function" and a.target is operator.getitem and _args(a)[0] in skipped_splits:
-                raise NotNative("internal: a skipped split's column read without its base")
-            regs[a] = len(inputs)
-            inputs.append([slot[src], int(lay) if lay is not None else L_FULL, int(offset),
-                           int(_val(a).dtype == torch.bool)])
-            if src in bias_of:  # the column of mm(h, W) plus the same column of U
-                pending.append((a, len(inputs)))
-                bias, bias_layout = bias_of[src]
-                inputs.append([slot[bias], bias_layout, int(offset), 0])
-    n_regs = [len(inputs)]
+class _GroupEncoder:
+    """Encodes one group for the register machine: its inputs (registers ``0..n-1``), the code, and
+    the values it writes out."""
 
-    def reg() -> int:
-        n_regs[0] += 1
-        return n_regs[0] - 1
+    def __init__(self, planner: _Planner, group: _Group) -> None:
+        self.p = planner
+        self.group = group
+        self.rows, self.cols, _ = group.key
+        self.members = set(group.nodes)
+        self.regs: dict[fx.Node, int] = {}    # value -> the register that holds it
+        self.inputs: list[GroupInput] = []
+        self.biased: list[tuple[fx.Node, int]] = []  # (input read from mm(h, W), the register of U's part)
+        self.code: list[Instr] = []
+        self.n_regs = 0
+        self.written: list[GroupOutput] = []
 
-    code: list[list[int]] = []
-    imms: list[float] = []
+    def encode(self) -> FusedBlock:
+        for node in self.group.nodes:
+            for a in _tensor_operands(node):
+                if a not in self.members and a not in self.regs:
+                    self._read_input(a)
+        self.n_regs = len(self.inputs)
+        for a, bias_reg in self.biased:
+            self._add_bias(a, bias_reg)
+        for node in self.group.nodes:
+            self.regs[node] = self._emit_node(node)
+        outputs, allocs = self._outputs()
+        return FusedBlock(self.rows, self.cols, self.inputs, self.code, outputs, allocs, self.n_regs)
 
-    def emit(op: int, dst: int, a: int, b: int = -1, c: int = -1, imm: float = 0.0) -> int:
-        code.append([op, dst, a, b, c])
-        imms.append(float(imm))
+    def _read_input(self, a: fx.Node) -> None:
+        """``a`` into the next register: in place as a column block of a split's base where it can."""
+        lay = _layout(a, self.rows, self.cols)
+        src: Any = a
+        offset = 0
+        if a in self.p.column_of and self.p.column_of[a][0] not in self.members:
+            if _args(a)[0] in self.p.skipped_splits or lay == Layout.FULL:
+                src, offset = self.p.column_of[a]
+        if src is a and a.op == "call_function" and a.target is operator.getitem \
+                and _args(a)[0] in self.p.skipped_splits:
+            raise NotNative("internal: a skipped split's column read without its base")
+        self.regs[a] = len(self.inputs)
+        self.inputs.append(GroupInput(self.p.slot[src], lay if lay is not None else Layout.FULL, int(offset),
+                                      _val(a).dtype == torch.bool))
+        if src in self.p.bias_of:  # the column of mm(h, W) plus the same column of U
+            self.biased.append((a, len(self.inputs)))
+            bias, bias_layout = self.p.bias_of[src]
+            self.inputs.append(GroupInput(self.p.slot[bias], bias_layout, int(offset)))
+
+    def _add_bias(self, a: fx.Node, bias_reg: int) -> None:
+        self.regs[a] = self._emit(Op.ADD, self._reg(), self.regs[a], bias_reg)
+        if a in self.p.materialize:  # read outside too: this group writes it (once)
+            self.p.materialize.discard(a)
+            self.written.append(GroupOutput(self.regs[a], self.p.slot[a]))
+
+    def _reg(self) -> int:
+        self.n_regs += 1
+        return self.n_regs - 1
+
+    def _emit(self, op: Op, dst: int, a: int, b: int = -1, c: int = -1, imm: float = 0.0) -> int:
+        self.code.append(Instr(op, dst, a, b, c, float(imm)))
         return dst
 
-    def operand(x: Any) -> int:
+    def _operand(self, x: Any) -> int:
+        """The register holding ``x``: a value of the group, or a number filled into a new register."""
         if isinstance(x, fx.Node) and _is_number(x):
             x = _args(x)[0]
         if isinstance(x, fx.Node):
-            return regs[x]
-        r = reg()
-        return emit(O_FILL, r, r, imm=float(x))
+            return self.regs[x]
+        r = self._reg()
+        return self._emit(Op.FILL, r, r, imm=float(x))
 
-    written: list[list[int]] = []
-    def times_alpha(node: fx.Node, r: int) -> int:
+    def _times_alpha(self, node: fx.Node, r: int) -> int:
         """``alpha * r`` for add/sub/rsub's ``alpha`` (``r`` itself when it is 1)."""
         args = _args(node)
         alpha = node.kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-        return r if alpha == 1 else emit(O_MUL, reg(), r, operand(alpha))
+        return r if alpha == 1 else self._emit(Op.MUL, self._reg(), r, self._operand(alpha))
 
-    for a, bias_reg in pending:
-        regs[a] = emit(O_ADD, reg(), regs[a], bias_reg)
-        if a in materialize:  # read outside too: this group writes it (once)
-            materialize.discard(a)
-            written.append([regs[a], slot[a], -1, 0])
-    for node in g.nodes:
-        t, args = node.target, _args(node)
-        dst = reg()
+    def _emit_node(self, node: fx.Node) -> int:
+        t, args, operand = node.target, _args(node), self._operand
+        dst = self._reg()
         if t in _UNARY:
-            emit(_UNARY[t], dst, operand(args[0]))
-        elif t in _BINARY:
-            emit(_BINARY[t], dst, operand(args[0]), operand(args[1]))
-        elif t in _WITH_ALPHA or t in (aten.add.Scalar, aten.sub.Scalar):
-            op = O_ADD if t in (aten.add.Tensor, aten.add.Scalar) else O_SUB
-            emit(op, dst, operand(args[0]), times_alpha(node, operand(args[1])))
-        elif t is aten.mul.Scalar:
-            emit(O_MUL, dst, operand(args[0]), operand(args[1]))
-        elif t is aten.div.Scalar:
-            emit(O_DIV, dst, operand(args[0]), operand(args[1]))
-        elif t is aten.rsub.Scalar:  # other - alpha * self
-            emit(O_SUB, dst, operand(args[1]), times_alpha(node, operand(args[0])))
-        elif t is aten.pow.Tensor_Scalar:
-            emit(O_SQUARE, dst, operand(args[0]))
-        elif t is aten.where.self:
-            emit(O_WHERE, dst, operand(args[0]), operand(args[1]), operand(args[2]))
-        elif t is aten.masked_fill.Scalar:
-            emit(O_WHERE, dst, operand(args[1]), operand(args[2]), operand(args[0]))
-        elif t is aten.threshold_backward.default:
-            emit(O_THRESHOLD_BWD, dst, operand(args[0]), operand(args[1]), imm=float(args[2]))
-        else:  # pragma: no cover - _fusable admits only the ops above
-            raise NotNative(f"no elementwise code for {t}")
-        regs[node] = dst
+            return self._emit(_UNARY[t], dst, operand(args[0]))
+        if t in _BINARY:
+            return self._emit(_BINARY[t], dst, operand(args[0]), operand(args[1]))
+        if t in _WITH_ALPHA:
+            return self._emit(_WITH_ALPHA[t], dst, operand(args[0]), self._times_alpha(node, operand(args[1])))
+        if t is aten.rsub.Scalar:  # other - alpha * self
+            return self._emit(Op.SUB, dst, operand(args[1]), self._times_alpha(node, operand(args[0])))
+        if t is aten.pow.Tensor_Scalar:
+            return self._emit(Op.SQUARE, dst, operand(args[0]))
+        if t is aten.where.self:
+            return self._emit(Op.WHERE, dst, operand(args[0]), operand(args[1]), operand(args[2]))
+        if t is aten.masked_fill.Scalar:
+            return self._emit(Op.WHERE, dst, operand(args[1]), operand(args[2]), operand(args[0]))
+        if t is aten.threshold_backward.default:
+            return self._emit(Op.THRESHOLD_BWD, dst, operand(args[0]), operand(args[1]), imm=float(args[2]))
+        raise NotNative(f"no elementwise code for {t}")  # pragma: no cover - _fusable admits only the ops above
 
-    outputs: list[list[int]] = written
-    allocs: list[list[int]] = []
-    cat_place: dict[fx.Node, list[tuple[int, int]]] = {}
-    for cat in g.cats:
-        allocs.append([slot[cat], rows, cols * len(_args(cat)[0])])
-        for k, part in enumerate(_args(cat)[0]):
-            cat_place.setdefault(part, []).append((slot[cat], k * cols))  # a part may be in several cats
-    for node in g.nodes:
-        outside = [u for u in node.users if u not in members and (u.op != "output" or needed is None)]
-        if not outside and node not in cat_place and not (needed is not None and node in needed):
-            continue
-        for into, offset in cat_place.get(node, [(-1, 0)]):
-            outputs.append([regs[node], slot[node], into, offset])
-    return ("fused", rows, cols, inputs, code, imms, outputs, allocs, n_regs[0])
+    def _outputs(self) -> tuple[list[GroupOutput], list[Alloc]]:
+        """What the group writes: values read outside it (or listed as outputs), and the cats it fills."""
+        needed = self.p.needed
+        outputs = self.written
+        allocs: list[Alloc] = []
+        cat_place: dict[fx.Node, list[tuple[int, int]]] = {}
+        for cat in self.group.cats:
+            allocs.append(Alloc(self.p.slot[cat], self.rows, self.cols * len(_args(cat)[0])))
+            for k, part in enumerate(_args(cat)[0]):  # a part may be in several cats
+                cat_place.setdefault(part, []).append((self.p.slot[cat], k * self.cols))
+        for node in self.group.nodes:
+            outside = [u for u in node.users if u not in self.members and (u.op != "output" or needed is None)]
+            if not outside and node not in cat_place and not (needed is not None and node in needed):
+                continue
+            for into, offset in cat_place.get(node, [(-1, 0)]):
+                outputs.append(GroupOutput(self.regs[node], self.p.slot[node], into, offset))
+        return outputs, allocs
 
 
-def _mark_once(block: tuple, steady: set) -> tuple:
-    """A call block with its run-once flag appended (fused groups run every step). ``steady``:
-    the slots that hold the same value at every step; a call reading only those joins them."""
-    if block[0] != "call":
-        return block
-    kinds, ints, lists, outs = block[3], block[4], block[6], block[7]
-    reads = [i for k, i in zip(kinds, ints) if k == A_TENSOR] + \
-        [s for k, lst in zip(kinds, lists) if k == A_TENSORLIST for s in lst]
-    once = all(r in steady for r in reads)  # a call reading no tensor makes a constant (no random ops here)
-    if once:
-        steady.update(outs)
-    return block + (once,)
+def _mark_once(block: Block, steady: set) -> None:
+    """Mark a call that reads only ``steady`` slots (the same value at every step) to run once per
+    sequence; its results join ``steady``. Fused groups run every step."""
+    if not isinstance(block, CallBlock):
+        return
+    block.once = all(r in steady for r in block.reads())  # reading no tensor: a constant (no random ops here)
+    if block.once:
+        steady.update(block.outs)
 
 
-def _mm_call(a: int, w: fx.Node, out: int, slot: dict, pack_slots: dict, rows: int) -> tuple:
-    """``A @ W`` into slot ``out``: on MKL's packed copy of ``W`` where the planner was given one."""
-    if w in pack_slots:
-        mkl_w, orig = pack_slots[w]
-        return ("call", "mkl::_mkl_linear", "", [A_TENSOR, A_TENSOR, A_TENSOR, A_NONE, A_INT],
-                [a, mkl_w, orig, 0, int(rows)], [0.0] * 5, [[]] * 5, [out])
-    return ("call", "aten::mm", "", [A_TENSOR, A_TENSOR], [a, slot[w]], [0.0, 0.0], [[], []], [out])
-
-
-def _encode_call(node: fx.Node, slot: dict) -> tuple:
-    target = node.target
-    schema = getattr(target, "_schema", None)
+def _encode_call(node: fx.Node, slot: dict) -> CallBlock:
+    schema = getattr(node.target, "_schema", None)
     if schema is None:
-        raise NotNative(f"{target} is not an aten operator")
-    kinds: list[int] = []
-    ints: list[int] = []
-    doubles: list[float] = []
-    lists: list[list[int]] = []
+        raise NotNative(f"{node.target} is not an aten operator")
+    args: list[CallArg] = []
     for i, arg in enumerate(schema.arguments):
         if i < len(_args(node)) and not arg.kwarg_only:
             v = _args(node)[i]
@@ -490,100 +499,98 @@ def _encode_call(node: fx.Node, slot: dict) -> tuple:
             v = arg.default_value
         else:
             raise NotNative(f"{schema.name}: argument {arg.name} missing")
-        type_name = str(arg.type)
-        kind, iv, dv, lv = A_NONE, 0, 0.0, []
-        if isinstance(v, fx.Node):
-            kind, iv = A_TENSOR, slot[v]
-        elif v is None:
-            kind = A_NONE
-        elif isinstance(v, bool):
-            kind, iv = A_BOOL, int(v)
-        elif isinstance(v, torch.dtype) and v in _SCALAR_TYPES:
-            kind, iv = A_INT, _SCALAR_TYPES[v]
-        elif (isinstance(v, torch.device) and v.type == "cpu") or v is torch.strided:
-            kind = A_NONE  # the default
-        elif isinstance(v, int):
-            kind, iv = (A_SCALAR_INT if "Scalar" in type_name else A_INT), v
-        elif isinstance(v, float):
-            kind, dv = (A_SCALAR_DOUBLE if "Scalar" in type_name else A_DOUBLE), v
-        elif isinstance(v, (list, tuple)) and all(isinstance(e, fx.Node) for e in v) and v:
-            kind, lv = A_TENSORLIST, [slot[e] for e in v]
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(e, bool) for e in v):
-            kind, lv = A_BOOLLIST, [int(e) for e in v]
-        elif isinstance(v, (list, tuple)) and all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-            kind, lv = A_INTLIST, [int(e) for e in v]
-        else:
-            raise NotNative(f"{schema.name}: argument {arg.name}={v!r} ({type_name}) is not supported")
-        kinds.append(kind)
-        ints.append(int(iv))
-        doubles.append(float(dv))
-        lists.append(lv)
+        encoded = _encode_arg(v, "Scalar" in str(arg.type), slot)
+        if encoded is None:
+            raise NotNative(f"{schema.name}: argument {arg.name}={v!r} ({arg.type}) is not supported")
+        args.append(encoded)
     out = slot[node]
-    outs = out if isinstance(out, list) else [out]
-    name, overload = schema.name, schema.overload_name
-    return ("call", name, overload, kinds, ints, doubles, lists, outs)
+    return CallBlock(schema.name, schema.overload_name, args, out if isinstance(out, list) else [out])
 
 
-def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_hoisted: int, n_state: int,
-                 n_const: int) -> NativeKernels:
-    """Plan the derived forward ``(*args) -> (*outs, *saved)`` and backward ``(*saved, *tangents)``."""
-    fw_out = next(n for n in fw.graph.nodes if n.op == "output")
-    results = list(fw_out.args[0])
+def _encode_arg(v: Any, scalar: bool, slot: dict) -> Optional[CallArg]:
+    """One argument value (``scalar``: the schema takes a Scalar), or ``None`` if it cannot be passed."""
+    if isinstance(v, fx.Node):
+        return CallArg(ArgKind.TENSOR, slot[v])
+    if v is None:
+        return CallArg(ArgKind.NONE)
+    if isinstance(v, bool):
+        return CallArg(ArgKind.BOOL, int(v))
+    if isinstance(v, torch.dtype) and v in _SCALAR_TYPES:
+        return CallArg(ArgKind.INT, _SCALAR_TYPES[v])
+    if (isinstance(v, torch.device) and v.type == "cpu") or v is torch.strided:
+        return CallArg(ArgKind.NONE)  # the default
+    if isinstance(v, int):
+        return CallArg(ArgKind.SCALAR_INT if scalar else ArgKind.INT, v)
+    if isinstance(v, float):
+        return CallArg(ArgKind.SCALAR_DOUBLE if scalar else ArgKind.DOUBLE, real=v)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(e, fx.Node) for e in v):
+        return CallArg(ArgKind.TENSORLIST, items=tuple(slot[e] for e in v))
+    if isinstance(v, (list, tuple)) and v and all(isinstance(e, bool) for e in v):
+        return CallArg(ArgKind.BOOLLIST, items=tuple(int(e) for e in v))
+    if isinstance(v, (list, tuple)) and all(isinstance(e, int) and not isinstance(e, bool) for e in v):
+        return CallArg(ArgKind.INTLIST, items=tuple(int(e) for e in v))
+    return None
+
+
+def plan_step(fw: fx.Graph, bw: fx.Graph, *, n_outputs: int, n_hoisted: int, n_state: int,
+              n_const: int) -> NativePlan:
+    """Plan a derived step (aten targets): forward ``(*args) -> (*outs, *saved)`` and backward
+    ``(*saved, *tangents) -> (*grads, *deferred operand pairs)``; raises :class:`NotNative`."""
+    results = list(_args(_output_node(fw))[0])
     outs, saved = results[:n_outputs], results[n_outputs:]
-    placeholders = [n for n in fw.graph.nodes if n.op == "placeholder"]
+    placeholders = _placeholders(fw)
     const_nodes = set(placeholders[n_hoisted + n_state:n_hoisted + n_state + n_const])
-    const_only: set[fx.Node] = set(const_nodes)
-    for node in fw.graph.nodes:
-        if node.op == "call_function" and all(a in const_only for a in node.all_input_nodes):
-            const_only.add(node)
-    state_out = {}
-    for p, node in enumerate(outs):
-        s = p - 1  # outs = (y, *new state)
-        if s >= 0 and isinstance(node, fx.Node) and node not in state_out:
-            state_out[node] = s
-    unique: list[fx.Node] = []
-    index_of: dict[fx.Node, int] = {}
+    index_of: dict[fx.Node, int] = {}  # the saved values, each once; alias[j]: saved output j's index there
     alias: list[int] = []
     for node in saved:
         if not isinstance(node, fx.Node):
             raise NotNative("a saved value is not a tensor")
-        if node not in index_of:
-            index_of[node] = len(unique)
-            unique.append(node)
-        alias.append(index_of[node])
-    kinds = []
-    for node in unique:
-        if node in placeholders:
-            i = placeholders.index(node)
-            if n_hoisted <= i < n_hoisted + n_state:
-                kinds.append(2 + i - n_hoisted)
-            elif node in const_nodes:
-                kinds.append(1)
-            else:
-                kinds.append(0)
-        elif node in state_out:
-            kinds.append(2 + n_state + state_out[node])
-        elif node in const_only:
-            kinds.append(1)
-        else:
-            kinds.append(0)
+        alias.append(index_of.setdefault(node, len(index_of)))
+    unique = list(index_of)
+    places = _saved_places(fw, unique, outs, n_hoisted, n_state, const_nodes)
     fw_packed = _packable(fw, lambda n: n in const_nodes)
     fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed, per_sequence=const_nodes)
-    bw_placeholders = [n for n in bw.graph.nodes if n.op == "placeholder"]
+    inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes)
+    bw_placeholders = _placeholders(bw)
     n_tangents = len(bw_placeholders) - len(saved)
-    bw_alias = alias + [len(unique) + k for k in range(n_tangents)]
-    once = {p for i, p in enumerate(bw_placeholders[:len(saved)]) if kinds[alias[i]] == 1}
+    once = {p for i, p in enumerate(bw_placeholders[:len(saved)]) if places[alias[i]].kind == SavedKind.ONCE}
     bw_packed = _packable(bw, lambda n: n in once)
-    bw_spec = plan_graph(bw, bw_alias, packed=bw_packed, per_sequence=once)
+    bw_spec = plan_graph(bw, alias + [len(unique) + k for k in range(n_tangents)], packed=bw_packed,
+                         per_sequence=once)
     y_alias = -1
     if outs and isinstance(outs[0], fx.Node):
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
-    n_grads = n_hoisted + n_state + n_const + (len(placeholders) - n_hoisted - n_state - n_const)
-    sources = _deferred_sources(bw_spec, n_grads, n_hoisted, kinds, n_state)
-    inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes)
-    return NativeKernels(fw_spec, bw_spec, kinds, y_alias, inference, sources,
-                         [placeholders.index(n) - n_hoisted - n_state for n in fw_packed],
-                         [alias[bw_placeholders.index(n)] for n in bw_packed])
+    return NativePlan(fw_spec, bw_spec, inference, places, y_alias,
+                      _deferred_pairs(bw_spec, len(placeholders), n_hoisted, places),
+                      [placeholders.index(n) - n_hoisted - n_state for n in fw_packed],
+                      [alias[bw_placeholders.index(n)] for n in bw_packed])
+
+
+def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: int, n_state: int,
+                  const_nodes: set[fx.Node]) -> list[SavedPlace]:
+    """Where each saved value is kept: a state leaf before or after the step (read from the state
+    history), once (reads per-sequence values only), or per step."""
+    placeholders = _placeholders(fw)
+    const_only: set[fx.Node] = set(const_nodes)
+    for node in fw.nodes:
+        if node.op == "call_function" and all(a in const_only for a in node.all_input_nodes):
+            const_only.add(node)
+    state_out: dict[fx.Node, int] = {}
+    for s, node in enumerate(outs[1:]):  # outs = (y, *new state)
+        if isinstance(node, fx.Node) and node not in state_out:
+            state_out[node] = s
+    places = []
+    for node in unique:
+        i = placeholders.index(node) if node in placeholders else -1
+        if n_hoisted <= i < n_hoisted + n_state:
+            places.append(SavedPlace(SavedKind.STATE_BEFORE, i - n_hoisted))
+        elif i < 0 and node in state_out:
+            places.append(SavedPlace(SavedKind.STATE_AFTER, state_out[node]))
+        elif node in const_only:
+            places.append(SavedPlace(SavedKind.ONCE))
+        else:
+            places.append(SavedPlace(SavedKind.PER_STEP))
+    return places
 
 
 # Per-step products at least this large (multiply-adds) run on MKL's packed weights: packing
@@ -591,13 +598,13 @@ def plan_kernels(fw: fx.GraphModule, bw: fx.GraphModule, *, n_outputs: int, n_ho
 _PACK_MIN_MACS = 2_000_000
 
 
-def _packable(gm: fx.GraphModule, per_sequence) -> list[fx.Node]:
+def _packable(graph: fx.Graph, per_sequence: Callable[[fx.Node], bool]) -> list[fx.Node]:
     """Placeholders ``W`` (per sequence: ``per_sequence(W)``) that are the right operand of a
-    float32 ``mm``/``addmm`` in ``gm`` large enough to gain from MKL's packed weights."""
+    float32 ``mm``/``addmm`` in ``graph`` large enough to gain from MKL's packed weights."""
     if not _mkl_packing():
         return []
     found: list[fx.Node] = []
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
             continue
         args = _args(node)
@@ -620,29 +627,25 @@ def _mkl_packing() -> bool:
         return False
 
 
-def _deferred_sources(bw: ProgramSpec, n_grads: int, n_hoisted: int, kinds: list[int], n_state: int) -> list[list[int]]:
-    """For each deferred operand pair of the backward, ``[kind_a, index_a, kind_b, index_b]`` where
-    kind 1 = the gradient buffer of hoisted input ``index``, 2 = per-step saved value ``index``,
-    3 = state leaf ``index`` before the step, 4 = after it; kind 0 = made per step (collected)."""
+def _deferred_pairs(bw: ProgramSpec, n_grads: int, n_hoisted: int, places: list[SavedPlace]) -> list[DeferredPair]:
+    """Where both operands of each deferred product of the backward already lie for all steps (the
+    gradient buffer of a hoisted input, a per-step saved buffer, the state history), or that they
+    are made per step and collected into a buffer of their own."""
     out_slots = bw.output_slots
     grad_slot = {out_slots[i]: i for i in range(n_hoisted) if out_slots[i] >= 0}
 
-    def source(slot: int) -> tuple[int, int]:
+    def source(slot: int) -> Operand:
         if slot in grad_slot:
-            return 1, grad_slot[slot]
-        if 0 <= slot < len(kinds):
-            kind = kinds[slot]
-            if kind == 0:
-                return 2, slot
-            if kind >= 2:
-                s = kind - 2
-                return (3, s) if s < n_state else (4, s - n_state)
-        return 0, 0
+            return Operand(OperandSource.HOISTED_GRAD, grad_slot[slot])
+        if 0 <= slot < len(places):  # the backward's first input slots hold the saved values
+            place = places[slot]
+            if place.kind == SavedKind.PER_STEP:
+                return Operand(OperandSource.SAVED, slot)
+            if place.kind == SavedKind.STATE_BEFORE:
+                return Operand(OperandSource.STATE_BEFORE, place.index)
+            if place.kind == SavedKind.STATE_AFTER:
+                return Operand(OperandSource.STATE_AFTER, place.index)
+        return Operand(OperandSource.OWN_BUFFER)
 
-    pairs = []
-    for p in range((len(out_slots) - n_grads) // 2):
-        ka, ia = source(out_slots[n_grads + 2 * p])
-        kb, ib = source(out_slots[n_grads + 2 * p + 1])
-        pairs.append([ka, ia, kb, ib])
-    return pairs
-
+    return [DeferredPair(source(out_slots[n_grads + 2 * p]), source(out_slots[n_grads + 2 * p + 1]))
+            for p in range((len(out_slots) - n_grads) // 2)]

@@ -1,7 +1,8 @@
 // torchcells native runtime: runs a traced step program T times without Python.
 //
 // A program is a list of instructions over a table of tensor slots, planned in
-// Python from the derived forward/backward graphs (engine/native/plan.py):
+// Python from the derived forward/backward graphs (engine/native/plan.py, in the
+// records of engine/native/records.py, whose IntEnums mirror the enums below):
 //   * CALL   -- any aten operator, called through the dispatcher (boxed); per-step products
 //               on large float32 weights call mkl::_mkl_linear on weights packed once;
 //   * FUSED  -- a group of elementwise operations over one 2-D domain [R, C],
@@ -10,7 +11,8 @@
 //               outside the group, each into a fresh tensor or a preset place.
 // The two drivers run the forward over all steps (saving what the backward reads
 // into [T, ...] buffers) and the backward in reverse (the weight gradients of the
-// per-step products summed by one product over all steps after the loop).
+// per-step products summed by one product over all steps after the loop); each takes
+// the program and one struct (ForwardRun, BackwardRun) with named fields.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -23,8 +25,66 @@
 
 namespace {
 
-enum ArgKind : int64_t { A_TENSOR = 0, A_INT = 1, A_DOUBLE = 2, A_BOOL = 3, A_NONE = 4, A_INTLIST = 5,
-                         A_TENSORLIST = 6, A_SCALAR_INT = 7, A_SCALAR_DOUBLE = 8, A_BOOLLIST = 9 };
+// The numbers Python writes into a plan, each enum listed once (an X-macro): the C++ enum and the
+// table enums() exports come from the same list, and the loader (build.py) compares that table
+// with the IntEnums of records.py before it uses this build.
+#define TC_OP(X)                                                                            \
+  X(ADD) X(SUB) X(MUL) X(DIV) X(NEG) X(SIGMOID) X(TANH) X(EXP) X(LOG) X(RELU) X(SIGMOID_BWD) \
+  X(TANH_BWD) X(WHERE) X(THRESHOLD_BWD) X(MAX) X(MIN) X(SQRT) X(RSQRT) X(RECIP) X(ABS) X(COPY) \
+  X(SQUARE) X(FILL)
+#define TC_LAYOUT(X) X(FULL) X(ROW) X(COL) X(SCALAR)
+#define TC_ARG_KIND(X) \
+  X(TENSOR) X(INT) X(DOUBLE) X(BOOL) X(NONE) X(INTLIST) X(TENSORLIST) X(SCALAR_INT) X(SCALAR_DOUBLE) X(BOOLLIST)
+#define TC_SAVED_KIND(X) X(PER_STEP) X(ONCE) X(STATE_BEFORE) X(STATE_AFTER)
+#define TC_OPERAND_SOURCE(X) X(OWN_BUFFER) X(HOISTED_GRAD) X(SAVED) X(STATE_BEFORE) X(STATE_AFTER)
+
+// Elementwise opcodes of the register machine.
+#define X(name) O_##name,
+enum Op : int64_t { TC_OP(X) };
+#undef X
+// How an input of a fused group is laid over the [R, C] domain.
+#define X(name) L_##name,
+enum Layout : int64_t { TC_LAYOUT(X) };
+#undef X
+// What an argument of a call is.
+#define X(name) A_##name,
+enum ArgKind : int64_t { TC_ARG_KIND(X) };
+#undef X
+// Where a value the backward reads is kept over the sequence (with the state leaf it is, for STATE_*).
+#define X(name) SK_##name,
+enum SavedKind : int64_t { TC_SAVED_KIND(X) };
+#undef X
+// Where an operand of a deferred weight-gradient product lies for all steps.
+#define X(name) OS_##name,
+enum OperandSource : int64_t { TC_OPERAND_SOURCE(X) };
+#undef X
+
+pybind11::dict exported_enums() {
+  pybind11::dict all;
+#define TC_EXPORT(TABLE, title) \
+  {                               \
+    pybind11::dict d;             \
+    TABLE(X)                      \
+    all[title] = d;               \
+  }
+#define X(name) d[#name] = static_cast<int64_t>(O_##name);
+  TC_EXPORT(TC_OP, "Op")
+#undef X
+#define X(name) d[#name] = static_cast<int64_t>(L_##name);
+  TC_EXPORT(TC_LAYOUT, "Layout")
+#undef X
+#define X(name) d[#name] = static_cast<int64_t>(A_##name);
+  TC_EXPORT(TC_ARG_KIND, "ArgKind")
+#undef X
+#define X(name) d[#name] = static_cast<int64_t>(SK_##name);
+  TC_EXPORT(TC_SAVED_KIND, "SavedKind")
+#undef X
+#define X(name) d[#name] = static_cast<int64_t>(OS_##name);
+  TC_EXPORT(TC_OPERAND_SOURCE, "OperandSource")
+#undef X
+#undef TC_EXPORT
+  return all;
+}
 
 struct Arg {
   int64_t kind;
@@ -45,16 +105,6 @@ struct OnceCache {
   bool filled = false;
   std::vector<at::Tensor> values;   // by slot
 };
-
-// Elementwise opcodes of the register machine.
-enum Op : int64_t {
-  O_ADD = 0, O_SUB, O_MUL, O_DIV, O_NEG, O_SIGMOID, O_TANH, O_EXP, O_LOG, O_RELU, O_SIGMOID_BWD,
-  O_TANH_BWD, O_WHERE, O_THRESHOLD_BWD, O_MAX, O_MIN, O_SQRT, O_RSQRT, O_RECIP, O_ABS, O_COPY, O_SQUARE,
-  O_FILL
-};
-
-// How an input of a fused group is laid over the [R, C] domain.
-enum Lay : int64_t { L_FULL = 0, L_ROW = 1, L_COL = 2, L_SCALAR = 3 };
 
 struct Input {
   int64_t slot, lay, offset;
@@ -406,29 +456,58 @@ class Program {
   std::vector<Fused> fused_;
 };
 
-at::Tensor step_of(const at::Tensor& t, int64_t k) { return t.select(0, k); }
+// What forward_sequence reads: one struct with named fields, filled by sequence.py.
+struct ForwardRun {
+  std::vector<at::Tensor> hoisted;        // [T, ...] per hoisted input
+  std::vector<at::Tensor> state;          // the initial state leaves
+  std::vector<at::Tensor> consts;         // per-sequence values
+  c10::optional<at::Tensor> valid;        // [T, B] bool, or None for full lengths
+  std::vector<at::Tensor> extras;         // inputs after all others (packed weights, see plan.py)
+  int64_t steps = 0;                      // T
+  int64_t n_outputs = 0;                  // program outputs before the saved values: y, *new state
+  int64_t y_alias = -1;                   // the state leaf y is (its history is then the output), or -1
+  std::vector<int64_t> saved_kind;        // SavedKind per saved value (empty: save nothing)
+  std::vector<int64_t> saved_index;       // its state leaf, for SK_STATE_BEFORE / SK_STATE_AFTER
+};
 
-// The forward over all steps.
-//   per_step[k] : [T, ...] hoisted inputs;  state: the initial leaves;  consts: per-sequence values;
-//   valid: [T, B] bool or undefined.  Program outputs: [y, *new state (n_out - 1), *saved].
-//   y_alias: the state leaf y is (then y's history is the output; nothing copied), or -1.
-//   saved_kind[j]: 0 = per step (kept in a [T, ...] buffer), 1 = once (kept from step 0),
-//                  2 + s = state leaf s before the step, 2 + n_s + s = after it (both read from
-//                  the state history, nothing copied).
-//   T: the number of steps. extras: inputs after all others (packed weights, see plan.py).
-// Returns [ys, *final_state, *history(T+1, ...) per leaf, *saved buffers (kind 0/1 in order)].
-std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Tensor>& per_step,
-                                         const std::vector<at::Tensor>& state, const std::vector<at::Tensor>& consts,
-                                         const c10::optional<at::Tensor>& valid, int64_t n_out, int64_t y_alias,
-                                         const std::vector<int64_t>& saved_kind, int64_t T,
-                                         const std::vector<at::Tensor>& extras) {
-  const size_t n_s = state.size();
+// What backward_sequence reads.
+struct BackwardRun {
+  std::vector<c10::optional<at::Tensor>> saved;  // as forward_sequence returned them (None for state kinds)
+  std::vector<int64_t> saved_kind, saved_index;  // as in ForwardRun
+  std::vector<at::Tensor> history;               // [T+1, ...] per state leaf, from forward_sequence
+  c10::optional<at::Tensor> d_ys;                // [T, ...], or None
+  std::vector<c10::optional<at::Tensor>> d_final;  // per leaf, or None
+  std::vector<c10::optional<at::Tensor>> d_hist;   // per leaf [T, ...] (or None; empty without every-step states)
+  std::vector<at::Tensor> d_hoisted;             // a [T, ...] buffer per hoisted input, filled step by step
+  std::vector<at::Tensor> zero_like;             // per tangent: its value when the tangent is missing
+  int64_t n_consts = 0;
+  int64_t n_grads = 0;                           // program outputs before the deferred operand pairs
+  std::vector<bool> transposed;                  // per deferred pair: its left operand comes transposed
+  std::vector<int64_t> operand_source;           // per deferred pair p: [2p] its left operand, [2p+1] its
+  std::vector<int64_t> operand_index;            //   right: OperandSource and index
+  int64_t steps = 0;                             // T
+  int64_t chunk_rows = 1024;                     // rows per product for pairs collected step by step
+  std::vector<at::Tensor> extras;                // as in ForwardRun
+};
+
+// The forward over all steps. Program inputs: [*hoisted_t, *state, *consts, valid_t?, *extras];
+// outputs: [y, *new state (n_outputs - 1), *saved]. The new state leaves go straight into a
+// [T+1, ...] history per leaf, y into ys, each per-step saved value into a [T, ...] buffer, a
+// once-saved value is kept from step 0, and values saved as state leaves are read from the
+// history (nothing copied).
+// Returns [ys, *final_state, *history(T+1, ...) per leaf, *saved buffers (undefined for state kinds)].
+std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
+  const int64_t T = run.steps;
+  const int64_t n_out = run.n_outputs;
+  const int64_t y_alias = run.y_alias;
+  const std::vector<int64_t>& saved_kind = run.saved_kind;
+  const size_t n_s = run.state.size();
   std::vector<at::Tensor> history(n_s);
   for (size_t s = 0; s < n_s; ++s) {
-    auto shape = state[s].sizes().vec();
+    auto shape = run.state[s].sizes().vec();
     shape.insert(shape.begin(), T + 1);
-    history[s] = at::empty(shape, state[s].options());
-    history[s].select(0, 0).copy_(state[s]);
+    history[s] = at::empty(shape, run.state[s].options());
+    history[s].select(0, 0).copy_(run.state[s]);
   }
   at::Tensor ys;
   std::vector<at::Tensor> saved(saved_kind.size());
@@ -437,16 +516,16 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
   OnceCache once;
   for (int64_t t = 0; t < T; ++t) {
     inputs.clear();
-    for (const auto& h : per_step) inputs.push_back(h.select(0, t));
+    for (const auto& h : run.hoisted) inputs.push_back(h.select(0, t));
     for (size_t s = 0; s < n_s; ++s) inputs.push_back(history[s].select(0, t));
-    for (const auto& c : consts) inputs.push_back(c);
-    if (valid.has_value()) inputs.push_back(valid->select(0, t));
-    for (const auto& e : extras) inputs.push_back(e);
+    for (const auto& c : run.consts) inputs.push_back(c);
+    if (run.valid.has_value()) inputs.push_back(run.valid->select(0, t));
+    for (const auto& e : run.extras) inputs.push_back(e);
     // new state leaves go straight into the history; y into ys; per-step saved values into their buffers
     for (size_t s = 0; s < n_s; ++s) dest[s + 1] = history[s].select(0, t + 1);
     if (y_alias < 0 && ys.defined()) dest[0] = ys.select(0, t);
     for (size_t j = 0; j < saved_kind.size(); ++j) {
-      dest[n_out + j] = (saved_kind[j] == 0 && saved[j].defined()) ? saved[j].select(0, t) : at::Tensor();
+      dest[n_out + j] = (saved_kind[j] == SK_PER_STEP && saved[j].defined()) ? saved[j].select(0, t) : at::Tensor();
     }
     std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
     if (y_alias < 0 && !ys.defined()) {
@@ -456,13 +535,13 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
       ys.select(0, 0).copy_(out[0]);
     }
     for (size_t j = 0; j < saved_kind.size(); ++j) {
-      if (saved_kind[j] == 0 && !saved[j].defined()) {
+      if (saved_kind[j] == SK_PER_STEP && !saved[j].defined()) {
         const at::Tensor& v = out[n_out + j];
         auto shape = v.sizes().vec();
         shape.insert(shape.begin(), T);
         saved[j] = at::empty(shape, v.options());
         saved[j].select(0, 0).copy_(v);
-      } else if (saved_kind[j] == 1 && t == 0) {
+      } else if (saved_kind[j] == SK_ONCE && t == 0) {
         saved[j] = out[n_out + j].contiguous();
       }
     }
@@ -476,47 +555,42 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const std::vector<at::Te
   return result;
 }
 
-// The backward over all steps, in reverse.
-//   saved: as returned by forward_sequence (undefined for kind >= 2); history: the state history.
-//   Program inputs: [*saved values, d_y, *d_state]; outputs: [*grads(n_grads), *deferred operand pairs].
-//   d_ys [T, ...] (or undefined), d_final per leaf (or undefined), d_hist per leaf [T, ...] (or undefined).
-//   d_hoisted: a [T, ...] buffer per hoisted input, filled step by step.
-//   deferred: const index per deferred pair; transposed: whether the left operand comes transposed;
-//   source: per pair, where both operands lie for all steps already ([kind, index] twice: 1 the
-//   d_hoisted buffer, 2 a saved buffer, 3/4 the state history before/after the step; 0 made per
-//   step, then kept in a [T, ...] buffer of its own) -- the pair's product is one product over
-//   all T·B rows after the loop. Pairs whose left operand is not transposed, or whose operands
-//   are not 2-D, are collected and multiplied in chunks of >= chunk_rows rows instead.
-//   zero_like: one tensor per tangent giving its shape and dtype when a tangent is missing.
+// The backward over all steps, in reverse. Program inputs: [*saved values, d_y, *d_state, *extras];
+// outputs: [*grads (n_grads), *deferred operand pairs]. A pair whose left operand comes transposed
+// and whose operands are 2-D is one product over all T·B rows after the loop, reading its
+// operands where they already lie for all steps (operand_source), or else from a [T, ...] buffer
+// of their own filled step by step; other pairs are collected and multiplied in chunks of at
+// least chunk_rows rows.
 // Returns [*d_hoisted (or undefined), *d_state, *d_consts (summed), *summed deferred products].
-std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::optional<at::Tensor>>& saved,
-                                          const std::vector<int64_t>& saved_kind,
-                                          const std::vector<at::Tensor>& history, const c10::optional<at::Tensor>& d_ys_opt,
-                                          const std::vector<c10::optional<at::Tensor>>& d_final,
-                                          const std::vector<c10::optional<at::Tensor>>& d_hist,
-                                          const std::vector<at::Tensor>& d_hoisted, int64_t n_c, int64_t n_grads,
-                                          const std::vector<int64_t>& deferred, const std::vector<bool>& transposed,
-                                          const std::vector<std::vector<int64_t>>& source,
-                                          const std::vector<at::Tensor>& zero_like, int64_t T, int64_t chunk_rows,
-                                          const std::vector<at::Tensor>& extras) {
+std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run) {
+  const int64_t T = run.steps;
+  const int64_t n_c = run.n_consts;
+  const int64_t n_grads = run.n_grads;
+  const int64_t chunk_rows = run.chunk_rows;
+  const std::vector<int64_t>& saved_kind = run.saved_kind;
+  const std::vector<int64_t>& saved_index = run.saved_index;
+  const std::vector<at::Tensor>& history = run.history;
+  const std::vector<at::Tensor>& d_hoisted = run.d_hoisted;
+  const std::vector<bool>& transposed = run.transposed;
   const int64_t n_h = static_cast<int64_t>(d_hoisted.size());
   const int64_t n_s = static_cast<int64_t>(history.size());
-  const at::Tensor d_ys = d_ys_opt.has_value() ? *d_ys_opt : at::Tensor();
+  const at::Tensor d_ys = run.d_ys.has_value() ? *run.d_ys : at::Tensor();
   std::vector<at::Tensor> carry;
-  for (const auto& g : d_final) carry.push_back(g.has_value() ? *g : at::Tensor());
+  for (const auto& g : run.d_final) carry.push_back(g.has_value() ? *g : at::Tensor());
   std::vector<bool> got(static_cast<size_t>(n_h), false);
   std::vector<at::Tensor> acc(static_cast<size_t>(n_c));
-  const size_t n_def = deferred.size();
+  const size_t n_def = transposed.size();
   // A transposed pair's operands are read for all steps at once after the loop: from where they
-  // already lie (source), or else from a [T, ...] buffer of their own, filled step by step.
+  // already lie (operand_source), or else from a [T, ...] buffer of their own, filled step by step.
   std::vector<bool> from_buffers(n_def);
   std::vector<int64_t> kinds(2 * n_def), indices(2 * n_def);
   std::vector<at::Tensor> own(2 * n_def);
   for (size_t p = 0; p < n_def; ++p) {
     from_buffers[p] = transposed[p];
     for (size_t k = 0; k < 2; ++k) {
-      kinds[2 * p + k] = source[p][2 * k] != 0 ? source[p][2 * k] : 5;
-      indices[2 * p + k] = source[p][2 * k] != 0 ? source[p][2 * k + 1] : static_cast<int64_t>(2 * p + k);
+      const size_t j = 2 * p + k;
+      kinds[j] = run.operand_source[j];
+      indices[j] = kinds[j] == OS_OWN_BUFFER ? static_cast<int64_t>(j) : run.operand_index[j];
     }
   }
   std::vector<std::vector<at::Tensor>> lhs(n_def), rhs(n_def);
@@ -528,25 +602,26 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   for (int64_t t = T - 1; t >= 0; --t) {
     inputs.clear();
     for (size_t j = 0; j < saved_kind.size(); ++j) {
-      const int64_t kind = saved_kind[j];
-      if (kind == 0) inputs.push_back(saved[j]->select(0, t));
-      else if (kind == 1) inputs.push_back(*saved[j]);
-      else if (kind - 2 < n_s) inputs.push_back(history[kind - 2].select(0, t));
-      else inputs.push_back(history[kind - 2 - n_s].select(0, t + 1));
+      switch (saved_kind[j]) {
+        case SK_PER_STEP: inputs.push_back(run.saved[j]->select(0, t)); break;
+        case SK_ONCE: inputs.push_back(*run.saved[j]); break;
+        case SK_STATE_BEFORE: inputs.push_back(history[saved_index[j]].select(0, t)); break;
+        default: inputs.push_back(history[saved_index[j]].select(0, t + 1)); break;  // SK_STATE_AFTER
+      }
     }
     std::vector<at::Tensor> tangents(carry.begin(), carry.end());
     for (int64_t s = 0; s < n_s; ++s) {
-      if (d_hist.size() > static_cast<size_t>(s) && d_hist[s].has_value() && d_hist[s]->defined()) {
-        at::Tensor g = d_hist[s]->select(0, t);
+      if (run.d_hist.size() > static_cast<size_t>(s) && run.d_hist[s].has_value() && run.d_hist[s]->defined()) {
+        at::Tensor g = run.d_hist[s]->select(0, t);
         tangents[s] = tangents[s].defined() ? tangents[s] + g : g;
       }
     }
     tangents.insert(tangents.begin(), d_ys.defined() ? d_ys.select(0, t) : at::Tensor());
     for (size_t k = 0; k < tangents.size(); ++k) {
-      if (!tangents[k].defined()) tangents[k] = zero_like[k];  // programs never write their inputs
+      if (!tangents[k].defined()) tangents[k] = run.zero_like[k];  // programs never write their inputs
       inputs.push_back(tangents[k]);
     }
-    for (const auto& e : extras) inputs.push_back(e);
+    for (const auto& e : run.extras) inputs.push_back(e);
     dest.assign(static_cast<size_t>(n_grads) + 2 * n_def, at::Tensor());
     for (int64_t i = 0; i < n_h; ++i) dest[i] = d_hoisted[i].select(0, t);
     for (size_t j = 0; j < 2 * n_def; ++j) {
@@ -569,7 +644,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
           from_buffers[p] = false;
         } else {
           for (size_t k = 0; k < 2; ++k) {
-            if (kinds[2 * p + k] != 5) continue;
+            if (kinds[2 * p + k] != OS_OWN_BUFFER) continue;
             const at::Tensor& v = k == 0 ? a : b;
             auto shape = v.sizes().vec();
             shape.insert(shape.begin(), T);
@@ -595,11 +670,13 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
   }
   auto all_steps = [&](int64_t kind, int64_t index) -> at::Tensor {
     at::Tensor b;
-    if (kind == 5) b = own[index];
-    else if (kind == 1) b = d_hoisted[index];
-    else if (kind == 2) b = *saved[index];
-    else if (kind == 3) b = history[index].narrow(0, 0, T);
-    else b = history[index].narrow(0, 1, T);
+    switch (kind) {
+      case OS_OWN_BUFFER: b = own[index]; break;
+      case OS_HOISTED_GRAD: b = d_hoisted[index]; break;
+      case OS_SAVED: b = *run.saved[index]; break;
+      case OS_STATE_BEFORE: b = history[index].narrow(0, 0, T); break;
+      default: b = history[index].narrow(0, 1, T); break;  // OS_STATE_AFTER
+    }
     return b.reshape({-1, b.size(-1)});
   };
   for (size_t p = 0; p < n_def; ++p) {
@@ -619,13 +696,97 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const std::vector<c10::
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  pybind11::class_<Program>(m, "Program")
-      .def(pybind11::init<int64_t, std::vector<int64_t>>())
-      .def("add_call", &Program::add_call)
-      .def("add_fused", &Program::add_fused)
+  namespace py = pybind11;
+  py::class_<Program>(m, "Program")
+      .def(py::init<int64_t, std::vector<int64_t>>(), py::arg("n_slots"), py::arg("output_slots"))
+      .def("add_call", &Program::add_call, py::arg("name"), py::arg("overload"), py::arg("kinds"), py::arg("ints"),
+           py::arg("doubles"), py::arg("lists"), py::arg("outs"), py::arg("once"))
+      .def("add_fused", &Program::add_fused, py::arg("rows"), py::arg("cols"), py::arg("inputs"), py::arg("code"),
+           py::arg("imms"), py::arg("outputs"), py::arg("allocs"), py::arg("n_regs"))
       .def("run", &Program::run);
-  m.def("forward_sequence", &forward_sequence);
+  // The structs are made with every field named (one conversion, as cheap as positional
+  // arguments); their fields stay readable and writable from Python.
+  py::class_<ForwardRun>(m, "ForwardRun")
+      .def(py::init([](std::vector<at::Tensor> hoisted, std::vector<at::Tensor> state, std::vector<at::Tensor> consts,
+                       c10::optional<at::Tensor> valid, std::vector<at::Tensor> extras, int64_t steps, int64_t n_outputs,
+                       int64_t y_alias, std::vector<int64_t> saved_kind, std::vector<int64_t> saved_index) {
+             ForwardRun r;
+             r.hoisted = std::move(hoisted);
+             r.state = std::move(state);
+             r.consts = std::move(consts);
+             r.valid = std::move(valid);
+             r.extras = std::move(extras);
+             r.steps = steps;
+             r.n_outputs = n_outputs;
+             r.y_alias = y_alias;
+             r.saved_kind = std::move(saved_kind);
+             r.saved_index = std::move(saved_index);
+             return r;
+           }),
+           py::kw_only(), py::arg("hoisted"), py::arg("state"), py::arg("consts"), py::arg("valid"), py::arg("extras"),
+           py::arg("steps"), py::arg("n_outputs"), py::arg("y_alias"), py::arg("saved_kind"), py::arg("saved_index"))
+      .def_readwrite("hoisted", &ForwardRun::hoisted)
+      .def_readwrite("state", &ForwardRun::state)
+      .def_readwrite("consts", &ForwardRun::consts)
+      .def_readwrite("valid", &ForwardRun::valid)
+      .def_readwrite("extras", &ForwardRun::extras)
+      .def_readwrite("steps", &ForwardRun::steps)
+      .def_readwrite("n_outputs", &ForwardRun::n_outputs)
+      .def_readwrite("y_alias", &ForwardRun::y_alias)
+      .def_readwrite("saved_kind", &ForwardRun::saved_kind)
+      .def_readwrite("saved_index", &ForwardRun::saved_index);
+  py::class_<BackwardRun>(m, "BackwardRun")
+      .def(py::init([](std::vector<c10::optional<at::Tensor>> saved, std::vector<int64_t> saved_kind,
+                       std::vector<int64_t> saved_index, std::vector<at::Tensor> history,
+                       c10::optional<at::Tensor> d_ys, std::vector<c10::optional<at::Tensor>> d_final,
+                       std::vector<c10::optional<at::Tensor>> d_hist, std::vector<at::Tensor> d_hoisted,
+                       std::vector<at::Tensor> zero_like, int64_t n_consts, int64_t n_grads, std::vector<bool> transposed,
+                       std::vector<int64_t> operand_source, std::vector<int64_t> operand_index, int64_t steps,
+                       int64_t chunk_rows, std::vector<at::Tensor> extras) {
+             BackwardRun r;
+             r.saved = std::move(saved);
+             r.saved_kind = std::move(saved_kind);
+             r.saved_index = std::move(saved_index);
+             r.history = std::move(history);
+             r.d_ys = std::move(d_ys);
+             r.d_final = std::move(d_final);
+             r.d_hist = std::move(d_hist);
+             r.d_hoisted = std::move(d_hoisted);
+             r.zero_like = std::move(zero_like);
+             r.n_consts = n_consts;
+             r.n_grads = n_grads;
+             r.transposed = std::move(transposed);
+             r.operand_source = std::move(operand_source);
+             r.operand_index = std::move(operand_index);
+             r.steps = steps;
+             r.chunk_rows = chunk_rows;
+             r.extras = std::move(extras);
+             return r;
+           }),
+           py::kw_only(), py::arg("saved"), py::arg("saved_kind"), py::arg("saved_index"), py::arg("history"),
+           py::arg("d_ys"), py::arg("d_final"), py::arg("d_hist"), py::arg("d_hoisted"), py::arg("zero_like"),
+           py::arg("n_consts"), py::arg("n_grads"), py::arg("transposed"), py::arg("operand_source"),
+           py::arg("operand_index"), py::arg("steps"), py::arg("chunk_rows"), py::arg("extras"))
+      .def_readwrite("saved", &BackwardRun::saved)
+      .def_readwrite("saved_kind", &BackwardRun::saved_kind)
+      .def_readwrite("saved_index", &BackwardRun::saved_index)
+      .def_readwrite("history", &BackwardRun::history)
+      .def_readwrite("d_ys", &BackwardRun::d_ys)
+      .def_readwrite("d_final", &BackwardRun::d_final)
+      .def_readwrite("d_hist", &BackwardRun::d_hist)
+      .def_readwrite("d_hoisted", &BackwardRun::d_hoisted)
+      .def_readwrite("zero_like", &BackwardRun::zero_like)
+      .def_readwrite("n_consts", &BackwardRun::n_consts)
+      .def_readwrite("n_grads", &BackwardRun::n_grads)
+      .def_readwrite("transposed", &BackwardRun::transposed)
+      .def_readwrite("operand_source", &BackwardRun::operand_source)
+      .def_readwrite("operand_index", &BackwardRun::operand_index)
+      .def_readwrite("steps", &BackwardRun::steps)
+      .def_readwrite("chunk_rows", &BackwardRun::chunk_rows)
+      .def_readwrite("extras", &BackwardRun::extras);
+  m.def("forward_sequence", &forward_sequence, py::arg("program"), py::arg("run"));
+  m.def("backward_sequence", &backward_sequence, py::arg("program"), py::arg("run"));
   m.def("vector_width", [] { return static_cast<int64_t>(at::vec::Vectorized<float>::size()); },
         "float lanes per vector register in this build");
-  m.def("backward_sequence", &backward_sequence);
+  m.def("enums", &exported_enums, "the names and values of the enums a plan is written in (see records.py)");
 }
