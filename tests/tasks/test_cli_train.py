@@ -23,6 +23,7 @@ def test_train_writes_checkpoint_config_and_plots_and_summarizes(tmp_path, capsy
     assert (tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (tmp_path / "training.svg").read_bytes()[:2000]
     assert "The trained model's cells" in out and "GRUCell(12→8)" in out       # the anatomy of the model
+    assert "a sample from the model" not in out                                # charlm's extra_report only
 
 
 def test_charlm_prints_a_sample_of_known_characters(capsys):
