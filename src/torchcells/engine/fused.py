@@ -17,25 +17,27 @@ From a cell's traced step (:mod:`torchcells.graph`):
    operands at once. Other parameter gradients are summed over steps.
 
 The derivation (tracing, cutting, rewriting, caching) lives in :mod:`.derive`; this
-module runs the result. ``run_fused`` has exactly the contract of
-:func:`.unroll.unroll` and is tested equal to it.
+module runs the result. :func:`fused_call` and :func:`inference_call` run a forward call
+(:mod:`.call`; the ``fused`` path of :mod:`.paths`); ``run_fused`` and ``run_inference``
+have exactly the contract of :func:`.unroll.unroll` and are tested equal to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..cell import map_state
+from .call import Call, Result, bracket
 from .derive import FusedKernels, explain_fallback, fused_program
-from .lengths import reverse_padded, step_mask
 from ..graph import TraceError
 
-__all__ = ["FusedKernels", "explain_fallback", "fused_program", "run_fused", "run_inference"]
+__all__ = ["FusedKernels", "explain_fallback", "fused_call", "fused_program", "inference_call", "run_fused",
+           "run_inference"]
 
 
 class _FusedSequence(torch.autograd.Function):
@@ -161,7 +163,7 @@ class _Prepared:
     """What every fused call computes before the time loop."""
 
     kernels: FusedKernels
-    x: Tensor                      # reversed within lengths if asked, padded steps zeroed
+    x: Tensor                      # in reading order, padded steps zeroed
     leaves: list[Tensor]
     spec: Any
     valid: Optional[Tensor]        # (T, B) bool, or None for full lengths
@@ -169,58 +171,51 @@ class _Prepared:
     consts: list[Tensor]
 
 
-def _prepare(cell: nn.Module, x: Tensor, state: Any, lengths: Optional[Tensor], reverse: bool,
-             masked: bool) -> _Prepared:
+def _prepare(call: Call, masked: bool) -> _Prepared:
     from torch.utils._pytree import tree_flatten
 
-    if x.shape[0] == 0:
+    if call.steps == 0:
         raise TraceError("no steps to run")
-    kernels = fused_program(cell, x[0], state, masked=masked)
+    x = call.x
+    kernels = fused_program(call.cell, x[0], call.state, masked=masked)
     program = kernels.program
-    leaves, spec = tree_flatten(state)
-    params = program.params(cell)
-    if reverse:
-        x = reverse_padded(x, lengths)
-    valid = step_mask(lengths, x.shape[0], x.device) if lengths is not None else None
-    if valid is not None:
-        x = x.masked_fill(~_expand(valid, x), 0)
+    leaves, spec = tree_flatten(call.state)
+    params = program.params(call.cell)
     consts = list(program.const_fn(*params))
     hoisted: tuple[Tensor, ...] = ()
     if program.n_hoisted:
         # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
         # product becomes one over all T·B rows.
         hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
-    return _Prepared(kernels, x, list(leaves), spec, valid, hoisted, consts)
+    return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts)
 
 
 def _expand(valid: Tensor, like: Tensor) -> Tensor:
     return valid.reshape(valid.shape + (1,) * (like.dim() - valid.dim()))
 
 
-def _finish(prep: _Prepared, outputs: Tensor, final: list[Tensor], stacked: Optional[list[Tensor]],
-            lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Any, Optional[Any]]:
+def _finish(prep: _Prepared, outputs: Tensor, final: list[Tensor], stacked: Optional[list[Tensor]]) -> Result:
     from torch.utils._pytree import tree_unflatten
 
-    states = None
-    if stacked is not None:
-        if prep.valid is not None:
-            stacked = [s.masked_fill(~_expand(prep.valid, s), 0) for s in stacked]
-        states = tree_unflatten(stacked, prep.spec)
-    if reverse:
-        outputs = reverse_padded(outputs, lengths)
-        if states is not None:
-            states = map_state(lambda s: reverse_padded(s, lengths), states)
+    states = tree_unflatten(stacked, prep.spec) if stacked is not None else None
     return outputs, tree_unflatten(final, prep.spec), states
 
 
 def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
               reverse: bool = False, all_states: bool = False,
               native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
-    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused.
+    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
+    return bracket(partial(fused_call, native=native), cell, x, state, lengths=lengths, reverse=reverse,
+                   all_states=all_states)
+
+
+def fused_call(call: Call, *, native: Optional[bool] = None) -> Result:
+    """The fused path over a forward call, with autograd; raises TraceError if the cell can't be fused.
 
     The time loops run in the native runtime where it is built and the step could be
     planned for it (``native=False`` keeps them in Python)."""
-    prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
+    prep = _prepare(call, masked=call.valid is not None)
+    x, all_states = prep.x, call.all_states
     n = len(prep.leaves)
     node: Any = _FusedSequence
     if native is not False and prep.kernels.native is not None and x.device.type == "cpu":
@@ -230,27 +225,33 @@ def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tenso
             node = NativeSequence
     result = node.apply(prep.kernels, prep.valid, x.shape[0], len(prep.hoisted), n, all_states,
                         *prep.hoisted, *prep.leaves, *prep.consts)
-    return _finish(prep, result[0], list(result[1:1 + n]), list(result[1 + n:]) if all_states else None,
-                   lengths, reverse)
+    return _finish(prep, result[0], list(result[1:1 + n]), list(result[1 + n:]) if all_states else None)
 
 
 def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
                   reverse: bool = False, all_states: bool = False,
                   native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
-    """The fused path without autograd: hoisted input part, then the step graph per step,
-    nothing saved for a backward (the loop in the native runtime where it is built, unless
-    ``native=False``). Same contract as :func:`.unroll.unroll`."""
+    """:func:`.unroll.unroll`'s contract, on the fused path without autograd (:func:`inference_call`)."""
+    return bracket(partial(inference_call, native=native), cell, x, state, lengths=lengths, reverse=reverse,
+                   all_states=all_states)
+
+
+def inference_call(call: Call, *, native: Optional[bool] = None) -> Result:
+    """The fused path over a forward call, without autograd: hoisted input part, then the
+    step graph per step, nothing saved for a backward (the loop in the native runtime where
+    it is built, unless ``native=False``)."""
+    x, all_states = call.x, call.all_states
     if native is not False and x.device.type == "cpu":
         from .native import library
         if library() is not None:
-            prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
+            prep = _prepare(call, masked=call.valid is not None)
             if prep.kernels.native is not None:
                 from .native.sequence import run_without_grad
                 out, final, histories = run_without_grad(prep.kernels, list(prep.hoisted), prep.leaves,
                                                          prep.consts, prep.valid, x.shape[0])
                 every = [h[1:] for h in histories] if all_states else None
-                return _finish(prep, out, final, every, lengths, reverse)
-    prep = _prepare(cell, x, state, lengths, reverse, masked=False)
+                return _finish(prep, out, final, every)
+    prep = _prepare(call, masked=False)
     step = prep.kernels.program.fast_step_fn.forward
     per_step = [h.unbind(0) for h in prep.hoisted]
     masks = prep.valid.unbind(0) if prep.valid is not None else None
@@ -267,4 +268,4 @@ def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[T
         if all_states:
             history.append(leaves)
     stacked = [torch.stack([h[j] for h in history]) for j in range(len(leaves))] if all_states else None
-    return _finish(prep, torch.stack(ys), leaves, stacked, lengths, reverse)
+    return _finish(prep, torch.stack(ys), leaves, stacked)
