@@ -52,8 +52,8 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state", "declares", "is_namedtuple",
-           "map_state", "state_leaves"]
+__all__ = ["Cell", "HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state", "declares",
+           "is_namedtuple", "map_state", "state_leaves"]
 
 
 def is_namedtuple(obj: Any) -> bool:

@@ -16,9 +16,8 @@ A path is an object with a ``name``, ``accepts(call) -> None | reason`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional, TypeVar
 
 import torch
 from torch import Tensor
@@ -30,6 +29,7 @@ __all__ = ["Call", "Path", "Result", "bracket", "close_call", "open_call"]
 
 #: ``(outputs (T, B, ...), final_state, every-step states or None)``, as :func:`.unroll.unroll` returns.
 Result = tuple[Tensor, Any, Optional[Any]]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,32 @@ class Call:
     state: Any
     lengths: Optional[Tensor] = None
     all_states: bool = False
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    @cached_property
+    def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """``compute()``, once per call under ``key``: for what a path's ``accepts`` finds and
+        its ``run`` needs again (torch's kernel form, the traced step). Exceptions are not kept."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @property
     def valid(self) -> Optional[Tensor]:
         """``(T, B)`` bool on ``x``'s device, ``True`` at valid steps; ``None`` without lengths."""
-        if self.lengths is None:
+        lengths = self.lengths
+        if lengths is None:
             return None
-        return step_mask(self.lengths, self.steps, self.raw_x.device)
+        return self.memo("valid", lambda: step_mask(lengths, self.steps, self.raw_x.device))
 
-    @cached_property
+    @property
     def x(self) -> Tensor:
-        """``(T, B, ...)`` in reading order with padded steps zeroed: garbage there (NaN,
-        inf) reaches no result and no gradient. ``raw_x`` itself without lengths."""
-        if self.valid is None:
+        """``(T, B, ...)`` in reading order with padded steps zeroed, made on first use:
+        garbage there (NaN, inf) reaches no result and no gradient. ``raw_x`` itself
+        without lengths."""
+        valid = self.valid
+        if valid is None:
             return self.raw_x
-        return self.raw_x.masked_fill(~expand(self.valid, self.raw_x), 0)
+        return self.memo("x", lambda: self.raw_x.masked_fill(~expand(valid, self.raw_x), 0))
 
     @property
     def steps(self) -> int:

@@ -37,7 +37,7 @@ from .derive import FusedKernels, explain_fallback, fused_program
 from ..graph import TraceError
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_call", "fused_program", "inference_call", "run_fused",
-           "run_inference"]
+           "run_inference", "step_program"]
 
 
 class _FusedSequence(torch.autograd.Function):
@@ -177,7 +177,7 @@ def _prepare(call: Call, masked: bool) -> _Prepared:
     if call.steps == 0:
         raise TraceError("no steps to run")
     x = call.x
-    kernels = fused_program(call.cell, x[0], call.state, masked=masked)
+    kernels = step_program(call, masked)
     program = kernels.program
     leaves, spec = tree_flatten(call.state)
     params = program.params(call.cell)
@@ -188,6 +188,11 @@ def _prepare(call: Call, masked: bool) -> _Prepared:
         # product becomes one over all T·B rows.
         hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
     return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts)
+
+
+def step_program(call: Call, masked: bool) -> FusedKernels:
+    """The cell's fused step for this call (traced once per structure and shapes; looked up once per call)."""
+    return call.memo((step_program, masked), lambda: fused_program(call.cell, call.raw_x[0], call.state, masked=masked))
 
 
 def _expand(valid: Tensor, like: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ...graph import TraceError
 from ..call import Call, Path, Result
-from ..fused import explain_fallback, fused_call, fused_program, inference_call
+from ..fused import explain_fallback, fused_call, inference_call, step_program
 
 
 class FusedPath(Path):
@@ -15,7 +15,7 @@ class FusedPath(Path):
     def accepts(self, call: Call) -> Optional[str]:
         """Whether the step traces (traced once per cell structure and shapes, then cached)."""
         try:
-            fused_program(call.cell, call.raw_x[0], call.state, masked=_masked_first(call))
+            step_program(call, masked=_masked_first(call))
         except TraceError as error:
             return str(error)
         return None

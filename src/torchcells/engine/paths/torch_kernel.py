@@ -10,7 +10,7 @@ every-step states (the kernels return the last state only) nor a sequence of len
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -23,7 +23,7 @@ class TorchKernelPath(Path):
     name = "torch"
 
     def accepts(self, call: Call) -> Optional[str]:
-        if _form(call.cell) is None:
+        if _form(call) is None:
             return ("engine='torch' runs only cells in torch's own form, which declare torch_kernel() "
                     "(ElmanCell, LSTMCell and GRUCell without peepholes, a coupled gate or reset-before)")
         if call.raw_x.dim() != 3:
@@ -36,7 +36,7 @@ class TorchKernelPath(Path):
 
     def defer(self, call: Call) -> Optional[str]:
         """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
-        form = _form(call.cell)
+        form = _form(call)
         if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu":
             from ..native import library
             if library() is not None:
@@ -44,7 +44,7 @@ class TorchKernelPath(Path):
         return None
 
     def run(self, call: Call) -> Result:
-        form = _form(call.cell)
+        form = _form(call)
         assert form is not None  # accepts() checked
         kernel = getattr(_VF, form.kind)
         pair = form.kind == "lstm"  # the LSTM kernel takes (h, c); the others h
@@ -65,5 +65,7 @@ class TorchKernelPath(Path):
         return outputs, form.from_hx(tuple(h[0] for h in last)), None
 
 
-def _form(cell: Any) -> Optional[TorchKernelForm]:
-    return cell.torch_kernel() if declares(cell, "torch_kernel") else None
+def _form(call: Call) -> Optional[TorchKernelForm]:
+    """The cell's declared torch form (looked up once per call: accepts, defer and run read it)."""
+    cell = call.cell
+    return call.memo(_form, lambda: cell.torch_kernel() if declares(cell, "torch_kernel") else None)
