@@ -28,8 +28,8 @@ Example -- a cell of your own, with a two-tensor state::
 
 ``Recurrent(LeakyCell(8, 16))`` is then a layer with lengths, reverse and states.
 
-Optional hooks, declared on :class:`Cell` with their defaults (a cell overrides the
-ones it has; the engine and anatomy never guess them from attributes):
+Optional hooks, declared on :class:`Cell` with defaults that declare nothing (a cell
+overrides the ones it has, and the engine and anatomy read these names only):
 
 * ``output_size`` -- features of ``y`` per step (default ``hidden_size``);
 * ``GATES`` -- names of the gates, in the order of the rows they own (default ``()``);
@@ -52,8 +52,8 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state", "declares",
-           "is_namedtuple", "map_state", "state_leaves"]
+__all__ = ["Cell", "OPTIONAL_HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state",
+           "declares", "is_namedtuple", "map_state", "state_leaves"]
 
 
 def is_namedtuple(obj: Any) -> bool:
@@ -226,17 +226,17 @@ class Cell(nn.Module):
 
 
 #: the optional hooks :func:`declares` knows: methods whose default declares nothing.
-HOOKS = ("scan_coefficients", "torch_kernel")
+OPTIONAL_HOOKS = ("scan_coefficients", "torch_kernel")
 
 
 def declares(cell: Any, hook: str) -> bool:
-    """Whether ``cell`` declares the optional ``hook`` (one of :data:`HOOKS`).
+    """Whether ``cell`` declares the optional ``hook`` (one of :data:`OPTIONAL_HOOKS`).
 
     A :class:`Cell` declares a hook by overriding it; a module that is not a ``Cell``
     declares the hooks it defines (a callable attribute of that name).
     """
-    if hook not in HOOKS:
-        raise ValueError(f"declares: hook should be one of {HOOKS}, got {hook!r}")
+    if hook not in OPTIONAL_HOOKS:
+        raise ValueError(f"declares: hook should be one of {OPTIONAL_HOOKS}, got {hook!r}")
     found = getattr(cell, hook, None)
     return callable(found) and getattr(found, "__func__", None) is not getattr(Cell, hook)
 
@@ -247,7 +247,7 @@ def cell_name(cell: Any) -> str:
     return name() if callable(name) else type(cell).__name__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TorchKernelForm:
     """A cell as torch's fused recurrent kernels take it (one layer, one direction).
 

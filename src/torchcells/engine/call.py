@@ -32,7 +32,7 @@ Result = tuple[Tensor, Any, Optional[Any]]
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Call:
     """One layer call as a path sees it: time-major, validated, read forwards.
 
