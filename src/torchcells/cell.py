@@ -27,11 +27,24 @@ Example -- a cell of your own, with a two-tensor state::
             return m, PairState(m, h)
 
 ``Recurrent(LeakyCell(8, 16))`` is then a layer with lengths, reverse and states.
+
+Optional hooks, declared on :class:`Cell` with defaults that declare nothing (a cell
+overrides the ones it has, and the engine and anatomy read these names only):
+
+* ``output_size`` -- features of ``y`` per step (default ``hidden_size``);
+* ``GATES`` -- names of the gates, in the order of the rows they own (default ``()``);
+* ``scan_coefficients(x)`` -- the step is linear in the state; enables the parallel scan;
+* ``torch_kernel()`` -- the cell is one of torch's own recurrences; enables its kernel.
+
+:func:`declares` tells whether a cell has a hook of the last two kinds. A module that
+is not a ``Cell`` (any module with ``forward(x, state)`` and ``init_state``) may define
+them by the same names; without them it declares none.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +52,8 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "State", "map_state", "state_leaves", "is_namedtuple", "check_state", "check_input"]
+__all__ = ["Cell", "OPTIONAL_HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state",
+           "declares", "is_namedtuple", "map_state", "state_leaves"]
 
 
 def is_namedtuple(obj: Any) -> bool:
@@ -142,6 +156,9 @@ class Cell(nn.Module):
     Attributes:
         input_size: ``I``, features of ``x`` per step (``None`` if any size is fine).
         hidden_size: ``H``, the number of units.
+
+    The optional hooks below (``output_size``, ``GATES``, ``scan_coefficients``,
+    ``torch_kernel``) have defaults that declare nothing; a cell overrides what it has.
     """
 
     input_size: Optional[int]
@@ -150,6 +167,10 @@ class Cell(nn.Module):
     #: 3 for ``(C, H, W)`` images in a convolutional cell. ``input_size`` is the
     #: size of the first of them.
     step_rank: int = 1
+    #: names of the gates, in the order of the blocks of rows they own in the stacked
+    #: weights (``("i", "f", "g", "o")`` for an LSTM); anatomy names the neurons after
+    #: them. ``()``: no gate rows to name.
+    GATES: tuple[str, ...] = ()
 
     def __init__(self, input_size: Optional[int] = None, hidden_size: Optional[int] = None) -> None:
         super().__init__()
@@ -166,6 +187,28 @@ class Cell(nn.Module):
     def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward(x, state)")
 
+    @property
+    def output_size(self) -> Optional[int]:
+        """Features of ``y`` per step: ``hidden_size`` unless the cell overrides this
+        property (a projected LSTM, a wrapper)."""
+        return self.hidden_size
+
+    def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Optional: declare a step linear in the state, for the parallel scan (``engine="scan"``).
+
+        A cell whose state is one tensor ``h`` ``(B, H)``, whose output is ``y_t = h_t`` and
+        whose step is ``h_t = a_t ⊙ h_{t−1} + b_t`` with ``a_t, b_t > 0`` computed from the
+        inputs alone returns ``(log a, log b)`` ``(..., H)`` for inputs ``x`` ``(..., I)``
+        (a whole sequence ``(T, B, I)`` in one call). Not declared here: see :func:`declares`.
+        """
+        raise NotImplementedError(f"{self.short_name()} does not declare scan_coefficients()")
+
+    def torch_kernel(self) -> Optional["TorchKernelForm"]:
+        """Optional: declare that the cell computes one of torch's own recurrences, for
+        ``engine="torch"``: its :class:`TorchKernelForm`, or ``None`` where this
+        instance's options leave torch's function. Not declared here (``None``)."""
+        return None
+
     def short_name(self) -> str:
         """``LSTMCell(8→16)``: the name used in error messages and diagrams."""
         name = type(self).__name__
@@ -180,6 +223,55 @@ class Cell(nn.Module):
         if self.input_size is not None and x.shape[x.dim() - self.step_rank] != self.input_size:
             raise ValueError(f"{self.short_name()}: input has {x.shape[x.dim() - self.step_rank]} "
                              f"features per step, expected {self.input_size}")
+
+
+#: the optional hooks :func:`declares` knows: methods whose default declares nothing.
+OPTIONAL_HOOKS = ("scan_coefficients", "torch_kernel")
+
+
+def declares(cell: Any, hook: str) -> bool:
+    """Whether ``cell`` declares the optional ``hook`` (one of :data:`OPTIONAL_HOOKS`).
+
+    A :class:`Cell` declares a hook by overriding it; a module that is not a ``Cell``
+    declares the hooks it defines (a callable attribute of that name).
+    """
+    if hook not in OPTIONAL_HOOKS:
+        raise ValueError(f"declares: hook should be one of {OPTIONAL_HOOKS}, got {hook!r}")
+    found = getattr(cell, hook, None)
+    return callable(found) and getattr(found, "__func__", None) is not getattr(Cell, hook)
+
+
+def cell_name(cell: Any) -> str:
+    """The name a cell goes by in messages: its ``short_name()``, else its class name."""
+    name = getattr(cell, "short_name", None)
+    return name() if callable(name) else type(cell).__name__
+
+
+@dataclass(frozen=True, eq=False)
+class TorchKernelForm:
+    """A cell as torch's fused recurrent kernels take it (one layer, one direction).
+
+    Attributes:
+        kind: which of torch's recurrences: one of :attr:`KINDS` (nn.RNN with tanh or
+            relu, nn.LSTM, nn.GRU).
+        weights: torch's order: ``weight_ih``, ``weight_hh``, then ``bias_ih``,
+            ``bias_hh`` if ``has_bias``, then an LSTM's ``weight_hr`` if projected.
+        has_bias: whether the biases are among ``weights``.
+        to_hx: the cell's state -> torch's hidden tensors, each ``(B, ·)``:
+            ``(h, c)`` for an LSTM, ``(h,)`` otherwise.
+        from_hx: torch's final hidden tensors, each ``(B, ·)`` -> the cell's state.
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+    kind: str
+    weights: tuple[Tensor, ...]
+    has_bias: bool
+    to_hx: Callable[[Any], tuple[Tensor, ...]]
+    from_hx: Callable[[tuple[Tensor, ...]], Any]
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"TorchKernelForm: kind should be one of {self.KINDS}, got {self.kind!r}")
 
 
 class PairState(NamedTuple):

@@ -14,7 +14,6 @@ from torch import nn
 
 import torchcells as tc
 from torchcells.cells.spiking import spike
-from torchcells.engine.torch_kernels import has_torch_kernel
 
 DT = torch.float64
 TOL = {"atol": 1e-12, "rtol": 1e-10}
@@ -58,7 +57,7 @@ VARIANTS = [lambda: tc.LSTMCell(I, H, peepholes=True), lambda: tc.LSTMCell(I, H,
 def test_variants_never_run_on_torchs_kernel(make):
     cell = make()
     x = torch.randn(T, B, I)
-    assert not has_torch_kernel(cell, x, None, False)
+    assert cell.torch_kernel() is None
     with pytest.raises(TypeError, match="engine='torch' runs only"):
         tc.Recurrent(cell, engine="torch")(x)
 
@@ -67,7 +66,7 @@ def test_variants_never_run_on_torchs_kernel(make):
 def test_torch_form_lstm_still_runs_on_torchs_kernel(kw):
     cell = tc.LSTMCell(I, H, **kw).double()
     x = torch.randn(T, B, I, dtype=DT)
-    assert has_torch_kernel(cell, x, None, False)
+    assert cell.torch_kernel() is not None
     torch.testing.assert_close(tc.Recurrent(cell, engine="torch")(x)[0], tc.Recurrent(cell, engine="loop")(x)[0],
                                **TOL)
 

@@ -15,9 +15,10 @@ from torch import Tensor
 
 import torchcells as tc
 from torchcells import Cell, GRUCell, LSTMCell, MinGRUCell, MinLSTMCell
+from torchcells.cell import declares
 from torchcells.engine import scan as scan_module
 from torchcells.engine import unroll
-from torchcells.engine.scan import is_scannable, scan_linear
+from torchcells.engine.scan import scan_linear
 
 DT = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-10}
@@ -79,9 +80,9 @@ def assert_same(got, want, tol=TOL):
 
 
 # --------------------------------------------------------------------------------------
-def test_is_scannable():
-    assert is_scannable(MinGRUCell(2, 3)) and is_scannable(MinLSTMCell(2, 3))
-    assert not is_scannable(GRUCell(2, 3)) and not is_scannable(LSTMCell(2, 3))
+def test_scan_coefficients_are_declared_by_the_minimal_cells_only():
+    assert declares(MinGRUCell(2, 3), "scan_coefficients") and declares(MinLSTMCell(2, 3), "scan_coefficients")
+    assert not declares(GRUCell(2, 3), "scan_coefficients") and not declares(LSTMCell(2, 3), "scan_coefficients")
     with pytest.raises(TypeError, match="GRUCell has no scan_coefficients"):
         scan_linear(GRUCell(2, 3), torch.randn(4, 1, 2), torch.zeros(1, 3))
 

@@ -7,8 +7,9 @@ import torch
 
 import torchcells as tc
 from torchcells.cell import map_state, state_leaves
+from torchcells.engine.call import open_call
+from torchcells.engine.paths import get
 from torchcells.engine.run import run
-from torchcells.engine.torch_kernels import has_torch_kernel
 
 T, B, I, H = 6, 4, 3, 5
 CELLS = {
@@ -42,15 +43,22 @@ def test_torch_kernel_equals_loop(name, use_lengths, reverse):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
 
 
+def accepts(cell, x, lengths=None, all_states=False):
+    """Whether the torch path takes this call (no reason given)."""
+    call = open_call(cell, x, cell.init_state(x.shape[1]), lengths=lengths, all_states=all_states)
+    return get("torch").accepts(call) is None
+
+
 def test_auto_uses_the_kernel_only_where_it_applies():
     x = torch.randn(T, B, I)
-    assert has_torch_kernel(tc.LSTMCell(I, H), x, None, False)
-    assert not has_torch_kernel(tc.LSTMCell(I, H), x, None, True)               # every-step states
-    assert not has_torch_kernel(tc.LSTMCell(I, H), x, torch.tensor([3, 0, 1, 2]), False)  # empty sequence
+    assert accepts(tc.LSTMCell(I, H), x)
+    assert not accepts(tc.LSTMCell(I, H), x, all_states=True)                     # every-step states
+    assert not accepts(tc.LSTMCell(I, H), x, lengths=torch.tensor([3, 0, 1, 2]))  # empty sequence
 
     class MyLSTM(tc.LSTMCell):
         pass
 
-    assert not has_torch_kernel(MyLSTM(I, H), x, None, False)                  # a subclass may change forward
+    assert MyLSTM(I, H).torch_kernel() is None                                   # a subclass may change forward
+    assert not accepts(MyLSTM(I, H), x)
     with pytest.raises(TypeError, match="engine='torch' runs only"):
         tc.Recurrent(MyLSTM(I, H), engine="torch")(x)

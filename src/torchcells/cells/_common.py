@@ -15,9 +15,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, check_state, map_state
+from ..cell import Cell, cell_name, check_state, map_state
 
-__all__ = ["StepCell", "check_probability", "check_size", "optional_parameter", "output_size"]
+__all__ = ["StepCell", "cell_name", "check_probability", "check_size", "optional_parameter", "output_size"]
 
 
 def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
@@ -47,11 +47,6 @@ def output_size(cell: nn.Module) -> Optional[int]:
     """Features of a cell's output ``y``: ``output_size`` if it has one, else ``hidden_size``."""
     size = getattr(cell, "output_size", None)
     return size if size is not None else getattr(cell, "hidden_size", None)
-
-
-def cell_name(cell: nn.Module) -> str:
-    name = getattr(cell, "short_name", None)
-    return name() if callable(name) else type(cell).__name__
 
 
 class StepCell(Cell):

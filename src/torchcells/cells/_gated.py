@@ -11,19 +11,18 @@ projected LSTM. Names, shapes, order and initialization (uniform in
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, map_state
+from ..cell import Cell, TorchKernelForm, map_state
 from ._common import optional_parameter
 
 
 class GatedCell(Cell):
-    """Base of cells whose gates are rows of ``weight_ih`` / ``weight_hh``."""
+    """Base of cells whose gates are rows of ``weight_ih`` / ``weight_hh`` (named by ``GATES``)."""
 
-    GATES: ClassVar[tuple[str, ...]] = ()
     input_size: int
     hidden_size: int
     # None where absent (bias=False; weight_hh and bias_hh without recurrence), typed as torch.nn
@@ -61,6 +60,14 @@ class GatedCell(Cell):
         H = self.hidden_size
         return {g: slice(k * H, (k + 1) * H) for k, g in enumerate(self.GATES)}
 
+    def _kernel_form(self, kind: str, *extra: Tensor, to_hx: Optional[Callable[[Any], tuple[Tensor, ...]]] = None,
+                     from_hx: Optional[Callable[[tuple[Tensor, ...]], Any]] = None) -> TorchKernelForm:
+        """This cell as torch's kernel ``kind`` takes it (:class:`~torchcells.cell.TorchKernelForm`):
+        torch's weight order with ``extra`` weights last; the state converters default to a
+        state that is one tensor ``h``."""
+        weights = (self.weight_ih, self.weight_hh) + ((self.bias_ih, self.bias_hh) if self.bias else ()) + extra
+        return TorchKernelForm(kind, weights, self.bias, to_hx=to_hx or _one_hx, from_hx=from_hx or _from_one_hx)
+
     #: names of the state's tensors, in order (one name: the state is a bare tensor).
     STATE_FIELDS: ClassVar[tuple[str, ...]] = ("h",)
 
@@ -95,3 +102,11 @@ class GatedCell(Cell):
         if not self.bias:
             s += ", bias=False"
         return s
+
+
+def _one_hx(h: Tensor) -> tuple[Tensor]:
+    return (h,)
+
+
+def _from_one_hx(hx: tuple[Tensor, ...]) -> Tensor:
+    return hx[0]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from ..cell import TorchKernelForm
 from ._gated import GatedCell
 
 
@@ -39,6 +40,10 @@ class ElmanCell(GatedCell):
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
         self.reset_parameters()
+
+    def torch_kernel(self) -> Optional[TorchKernelForm]:
+        """nn.RNN's recurrence, ``rnn_tanh`` or ``rnn_relu`` (not for a subclass: it may change the step)."""
+        return self._kernel_form(f"rnn_{self.nonlinearity}") if type(self) is ElmanCell else None
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from ..cell import TorchKernelForm
 from ._gated import GatedCell
 
 
@@ -51,10 +52,9 @@ class GRUCell(GatedCell):
         self.reset_after = bool(reset_after)
         self.reset_parameters()
 
-    @property
-    def torch_form(self) -> bool:
-        """Whether the cell computes exactly torch.nn.GRUCell's function (reset after)."""
-        return self.reset_after
+    def torch_kernel(self) -> Optional[TorchKernelForm]:
+        """nn.GRU's recurrence: reset after only (not for a subclass: it may change the step)."""
+        return self._kernel_form("gru") if self.reset_after and type(self) is GRUCell else None
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)

@@ -33,7 +33,7 @@ same initialization, same random draws):
   gate starts mostly open. Re-applied by ``reset_parameters()``.
 
 With ``peepholes`` or ``coupled`` the cell no longer has torch's form, so torch's
-kernel never runs it (``torch_form`` is False); the generic engines do.
+kernel never runs it (``torch_kernel()`` is None); the generic engines do.
 
 Shapes: ``x`` ``(B, I)``; state ``LSTMState(h (B, R), c (B, H))``; output ``h``.
 
@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from ..cell import TorchKernelForm
 from ._common import optional_parameter
 from ._gated import GatedCell
 
@@ -105,10 +106,13 @@ class LSTMCell(GatedCell):
             with torch.no_grad():
                 self.bias_ih[self.gate_rows()["f"]] += self.forget_bias
 
-    @property
-    def torch_form(self) -> bool:
-        """Whether the cell computes exactly torch.nn.LSTMCell's function (no peepholes, not coupled)."""
-        return not (self.peepholes or self.coupled)
+    def torch_kernel(self) -> Optional[TorchKernelForm]:
+        """nn.LSTM's recurrence (with ``proj_size``): not with peepholes or a coupled gate, and
+        not for a subclass (it may change the step)."""
+        if self.peepholes or self.coupled or type(self) is not LSTMCell:
+            return None
+        projection = () if self.weight_hr is None else (self.weight_hr,)
+        return self._kernel_form("lstm", *projection, to_hx=tuple, from_hx=LSTMState._make)
 
     @property
     def output_size(self) -> int:
@@ -124,7 +128,7 @@ class LSTMCell(GatedCell):
     def forward(self, x: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         h, c = self._prepare(x, state)
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
-        if self.torch_form:
+        if not (self.peepholes or self.coupled):
             i, f, g, o = gates.chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

@@ -89,9 +89,6 @@ class _MinimalCell(GatedCell):
         super().__init__(input_size, hidden_size, bias=bias, recurrent=False, device=device, dtype=dtype)
         self.reset_parameters()
 
-    def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
 
 class MinGRUCell(_MinimalCell):
     """One minGRU step: ``h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ g(W_h x_t + b_h)``, ``z_t = σ(W_z x_t + b_z)``.

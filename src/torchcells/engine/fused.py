@@ -18,25 +18,29 @@ From a cell's traced step (:mod:`torchcells.graph`):
 The derivation (tracing, cutting, rewriting, caching) lives in :mod:`.derive`; the
 time loops are run by an executor chosen by device (:mod:`.executors`: the C++
 runtime on the CPU where it is built and the step can be planned for it, the
-Python-driven loop otherwise). This module prepares a sequence and hands it over.
-``run_fused`` has exactly the contract of :func:`.unroll.unroll` and is tested equal to it.
+Python-driven loop otherwise). This module prepares a forward-reading call
+(:mod:`.call`; the ``fused`` path of :mod:`.paths`) and hands it over:
+:func:`fused_call` with autograd, :func:`inference_call` without. ``run_fused`` and
+``run_inference`` have exactly the contract of :func:`.unroll.unroll` and are tested
+equal to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..cell import map_state
-from .derive import FusedKernels, explain_fallback, fused_program
-from .executors import SequenceInputs, choose, run_with_grad
-from .lengths import reverse_padded, step_mask
 from ..graph import TraceError
+from .call import Call, Result, bracket
+from .derive import FusedKernels, explain_fallback, fused_program
+from .executors import SequenceInputs, SequenceOutputs, choose, run_with_grad
 
-__all__ = ["FusedKernels", "explain_fallback", "fused_program", "run_fused", "run_inference"]
+__all__ = ["FusedKernels", "explain_fallback", "fused_call", "fused_program", "inference_call", "run_fused",
+           "run_inference", "step_program"]
 
 
 @dataclass
@@ -44,80 +48,78 @@ class _Prepared:
     """What every fused call computes before the time loop."""
 
     kernels: FusedKernels
-    x: Tensor                      # reversed within lengths if asked, padded steps zeroed
+    x: Tensor                      # in reading order, padded steps zeroed
     leaves: list[Tensor]
     spec: Any
     valid: Optional[Tensor]        # (T, B) bool, or None for full lengths
     hoisted: tuple[Tensor, ...]    # the input region over all steps, (T, B, ...) each
     consts: list[Tensor]
 
+    def inputs(self) -> SequenceInputs:
+        return SequenceInputs(self.kernels, list(self.hoisted), self.leaves, self.consts, self.valid,
+                              self.x.shape[0])
 
-def _prepare(cell: nn.Module, x: Tensor, state: Any, lengths: Optional[Tensor], reverse: bool,
-             masked: bool) -> _Prepared:
+
+def _prepare(call: Call) -> _Prepared:
     from torch.utils._pytree import tree_flatten
 
-    if x.shape[0] == 0:
+    if call.steps == 0:
         raise TraceError("no steps to run")
-    kernels = fused_program(cell, x[0], state, masked=masked)
+    x = call.x
+    kernels = step_program(call, masked=call.valid is not None)
     program = kernels.program
-    leaves, spec = tree_flatten(state)
-    params = program.params(cell)
-    if reverse:
-        x = reverse_padded(x, lengths)
-    valid = step_mask(lengths, x.shape[0], x.device) if lengths is not None else None
-    if valid is not None:
-        x = x.masked_fill(~_expand(valid, x), 0)
+    leaves, spec = tree_flatten(call.state)
+    params = program.params(call.cell)
     consts = list(program.const_fn(*params))
     hoisted: tuple[Tensor, ...] = ()
     if program.n_hoisted:
         # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
         # product becomes one over all T·B rows.
         hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
-    return _Prepared(kernels, x, list(leaves), spec, valid, hoisted, consts)
+    return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts)
 
 
-def _expand(valid: Tensor, like: Tensor) -> Tensor:
-    return valid.reshape(valid.shape + (1,) * (like.dim() - valid.dim()))
+def step_program(call: Call, masked: bool) -> FusedKernels:
+    """The cell's fused step for this call (traced once per structure and shapes; looked up once per call)."""
+    return call.memo((step_program, masked), lambda: fused_program(call.cell, call.raw_x[0], call.state, masked=masked))
 
 
-def _finish(prep: _Prepared, outputs: Tensor, final: list[Tensor], stacked: Optional[list[Tensor]],
-            lengths: Optional[Tensor], reverse: bool) -> tuple[Tensor, Any, Optional[Any]]:
+def _finish(prep: _Prepared, out: SequenceOutputs) -> Result:
     from torch.utils._pytree import tree_unflatten
 
-    states = None
-    if stacked is not None:
-        if prep.valid is not None:
-            stacked = [s.masked_fill(~_expand(prep.valid, s), 0) for s in stacked]
-        states = tree_unflatten(stacked, prep.spec)
-    if reverse:
-        outputs = reverse_padded(outputs, lengths)
-        if states is not None:
-            states = map_state(lambda s: reverse_padded(s, lengths), states)
-    return outputs, tree_unflatten(final, prep.spec), states
+    states = tree_unflatten(out.states, prep.spec) if out.states is not None else None
+    return out.ys, tree_unflatten(out.final, prep.spec), states
 
 
 def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
               reverse: bool = False, all_states: bool = False,
               native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
-    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused.
+    """:func:`.unroll.unroll`'s contract, on the fused path; raises TraceError if the cell can't be fused."""
+    return bracket(partial(fused_call, native=native), cell, x, state, lengths=lengths, reverse=reverse,
+                   all_states=all_states)
 
-    The time loops run in the native runtime where it is built and the step could be
-    planned for it (``native=False`` keeps them in Python)."""
-    prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
-    out = run_with_grad(choose(prep.kernels, x.device, native), _inputs(prep, x.shape[0]), all_states)
-    return _finish(prep, out.ys, out.final, out.states, lengths, reverse)
+
+def fused_call(call: Call, *, native: Optional[bool] = None) -> Result:
+    """The fused path over a forward call, with autograd; raises TraceError if the cell can't be fused.
+
+    The time loops run in the executor chosen for the step and the device (the native
+    runtime where it is built and the step could be planned for it; ``native=False``
+    keeps them in Python)."""
+    prep = _prepare(call)
+    out = run_with_grad(choose(prep.kernels, prep.x.device, native), prep.inputs(), call.all_states)
+    return _finish(prep, out)
 
 
 def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tensor] = None,
                   reverse: bool = False, all_states: bool = False,
                   native: Optional[bool] = None) -> tuple[Tensor, Any, Optional[Any]]:
-    """The fused path without autograd: hoisted input part, then the step per step, nothing
-    saved for a backward (the loop in the native runtime where it is built and the step can
-    be planned for it, unless ``native=False``). Same contract as :func:`.unroll.unroll`."""
-    prep = _prepare(cell, x, state, lengths, reverse, masked=lengths is not None)
-    out = choose(prep.kernels, x.device, native).infer(_inputs(prep, x.shape[0]), all_states)
-    return _finish(prep, out.ys, out.final, out.states, lengths, reverse)
+    """:func:`.unroll.unroll`'s contract, on the fused path without autograd (:func:`inference_call`)."""
+    return bracket(partial(inference_call, native=native), cell, x, state, lengths=lengths, reverse=reverse,
+                   all_states=all_states)
 
 
-def _inputs(prep: _Prepared, steps: int) -> SequenceInputs:
-    return SequenceInputs(prep.kernels, list(prep.hoisted), prep.leaves, prep.consts, prep.valid, steps)
+def inference_call(call: Call, *, native: Optional[bool] = None) -> Result:
+    """The fused path over a forward call, without autograd: hoisted input part, then the
+    step per step, nothing saved for a backward (in the executor :func:`fused_call` would use)."""
+    prep = _prepare(call)
+    return _finish(prep, choose(prep.kernels, prep.x.device, native).infer(prep.inputs(), call.all_states))

@@ -1,6 +1,6 @@
 """Parallel scan for cells whose step is linear in the state: ``h_t = a_t ⊙ h_{t−1} + b_t``.
 
-A cell opts in by defining ``scan_coefficients(x) -> (log_a, log_b)`` for a whole
+A cell opts in by declaring ``scan_coefficients(x) -> (log_a, log_b)`` for a whole
 sequence ``x`` ``(T, B, I)``, with ``a_t, b_t > 0`` depending on the inputs only (the
 minimal cells ``MinGRUCell``, ``MinLSTMCell``). Unrolling the recurrence,
 
@@ -33,6 +33,7 @@ How it is computed, and why:
   cache, run one after the other (the state carried from block to block); each
   block is one scan. Elsewhere the whole sequence is one block.
 
+:func:`scan_call` runs a forward call (:mod:`.call`; the ``scan`` path of :mod:`.paths`);
 :func:`scan_linear` has exactly the contract of :func:`~torchcells.engine.unroll.unroll`
 and is tested equal to it.
 """
@@ -45,10 +46,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell
-from .lengths import reverse_padded, step_mask
+from ..cell import Cell, declares
+from .call import Call, Result, bracket
 
-__all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "is_scannable", "scan_linear"]
+__all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "scan_call", "scan_linear"]
 
 #: most steps per chunk of one scan (fewer where the data's decay needs it, see above).
 CHUNK = 256
@@ -56,11 +57,6 @@ CHUNK = 256
 CPU_BLOCK = 2 ** 19
 #: ... but at least this many steps (a block costs some thirty calls, whatever its size).
 CPU_BLOCK_MIN_STEPS = 8
-
-
-def is_scannable(cell: Any) -> bool:
-    """Whether ``cell`` declares a linear recurrence (a callable ``scan_coefficients``)."""
-    return callable(getattr(cell, "scan_coefficients", None))
 
 
 def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tensor] = None,
@@ -74,20 +70,20 @@ def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tenso
     step (its initial state if its length is 0); ``reverse`` reads each sequence from its
     own last valid step back to step 0.
     """
-    if not is_scannable(cell):
+    if not declares(cell, "scan_coefficients"):
         raise TypeError(f"scan_linear: {type(cell).__name__} has no scan_coefficients(x); "
                         f"use engine.unroll for cells whose step is not linear in the state")
-    steps = x.shape[0]
+    return bracket(scan_call, cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
+
+
+def scan_call(call: Call) -> Result:
+    """The scan over a forward call (:mod:`.call`): a padded step is the identity (``a = 1, b = 0``)."""
+    cell, x, state = call.cell, call.x, call.state
+    steps = call.steps
     if steps == 0:
         outputs = state.new_zeros((0,) + tuple(state.shape))
-        return outputs, state, (outputs.clone() if all_states else None)
-    if reverse:
-        x = reverse_padded(x, lengths)
-    valid: Optional[Tensor] = None
-    if lengths is not None:
-        valid = step_mask(lengths, steps, x.device).unsqueeze(-1)  # (T, B, 1)
-        # Garbage (NaN, inf) in padded steps must not reach the coefficients' gradients.
-        x = x.masked_fill(~valid, 0)
+        return outputs, state, (outputs.clone() if call.all_states else None)
+    valid = None if call.valid is None else call.valid.unsqueeze(-1)  # (T, B, 1)
     block = steps
     if x.device.type == "cpu":
         block = max(CPU_BLOCK_MIN_STEPS, CPU_BLOCK // max(1, state.numel()), 1)
@@ -101,9 +97,10 @@ def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tenso
     hs = parts[0] if len(parts) == 1 else torch.cat(parts)
     # Padded steps carried each sequence's last valid state to step T - 1: h is the final state.
     outputs = hs if valid is None else hs.masked_fill(~valid, 0)
-    if reverse:
-        outputs = reverse_padded(outputs, lengths)
-    return outputs, h, (outputs.clone() if all_states else None)
+    states = None
+    if call.all_states:  # a tensor apart from outputs (the bracket's zeroing copies it where there are lengths)
+        states = hs.clone() if valid is None else hs
+    return outputs, h, states
 
 
 def _scan_block(cell: Any, x: Tensor, h0: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:

@@ -13,8 +13,8 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from ..cell import Cell, State, check_input, check_state, map_state
-from ..engine import ENGINES, check_lengths, run
-from ..engine.checkpoint import run_chunked
+from ..engine import check_lengths, engines, run
+from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
 
 
@@ -57,8 +57,8 @@ class Recurrent(nn.Module):
     def __init__(self, cell: Cell, *, batch_first: bool = False, reverse: bool = False,
                  engine: str = "auto", checkpoint_steps: Optional[int] = None) -> None:
         super().__init__()
-        if engine not in ENGINES:
-            raise ValueError(f"Recurrent: engine should be one of {ENGINES}, got {engine!r}")
+        if engine not in engines():
+            raise ValueError(f"Recurrent: engine should be one of {engines()}, got {engine!r}")
         if checkpoint_steps is not None and (isinstance(checkpoint_steps, bool) or not isinstance(checkpoint_steps, int)
                                              or checkpoint_steps <= 0):
             raise ValueError(f"Recurrent: checkpoint_steps should be a positive int or None, got {checkpoint_steps!r}")

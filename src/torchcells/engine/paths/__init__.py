@@ -1,0 +1,104 @@
+"""The ordered registry of paths: how a call is matched to a way of running it.
+
+Each path (:class:`~torchcells.engine.call.Path`) has a ``name``, says whether it
+accepts a call (``accepts(call) -> None | reason``) and runs the calls it accepts.
+``engine="<name>"`` runs one path by name and raises a TypeError with its reason when it
+declines; ``engine="auto"`` walks the registry in order and runs the first path that
+accepts (and does not :meth:`~torchcells.engine.call.Path.defer`). The order, fastest
+first where it applies:
+
+1. ``scan``  -- cells that declare ``scan_coefficients`` (:mod:`.scan`);
+2. ``torch`` -- torch's fused kernel, for cells that declare ``torch_kernel()``
+   (:mod:`.torch_kernel`); in auto, a GRU on CPU defers to the fused path when the
+   native runtime is built (faster there);
+3. ``fused`` -- any cell whose step traces (:mod:`.fused`);
+4. ``loop``  -- the reference loop, any cell (:mod:`.loop`). Auto reaching it after the
+   fused path declined warns once per cell, saying why.
+
+Adding a path is one new file with a :class:`~torchcells.engine.call.Path` subclass
+and one ``register(MyPath())`` call (by default it goes before the loop, the last
+resort; ``before=`` places it elsewhere). Built-in paths are registered at the end of
+this module; ``unregister(name)`` takes one out.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ...cell import cell_name
+from ..call import Call, Path
+from .fused import FusedPath
+from .loop import LoopPath
+from .scan import ScanPath
+from .torch_kernel import TorchKernelPath
+
+__all__ = ["Path", "choose", "engines", "get", "paths", "register", "unregister"]
+
+_REGISTRY: list[Path] = []
+
+
+def register(path: Path, *, before: Optional[str] = "loop") -> Path:
+    """Add ``path`` to the registry, just before the path named ``before`` (at the end if
+    ``None`` or not registered). Returns ``path``."""
+    if not path.name or path.name == "auto":
+        raise ValueError(f"register: a path needs a name other than 'auto', got {path.name!r}")
+    if any(p.name == path.name for p in _REGISTRY):
+        raise ValueError(f"register: a path named {path.name!r} is already registered")
+    names = [p.name for p in _REGISTRY]
+    _REGISTRY.insert(names.index(before) if before in names else len(names), path)
+    return path
+
+
+def unregister(name: str) -> Path:
+    """Take the path named ``name`` out of the registry; returns it."""
+    path = get(name)
+    _REGISTRY.remove(path)
+    return path
+
+
+def paths() -> tuple[Path, ...]:
+    """The registered paths, in the order ``engine="auto"`` tries them."""
+    return tuple(_REGISTRY)
+
+
+def engines() -> tuple[str, ...]:
+    """The values ``engine=`` takes: ``"auto"`` and every registered path's name."""
+    return ("auto",) + tuple(p.name for p in _REGISTRY)
+
+
+def get(name: str) -> Path:
+    """The registered path named ``name``."""
+    for path in _REGISTRY:
+        if path.name == name:
+            return path
+    raise ValueError(f"engine should be one of {engines()}, got {name!r}")
+
+
+def choose(call: Call, engine: str = "auto") -> Path:
+    """The path that runs ``call``: the one named ``engine``, or the first in order that
+    accepts it for ``"auto"``. An empty call (``T = 0`` or ``B = 0``) runs on the loop."""
+    if call.steps == 0 or call.batch == 0:  # nothing to speed up
+        return get("loop")
+    if engine != "auto":
+        path = get(engine)
+        reason = path.accepts(call)
+        if reason is not None:
+            raise TypeError(f"{cell_name(call.cell)} cannot run on the {path.name} engine: {reason}")
+        return path
+    declined: list[tuple[Path, str]] = []
+    for path in _REGISTRY:
+        reason = path.accepts(call)
+        if reason is None:
+            reason = path.defer(call)
+            if reason is None:
+                if path.name == "loop":
+                    for other, why in declined:
+                        other.explain(call, why)
+                return path
+        declined.append((path, reason))
+    raise TypeError(f"{cell_name(call.cell)}: no registered path accepts this call: "
+                    + "; ".join(f"{p.name}: {why}" for p, why in declined))
+
+
+for _path in (ScanPath(), TorchKernelPath(), FusedPath(), LoopPath()):
+    register(_path, before=None)

@@ -1,0 +1,26 @@
+"""The ``scan`` path: a parallel scan (:mod:`..scan`), for cells that declare ``scan_coefficients``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from ...cell import declares
+from ..call import Call, Path, Result
+from ..scan import scan_call
+
+
+class ScanPath(Path):
+    name = "scan"
+
+    def accepts(self, call: Call) -> Optional[str]:
+        if not declares(call.cell, "scan_coefficients"):
+            return ("it does not declare scan_coefficients(); engine='scan' needs a cell whose update "
+                    "is linear in the state")
+        if not isinstance(call.state, Tensor):
+            return "engine='scan' needs a cell whose state is one tensor"
+        return None
+
+    def run(self, call: Call) -> Result:
+        return scan_call(call)

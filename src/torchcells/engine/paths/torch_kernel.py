@@ -1,0 +1,71 @@
+"""The ``torch`` path: torch's own fused kernels, for cells that declare their torch form.
+
+A cell whose ``torch_kernel()`` returns a :class:`~torchcells.cell.TorchKernelForm`
+(``ElmanCell``, ``LSTMCell``, ``GRUCell`` in torch's form) has torch.nn's parameters and
+function, so one layer of it can run on the kernel behind nn.RNN/nn.LSTM/nn.GRU (oneDNN on
+CPU, cuDNN on CUDA). Same contract as the reference loop, tested equal to it. Not for
+every-step states (the kernels return the last state only) nor a sequence of length 0
+(a packed batch cannot hold one); those calls run on the other paths.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import _VF
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ...cell import TorchKernelForm, declares
+from ..call import Call, Path, Result
+
+
+class TorchKernelPath(Path):
+    name = "torch"
+
+    def accepts(self, call: Call) -> Optional[str]:
+        if _form(call) is None:
+            return ("engine='torch' runs only cells in torch's own form, which declare torch_kernel() "
+                    "(ElmanCell, LSTMCell and GRUCell without peepholes, a coupled gate or reset-before)")
+        if call.raw_x.dim() != 3:
+            return f"engine='torch' runs only inputs (T, B, I), got {call.raw_x.dim()} dimensions"
+        if call.all_states:
+            return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
+        if call.lengths is not None and int(call.lengths.min()) == 0:
+            return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
+        return None
+
+    def defer(self, call: Call) -> Optional[str]:
+        """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
+        form = _form(call)
+        if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu":
+            from ..native import library
+            if library() is not None:
+                return "a GRU on CPU runs faster on the fused path, in the native runtime"
+        return None
+
+    def run(self, call: Call) -> Result:
+        form = _form(call)
+        assert form is not None  # accepts() checked
+        kernel = getattr(_VF, form.kind)
+        pair = form.kind == "lstm"  # the LSTM kernel takes (h, c); the others h
+        hx = tuple(h.unsqueeze(0) for h in form.to_hx(call.state))
+        weights, x, train = list(form.weights), call.raw_x, call.cell.training  # packing never reads padded steps
+        if call.lengths is None:
+            result = kernel(x, hx if pair else hx[0], weights, form.has_bias, 1, 0.0, train, False, False)
+            outputs, last = result[0], result[1:]
+        else:
+            packed = pack_padded_sequence(x, call.lengths, enforce_sorted=False)
+            order, unorder = packed.sorted_indices, packed.unsorted_indices
+            assert order is not None and unorder is not None  # enforce_sorted=False always sets them
+            hx = tuple(h.index_select(1, order) for h in hx)
+            result = kernel(packed.data, packed.batch_sizes, hx if pair else hx[0], weights, form.has_bias, 1, 0.0,
+                            train, False)
+            outputs, _ = pad_packed_sequence(packed._replace(data=result[0]), total_length=call.steps)
+            last = tuple(h.index_select(1, unorder) for h in result[1:])
+        return outputs, form.from_hx(tuple(h[0] for h in last)), None
+
+
+def _form(call: Call) -> Optional[TorchKernelForm]:
+    """The cell's declared torch form (looked up once per call: accepts, defer and run read it)."""
+    cell = call.cell
+    return call.memo(_form, lambda: cell.torch_kernel() if declares(cell, "torch_kernel") else None)
