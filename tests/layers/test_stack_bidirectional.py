@@ -31,42 +31,6 @@ def assert_close(actual: Any, expected: Any, what: str = "") -> None:
         torch.testing.assert_close(x, y, **TOL, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-def rows(s: Any, b: int) -> Any:
-    if isinstance(s, Tensor):
-        return s[b:b + 1]
-    parts = [rows(p, b) for p in s]
-    return type(s)(*parts) if hasattr(type(s), "_fields") else tuple(parts)
-
-
-def cat_rows(parts: list) -> Any:
-    if isinstance(parts[0], Tensor):
-        return torch.cat(parts)
-    merged = [cat_rows([p[i] for p in parts]) for i in range(len(parts[0]))]
-    return type(parts[0])(*merged) if hasattr(type(parts[0]), "_fields") else tuple(merged)
-
-
-def hand_loop(cell, x, state, lengths, reverse=False):
-    """Per-sequence loop over ``cell``; time-major; returns ``(outputs, final_state)``."""
-    steps, batch = x.shape[:2]
-    lens = [steps] * batch if lengths is None else lengths
-    state = cell.init_state(batch, dtype=x.dtype) if state is None else state
-    outs, finals = [], []
-    for b in range(batch):
-        L, s = lens[b], rows(state, b)
-        xb = x[:L, b:b + 1].flip(0) if reverse else x[:L, b:b + 1]
-        ys = []
-        for t in range(L):
-            y, s = cell(xb[t], s)
-            ys.append(y)
-        if reverse:
-            ys.reverse()
-        size = cell(x[0, :1] * 0, rows(state, 0))[0].shape[-1]
-        ys += [x.new_zeros(1, size)] * (steps - L)
-        outs.append(torch.stack(ys))
-        finals.append(s)
-    return torch.cat(outs, 1), cat_rows(finals)
-
-
 def flip_each(x: Tensor, lengths) -> Tensor:
     lens = [x.shape[0]] * x.shape[1] if lengths is None else lengths
     return torch.stack([torch.cat([x[:L, b].flip(0), x[L:, b]]) for b, L in enumerate(lens)], 1)
@@ -208,7 +172,7 @@ def make_bi(merge="concat", batch_first=False, cell=None):
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
-def test_bidirectional_concat_equals_forward_and_backward_loops(lengths, with_state):
+def test_bidirectional_concat_equals_forward_and_backward_loops(lengths, with_state, reference_loop):
     bi = make_bi()
     fwd_cell, bwd_cell = bi.forward_layer.cell, bi.backward_layer.cell
     assert not bi.forward_layer.reverse and bi.backward_layer.reverse
@@ -221,8 +185,9 @@ def test_bidirectional_concat_equals_forward_and_backward_loops(lengths, with_st
     assert isinstance(final, BidirectionalState)
     assert isinstance(final.forward, LSTMState) and isinstance(final.backward, LSTMState)
 
-    f_out, f_fin = hand_loop(fwd_cell, x, state and state.forward, lengths)
-    b_out, b_fin = hand_loop(bwd_cell, x, state and state.backward, lengths, reverse=True)
+    f_out, f_fin = reference_loop(fwd_cell, x, state.forward if state else fwd_cell.init_state(B, dtype=DT), lengths)
+    b_out, b_fin = reference_loop(bwd_cell, x, state.backward if state else bwd_cell.init_state(B, dtype=DT), lengths,
+                                  reverse=True)
     want = torch.cat([f_out, b_out], -1)
     assert out.shape == (T, B, 8)
     assert_close(out, want, "outputs")
@@ -346,7 +311,7 @@ def test_bidirectional_with_an_explicit_backward_layer():
     assert_close(bi(x, lengths=LENGTHS)[0], fwd(x, lengths=LENGTHS)[0] + bwd(x, lengths=LENGTHS)[0])
 
 
-def test_bidirectional_of_a_stack_reads_the_whole_stack_backwards():
+def test_bidirectional_of_a_stack_reads_the_whole_stack_backwards(reference_loop):
     torch.manual_seed(0)
     stack = Stack([Recurrent(LSTMCell(I, 4, dtype=DT)), Recurrent(GRUCell(4, 3, dtype=DT))])
     bi = Bidirectional(stack)
@@ -360,14 +325,15 @@ def test_bidirectional_of_a_stack_reads_the_whole_stack_backwards():
 
     f_out, f_fin = stack(x, lengths=LENGTHS)
     # backwards = reverse each sequence, run the backward weights forwards through both layers, reverse back
-    h1, s1 = hand_loop(back.layers[0].cell, flip_each(x, LENGTHS), None, LENGTHS)
-    h2, s2 = hand_loop(back.layers[1].cell, h1, None, LENGTHS)
+    first, second = back.layers[0].cell, back.layers[1].cell
+    h1, s1 = reference_loop(first, flip_each(x, LENGTHS), first.init_state(B, dtype=DT), LENGTHS)
+    h2, s2 = reference_loop(second, h1, second.init_state(B, dtype=DT), LENGTHS)
     assert_close(out, torch.cat([f_out, flip_each(h2, LENGTHS)], -1), "outputs")
     assert_close(final.forward, f_fin, "forward states")
     assert_close(final.backward, (s1, s2), "backward states")
 
 
-def test_stack_of_bidirectionals():
+def test_stack_of_bidirectionals(reference_loop):
     torch.manual_seed(0)
     bi1 = Bidirectional(Recurrent(LSTMCell(I, 4, dtype=DT)))
     bi2 = Bidirectional(Recurrent(GRUCell(8, 3, dtype=DT)), merge="sum")
@@ -381,11 +347,11 @@ def test_stack_of_bidirectionals():
     out, finals = net(x, init, lengths=LENGTHS)
     assert out.shape == (T, B, 3)
 
-    o1, f1 = hand_loop(bi1.forward_layer.cell, x, init[0].forward, LENGTHS)
-    r1, g1 = hand_loop(bi1.backward_layer.cell, x, init[0].backward, LENGTHS, reverse=True)
+    o1, f1 = reference_loop(bi1.forward_layer.cell, x, init[0].forward, LENGTHS)
+    r1, g1 = reference_loop(bi1.backward_layer.cell, x, init[0].backward, LENGTHS, reverse=True)
     mid = torch.cat([o1, r1], -1)
-    o2, f2 = hand_loop(bi2.forward_layer.cell, mid, init[1].forward, LENGTHS)
-    r2, g2 = hand_loop(bi2.backward_layer.cell, mid, init[1].backward, LENGTHS, reverse=True)
+    o2, f2 = reference_loop(bi2.forward_layer.cell, mid, init[1].forward, LENGTHS)
+    r2, g2 = reference_loop(bi2.backward_layer.cell, mid, init[1].backward, LENGTHS, reverse=True)
     assert_close(out, o2 + r2, "outputs")
     assert isinstance(finals[0], BidirectionalState) and isinstance(finals[1], BidirectionalState)
     assert_close(finals, ((f1, g1), (f2, g2)), "final states")
