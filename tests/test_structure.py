@@ -6,6 +6,10 @@
   the renderers (lazily).
 * No module in ``anatomy/`` imports ``torchcells.engine``: explaining a model reads it, it does not run
   the time loops itself.
+* The layers of docs/architecture.md point one way: ``engine/`` never imports the zoo (``cells/``: a
+  cell declares what the engine may use), ``graph/`` imports neither the engine nor anatomy, and
+  nothing imports the command line (``cli``, ``cli_spec``).
+* No function in the package is over 90 lines (in anatomy, none over 60).
 
 An import ``from .x import y`` is an edge to ``x`` (or to ``x.y`` where that is a module); imports
 under ``if TYPE_CHECKING:`` are for annotations only and are not edges. A package's ``__init__`` is
@@ -201,3 +205,32 @@ def test_anatomy_docstrings_point_to_what_exists(name):
     missing = [ref for ref in re.findall(r":mod:`([~.\w]+)`", text) if _module_ref(name, ref) not in MODULES]
     missing += [f for f in re.findall(r"\b([\w/-]+\.md)\b", text) if not (ROOT.parent / f).exists()]
     assert not missing, f"{name} points to {missing}"
+
+
+def _imported(name: str) -> set[str]:
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    return {t for node in _imports(tree, lazy=True, annotations=True) for t in _resolve(name, node, MODULES[name])}
+
+
+def _under(target: str, *packages: str) -> bool:
+    return any(target == f"{PACKAGE}.{p}" or target.startswith(f"{PACKAGE}.{p}.") for p in packages)
+
+
+@pytest.mark.parametrize("name,forbidden", [
+    *[(n, ("cells",)) for n in sorted(MODULES) if _under(n, "engine")],
+    *[(n, ("engine", "anatomy", "layers", "cells")) for n in sorted(MODULES) if _under(n, "graph")],
+    *[(n, ("cli", "cli_spec")) for n in sorted(MODULES) if not _under(n, "cli", "cli_spec", "__main__")],
+])
+def test_imports_point_down_the_layers(name, forbidden):
+    wrong = sorted(t for t in _imported(name) if _under(t, *forbidden))
+    assert not wrong, f"{name} imports {wrong}"
+
+
+def test_no_function_in_the_package_is_over_90_lines():
+    long = []
+    for name, path in MODULES.items():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno is not None \
+                    and fn.end_lineno - fn.lineno + 1 > 90:
+                long.append(f"{name}.{fn.name}: {fn.end_lineno - fn.lineno + 1} lines")
+    assert not long, long

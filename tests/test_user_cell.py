@@ -248,3 +248,23 @@ def test_a_cell_with_reset_parameters_gets_a_fresh_backward_copy_without_warning
         warnings.simplefilter("error")
         bi = Bidirectional(Recurrent(ResettableCell(3, 4)))
     assert not torch.equal(bi.forward_layer.cell.leak, bi.backward_layer.cell.leak)
+
+
+def test_a_user_cell_may_set_its_output_size():
+    """``output_size`` is a declared hook with a default (``hidden_size``); a cell that sets it
+    in ``__init__`` (as it could before the hook was declared) keeps its value."""
+
+    class Narrow(Cell):
+        def __init__(self) -> None:
+            super().__init__(3, 4)
+            self.output_size = 2
+            self.lin = torch.nn.Linear(7, 4)
+
+        def forward(self, x, h):
+            h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+            return h[:, :2], h
+
+    cell = Narrow()
+    assert cell.output_size == 2 and Cell(3, 4).output_size == 4
+    out, _ = Recurrent(cell)(torch.randn(5, 2, 3))
+    assert out.shape == (5, 2, 2)

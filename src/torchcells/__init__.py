@@ -1,7 +1,8 @@
 """torchcells: write a cell, get a layer.
 
 A *cell* is one step function ``(x_t, state) -> (y_t, state)``; a *layer* applies
-it across time. See ``ARCHITECTURE`` in the README for the three senses of "cell".
+it across time. The README's "three senses" section says what "cell" means; docs/architecture.md
+how the package is built.
 """
 
 from .anatomy import Anatomy, explain

@@ -189,9 +189,14 @@ class Cell(nn.Module):
 
     @property
     def output_size(self) -> Optional[int]:
-        """Features of ``y`` per step: ``hidden_size`` unless the cell overrides this
-        property (a projected LSTM, a wrapper)."""
-        return self.hidden_size
+        """Features of ``y`` per step: ``hidden_size`` unless the cell sets it
+        (``self.output_size = n`` in ``__init__``) or overrides this property (a
+        projected LSTM, a wrapper)."""
+        return self.__dict__.get("_output_size", self.hidden_size)
+
+    @output_size.setter
+    def output_size(self, value: Optional[int]) -> None:
+        self.__dict__["_output_size"] = value
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Optional: declare a step linear in the state, for the parallel scan (``engine="scan"``).

@@ -94,7 +94,7 @@ class CellWrapper(StepCell):
         self.cell = cell
         self.step_rank = getattr(cell, "step_rank", 1)
 
-    @property
+    @property  # type: ignore[misc]  # computed from the cell: not settable
     def output_size(self) -> Optional[int]:
         return output_size(self.cell)
 

@@ -57,7 +57,7 @@ class StackedCell(StepCell):
         self.cells = nn.ModuleList(cells)
         self.step_rank = getattr(cells[0], "step_rank", 1)
 
-    @property
+    @property  # type: ignore[misc]  # computed from the cell: not settable
     def output_size(self) -> Optional[int]:
         return output_size(self.cells[-1])
 

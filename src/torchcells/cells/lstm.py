@@ -114,7 +114,7 @@ class LSTMCell(GatedCell):
         projection = () if self.weight_hr is None else (self.weight_hr,)
         return self._kernel_form("lstm", *projection, to_hx=tuple, from_hx=LSTMState._make)
 
-    @property
+    @property  # type: ignore[misc]  # computed from the cell: not settable
     def output_size(self) -> int:
         return self.proj_size or self.hidden_size
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, fx, nn
 
+from ..cell import cell_name
 from ..graph import CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
@@ -111,8 +112,7 @@ def explain_fallback(cell: Any, error: TraceError) -> None:
     """Warn once per cell that it runs on the reference loop, and why."""
     if cell not in _WARNED:
         _WARNED.add(cell)
-        name = cell.short_name() if hasattr(cell, "short_name") else type(cell).__name__
-        warnings.warn(f"{name} runs on the reference loop (no hoisting, no fused backward): {error}",
+        warnings.warn(f"{cell_name(cell)} runs on the reference loop (no hoisting, no fused backward): {error}",
                       stacklevel=4)
 
 

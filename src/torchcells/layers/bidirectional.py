@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..cell import State
+from ..cell import State, cell_name
 from ..engine.lengths import Lengths
 from .recurrent import reversed_copy
 
@@ -70,8 +70,7 @@ class Bidirectional(nn.Module):
         return bool(getattr(self.forward_layer, "batch_first", False))
 
     def short_name(self) -> str:
-        inner = getattr(self.forward_layer, "short_name", lambda: type(self.forward_layer).__name__)()
-        return f"Bidirectional({inner})"
+        return f"Bidirectional({cell_name(self.forward_layer)})"
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> BidirectionalState:
         fwd: Any = self.forward_layer

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..cell import Cell, State, check_input, check_state, map_state
+from ..cell import Cell, State, cell_name, check_input, check_state, map_state
 from ..engine import check_lengths, engines, run
 from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
@@ -72,8 +72,7 @@ class Recurrent(nn.Module):
         self.reverse = bool(reverse)
 
     def short_name(self) -> str:
-        name = self.cell.short_name() if hasattr(self.cell, "short_name") else type(self.cell).__name__
-        return f"Recurrent({name}{', reverse' if self.reverse else ''})"
+        return f"Recurrent({cell_name(self.cell)}{', reverse' if self.reverse else ''})"
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
         return self.cell.init_state(batch_size, device=device, dtype=dtype)

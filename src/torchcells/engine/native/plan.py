@@ -66,10 +66,6 @@ def _val(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
-def _is_tensor(node: Any) -> bool:
-    return isinstance(_val(node), torch.Tensor)
-
-
 def _output_node(graph: fx.Graph) -> fx.Node:
     return next(n for n in graph.nodes if n.op == "output")
 
