@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import tempfile
 from pathlib import Path
 
 from torchcells.bench import run_all, to_markdown
+from torchcells.files import write_atomic
 
 HEADER = """# Benchmarks
 
@@ -37,11 +36,7 @@ def main() -> None:
     text = HEADER + f"\n## Run of {datetime.date.today().isoformat()}\n\n" + to_markdown(env, rows)
     if args.notes:
         text += "\n" + Path(args.notes).read_text(encoding="utf-8")
-    out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out)
+    write_atomic(args.out, text)
     print(text)
 
 

@@ -25,11 +25,14 @@ class Recurrent(nn.Module):
         cell: any :class:`~torchcells.Cell`.
         batch_first: input and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
         reverse: read each sequence backwards, from its own last valid step.
-        engine: ``"auto"`` (default: a parallel scan for cells that declare a linear
-            recurrence, else the fused path -- input part hoisted out of the loop, one
-            autograd node per sequence -- for cells that trace, else the reference loop,
-            with a one-time warning saying why), or force ``"loop"``, ``"fused"``, ``"scan"``.
-            Every path gives the reference loop's results.
+        engine: ``"auto"`` (default: the first path of the engine's registry that accepts
+            the call -- a parallel scan for cells that declare ``scan_coefficients``, torch's
+            kernel for cells that declare ``torch_kernel()`` where it is the faster, the fused
+            path (input part hoisted out of the loop, one autograd node per sequence) for
+            cells that trace, else the reference loop, with a one-time warning saying why),
+            or a path by name: ``"loop"``, ``"fused"``, ``"scan"``, ``"torch"`` (a path that
+            cannot run a call raises an error saying why). Every path gives the reference
+            loop's results.
         checkpoint_steps: for long sequences, keep only the state every this many steps
             and recompute each chunk's forward during backward (less memory, one more
             forward); ``None`` (default) keeps everything.
