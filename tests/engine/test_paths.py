@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import torchcells as tc
-from torchcells.bench import UserLSTMCell
+from fixture_cells import UserLSTMCell
 from torchcells.cell import Cell, declares
 from torchcells.engine import engines, reverse_padded, run, unroll
 from torchcells.engine.call import Call, Path, open_call
@@ -255,3 +255,66 @@ def test_no_engine_module_imports_the_cells():
                                                     if m == "torchcells.cells" or m.startswith("torchcells.cells."))
                  for f in files}
     assert {f: m for f, m in offenders.items() if m} == {}
+
+
+# ---------------------------------------------------------------- misuse of the seams
+class Raising(Path):
+    """A registered path whose ``accepts`` has a bug."""
+
+    name = "raising"
+
+    def accepts(self, call):
+        raise KeyError("oops")
+
+    def run(self, call):  # pragma: no cover - never accepted
+        raise AssertionError
+
+
+def test_a_path_whose_accepts_fails_is_named_in_the_error():
+    register(Raising(), before="scan")
+    try:
+        with pytest.raises(RuntimeError, match="engine path 'raising' could not decide on LSTMCell"):
+            tc.Recurrent(tc.LSTMCell(I, H))(torch.randn(T, B, I))
+    finally:
+        unregister("raising")
+    assert [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
+
+
+def test_register_refuses_an_unknown_place_and_unregister_an_unknown_name():
+    with pytest.raises(ValueError, match="before should name a registered path.*got 'nope'"):
+        register(ToyPath(), before="nope")
+    with pytest.raises(ValueError, match="unregister: no path named 'nope' is registered"):
+        unregister("nope")
+    assert [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
+
+
+def test_an_unknown_engine_name_is_refused_even_for_an_empty_call():
+    cell = tc.LSTMCell(I, H)
+    for x in (torch.randn(0, B, I), torch.randn(T, 0, I)):
+        with pytest.raises(ValueError, match="engine should be one of .* got 'nonexistent'"):
+            run(cell, x, cell.init_state(x.shape[1]), engine="nonexistent")
+
+
+class WrongForm(nn.Module):
+    """Not a Cell; its unrelated ``torch_kernel`` method returns a tensor, not a TorchKernelForm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = I, H
+        self.lin = nn.Linear(I + H, H)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return torch.zeros(batch_size, H, device=device, dtype=dtype)
+
+    def torch_kernel(self):
+        return torch.zeros(1)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+        return h, h
+
+
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_a_torch_kernel_hook_that_returns_something_else_is_a_named_error(engine):
+    with pytest.raises(TypeError, match=r"WrongForm: torch_kernel\(\) should return a TorchKernelForm or None, got Tensor"):
+        tc.Recurrent(WrongForm(), engine=engine)(torch.randn(T, B, I))

@@ -46,3 +46,19 @@ def test_bad_checkpoint_steps():
         with pytest.raises(ValueError, match="checkpoint_steps should be a positive int"):
             tc.Recurrent(tc.GRUCell(I, H), checkpoint_steps=bad)
     assert "checkpoint_steps=8" in repr(tc.Recurrent(tc.GRUCell(I, H), checkpoint_steps=8))
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_a_scannable_cell_forced_onto_the_fused_engine_recomputes_too(cell):
+    """The minimal cells forced onto ``engine="fused"`` with chunks: before the paths were
+    chosen outside ``torch.utils.checkpoint``, deriving their step inside it failed
+    ("Please convert all Tensors to FakeTensors")."""
+    torch.manual_seed(0)
+    make = {"mingru": tc.MinGRUCell, "minlstm": tc.MinLSTMCell}[cell]
+    fused = tc.Recurrent(make(I, H).double(), engine="fused", checkpoint_steps=2)
+    loop = tc.Recurrent(fused.cell, engine="loop")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = fused.cell.init_state(B, dtype=torch.float64)
+    lengths = torch.tensor([T, 3, 0, 7])
+    for got, want in zip(run(fused, x, state, lengths, True), run(loop, x, state, lengths, True)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

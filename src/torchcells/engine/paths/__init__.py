@@ -39,21 +39,27 @@ _REGISTRY: list[Path] = []
 
 def register(path: Path, *, before: Optional[str] = "loop") -> Path:
     """Add ``path`` to the registry, just before the path named ``before`` (at the end if
-    ``None`` or not registered). Returns ``path``."""
+    ``None``). Returns ``path``. ``before`` must name a registered path: a path put after
+    the loop (which accepts every call) would never run in ``engine="auto"``."""
     if not path.name or path.name == "auto":
         raise ValueError(f"register: a path needs a name other than 'auto', got {path.name!r}")
     if any(p.name == path.name for p in _REGISTRY):
         raise ValueError(f"register: a path named {path.name!r} is already registered")
     names = [p.name for p in _REGISTRY]
-    _REGISTRY.insert(names.index(before) if before in names else len(names), path)
+    if before is not None and before not in names:
+        raise ValueError(f"register: before should name a registered path, one of {tuple(names)}, got {before!r}")
+    _REGISTRY.insert(names.index(before) if before is not None else len(names), path)
     return path
 
 
 def unregister(name: str) -> Path:
     """Take the path named ``name`` out of the registry; returns it."""
-    path = get(name)
-    _REGISTRY.remove(path)
-    return path
+    found = [p for p in _REGISTRY if p.name == name]
+    if not found:
+        raise ValueError(f"unregister: no path named {name!r} is registered (registered: "
+                         f"{tuple(p.name for p in _REGISTRY)})")
+    _REGISTRY.remove(found[0])
+    return found[0]
 
 
 def paths() -> tuple[Path, ...]:
@@ -77,17 +83,17 @@ def get(name: str) -> Path:
 def choose(call: Call, engine: str = "auto") -> Path:
     """The path that runs ``call``: the one named ``engine``, or the first in order that
     accepts it for ``"auto"``. An empty call (``T = 0`` or ``B = 0``) runs on the loop."""
+    named = get(engine) if engine != "auto" else None  # an unknown name is an error, even for an empty call
     if call.steps == 0 or call.batch == 0:  # nothing to speed up
         return get("loop")
-    if engine != "auto":
-        path = get(engine)
-        reason = path.accepts(call)
+    if named is not None:
+        reason = _accepts(named, call)
         if reason is not None:
-            raise TypeError(f"{cell_name(call.cell)} cannot run on the {path.name} engine: {reason}")
-        return path
+            raise TypeError(f"{cell_name(call.cell)} cannot run on the {named.name} engine: {reason}")
+        return named
     declined: list[tuple[Path, str]] = []
     for path in _REGISTRY:
-        reason = path.accepts(call)
+        reason = _accepts(path, call)
         if reason is None:
             reason = path.defer(call)
             if reason is None:
@@ -98,6 +104,18 @@ def choose(call: Call, engine: str = "auto") -> Path:
         declined.append((path, reason))
     raise TypeError(f"{cell_name(call.cell)}: no registered path accepts this call: "
                     + "; ".join(f"{p.name}: {why}" for p, why in declined))
+
+
+def _accepts(path: Path, call: Call) -> Optional[str]:
+    """``path.accepts(call)``; an error inside it names the path (a registered path's bug
+    would otherwise surface as a bare error from every layer call)."""
+    try:
+        return path.accepts(call)
+    except Exception as error:
+        message = f"engine path {path.name!r} could not decide on {cell_name(call.cell)}: {error}"
+        if isinstance(error, (TypeError, ValueError)):  # the cell's fault (a bad hook): keep its kind
+            raise type(error)(message) from error
+        raise RuntimeError(f"{message} ({type(error).__name__})") from error
 
 
 for _path in (ScanPath(), TorchKernelPath(), FusedPath(), LoopPath()):

@@ -15,7 +15,7 @@ from typing import Optional
 from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ...cell import TorchKernelForm, declares
+from ...cell import TorchKernelForm, cell_name, declares
 from ..call import Call, Path, Result
 
 
@@ -68,4 +68,14 @@ class TorchKernelPath(Path):
 def _form(call: Call) -> Optional[TorchKernelForm]:
     """The cell's declared torch form (looked up once per call: accepts, defer and run read it)."""
     cell = call.cell
-    return call.memo(_form, lambda: cell.torch_kernel() if declares(cell, "torch_kernel") else None)
+    return call.memo(_form, lambda: _declared_form(cell))
+
+
+def _declared_form(cell: object) -> Optional[TorchKernelForm]:
+    if not declares(cell, "torch_kernel"):
+        return None
+    form = cell.torch_kernel()  # type: ignore[attr-defined]
+    if form is not None and not isinstance(form, TorchKernelForm):
+        raise TypeError(f"{cell_name(cell)}: torch_kernel() should return a TorchKernelForm or None, "
+                        f"got {type(form).__name__}")
+    return form
