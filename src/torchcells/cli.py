@@ -20,11 +20,11 @@ def _demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     zoo_name = {"gru": "gru", "lstm": "lstm", "rnn": "elman"}[args.cell]
-    print(f"torchcells {__version__} demo: handwritten digits (scikit-learn, 8x8), each image read "
-          f"row by row as 8 steps of 8 pixels.")
     try:
         config = resolve_config("digits", zoo_name, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
                                 seed=args.seed)
+        print(f"torchcells {__version__} demo: handwritten digits (scikit-learn, 8x8), each image read "
+              f"row by row as 8 steps of 8 pixels.")
         result = train(config, progress=not args.no_progress, plot=False)
     except TaskError as e:
         return _fail("demo", e)
