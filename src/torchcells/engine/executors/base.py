@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 if TYPE_CHECKING:
     from ..derive import FusedKernels
 
-__all__ = ["Executor", "SequenceInputs", "SequenceNode", "SequenceOutputs", "Trained", "run_with_grad"]
+__all__ = ["SECOND_ORDER", "Executor", "SequenceInputs", "SequenceNode", "SequenceOutputs", "Trained", "run_with_grad"]
 
 
 @dataclass(slots=True)
@@ -87,6 +87,13 @@ class Executor(Protocol):
         ...
 
 
+#: why the fused engine refuses a backward that must itself be differentiable.
+SECOND_ORDER = ("torchcells: the fused engine's backward is first-order only, and this backward was asked to "
+                "build a graph for second-order gradients (create_graph=True: a gradient penalty, "
+                "torch.autograd.gradgradcheck, torch.func's grad of grad). Run the layer with engine='loop' "
+                "(Recurrent(cell, engine='loop')), whose backward is autograd's and differentiable.")
+
+
 class SequenceNode(torch.autograd.Function):
     """The step region over all steps: one node in the autograd graph; the executor runs both
     directions. Each executor names a subclass of its own (nothing overridden)."""
@@ -103,8 +110,14 @@ class SequenceNode(torch.autograd.Function):
         return tuple(trained.outputs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_ys: Optional[Tensor], *d_rest: Optional[Tensor]):
+        if torch.is_grad_enabled():  # autograd runs a backward with grad on only for create_graph=True
+            raise RuntimeError(SECOND_ORDER)
+        return SequenceNode._first_order(ctx, d_ys, *d_rest)
+
+    @staticmethod
+    @once_differentiable
+    def _first_order(ctx, d_ys: Optional[Tensor], *d_rest: Optional[Tensor]):
         n_s = ctx.n_state
         d_states = list(d_rest[n_s:]) if ctx.want_states else []
         grads = ctx.executor.backward(ctx.memo, ctx.saved_tensors, d_ys, list(d_rest[:n_s]), d_states)
