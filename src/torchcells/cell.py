@@ -146,6 +146,46 @@ def check_input(owner: str, x: Any, *, ranks: tuple[int, ...], features: Optiona
         raise ValueError(f"{owner}: {arg} has {x.shape[-1]} features per step, expected {features}")
 
 
+def check_step(owner: str, x: Tensor, state: Any, y: Any, new: Any) -> None:
+    """What one step returned, against what it was given: ``y`` a tensor with the batch of
+    ``x`` first; ``new`` a state with the leaves of ``state``, each of the same shape
+    (batch included), dtype and device. Raises ``TypeError``/``ValueError`` naming ``owner``.
+
+    Every engine path runs it once per call (the loop on its first step, the traced paths
+    when they trace): a cell that shrinks the batch, returns a scalar or changes a dtype is
+    an error wherever it runs, never a silent broadcast or cast."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{owner}: forward should return (y, state) with y a tensor, got {type(y).__name__}")
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{owner}: forward returned y of shape {tuple(y.shape)}; expected the batch of the "
+                         f"input ({x.shape[0]}) first")
+    try:
+        got = state_leaves(new)
+    except TypeError:
+        got = None
+    old = state_leaves(state)
+    if got is None or len(got) != len(old) or not all(isinstance(t, Tensor) for t in got):
+        raise TypeError(f"{owner}: forward returned a new state {_describe_structure(new)}; expected "
+                        f"{_describe_structure(state)} like the state it was given")
+    # under autocast a step may legitimately return its state in the autocast dtype
+    autocast = _autocast_on(x.device.type)
+    for i, (n, o) in enumerate(zip(got, old)):
+        for what, a, b in (("shape", tuple(n.shape), tuple(o.shape)), ("dtype", n.dtype, o.dtype),
+                           ("device", n.device.type, o.device.type)):
+            if a != b and not (what == "dtype" and autocast):
+                raise (ValueError if what == "shape" else TypeError)(
+                    f"{owner}: forward returned a new state whose leaf {i} has {what} {a}; expected {b} "
+                    f"like the state it was given")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``False`` for a device without autocast, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 class Cell(nn.Module):
     """Base class of every cell: one step ``forward(x, state) -> (y, new_state)``.
 

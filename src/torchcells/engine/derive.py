@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..cell import cell_name
-from ..graph import CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
+from ..graph import TRACING, CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -57,12 +57,16 @@ class FusedKernels:
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
 # inputs, so two LSTMCell(64, 256) share one trace. The key holds everything the
-# trace may depend on: module types, their plain attributes, parameter shapes,
-# training modes, and the step's shapes.
+# trace may depend on: module types, their attributes (private ones too: a step that
+# reads ``self._gain`` bakes its value in; not nn.Module's own bookkeeping), parameter
+# shapes, training modes, and the step's shapes.
 _CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
 _CACHE_SIZE = 256
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _SIMPLE = (int, float, str, bool, type(None), torch.dtype, torch.device)
+#: the attributes every nn.Module has (its parameters, buffers, submodules, hooks): keyed
+#: through named_parameters/named_buffers/named_modules, not by the identity of their dicts
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
 def _attribute_key(value: Any) -> Any:
@@ -78,7 +82,7 @@ def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
     leaves, spec = tree_flatten(state)
     modules = tuple(
         (name, type(m), m.training,
-         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if not k.startswith("_"))),
+         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if k not in _MODULE_INTERNALS)),
          tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)),
          tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
         for name, m in cell.named_modules())
@@ -89,6 +93,15 @@ def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
 def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
     """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
     key = _key(cell, x_t, state, masked)
+    with TRACING:  # one derivation at a time (make_fx is not thread-safe); the cache under it too
+        found = _cached_or_built(key, cell, x_t, state, masked)
+    if isinstance(found, TraceError):
+        raise found
+    return found
+
+
+def _cached_or_built(key: tuple, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
+    """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing."""
     found = _CACHE.get(key)
     if found is not None:
         _CACHE.move_to_end(key)
@@ -103,8 +116,6 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
         _CACHE[key] = found
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    if isinstance(found, TraceError):
-        raise found
     return found
 
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell, State, map_state
+from ..cell import Cell, State, cell_name, check_step, map_state
 from .call import Call, Result, bracket, expand
 
 
@@ -44,6 +44,8 @@ def unroll_call(call: Call) -> Result:
     history: list[State] = []
     for t in range(call.steps):
         y, new = cell(x[t], state)
+        if t == 0:
+            check_step(cell_name(cell), x[0], state, y, new)
         if valid is None:
             state = new
         else:

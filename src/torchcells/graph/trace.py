@@ -4,17 +4,30 @@
 nothing is computed and data-dependent Python control flow is detected rather than
 baked in). The engine splits the result into regions (:mod:`.regions`); anatomy reads
 it as a diagram.
+
+Tracing never touches the module a user holds: it runs on a structural copy whose
+parameters and buffers are empty ``meta`` tensors (``functional_call`` swaps tensors in
+the module it is given, which, on the live module, another thread running it eagerly
+would see -- or keep, if two traces interleave). ``make_fx`` itself is not safe to run
+from two threads at once, so every trace in the package holds :data:`TRACING`.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-__all__ = ["RANDOM_OPS", "TraceError", "op_name", "trace_step"]
+from ..cell import cell_name, check_step
+
+__all__ = ["RANDOM_OPS", "TRACING", "TraceError", "op_name", "trace_step"]
+
+#: held around every ``make_fx`` trace of the package (tracing is not thread-safe).
+TRACING = threading.RLock()
 
 # Operations whose results differ from call to call: never hoisted or fused.
 RANDOM_OPS = {"bernoulli", "native_dropout", "rand", "randn", "rand_like", "randn_like", "randint",
@@ -53,15 +66,22 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
     if not all(isinstance(t, Tensor) for t in leaves):
         raise TraceError("the state is not made of tensors only")
 
+    stand_in = _structural_copy(cell, tensors)
+
     def step(params: list[Tensor], x_t: Tensor, *state_leaves: Tensor):
-        y, new = functional_call(cell, dict(zip(names, params)), (x_t, tree_unflatten(list(state_leaves), spec)))
+        given = tree_unflatten(list(state_leaves), spec)
+        y, new = functional_call(stand_in, dict(zip(names, params)), (x_t, given))
+        try:
+            check_step(cell_name(cell), x_t, given, y, new)
+        except (TypeError, ValueError) as e:
+            raise TraceError(str(e)) from None
         new_leaves, new_spec = tree_flatten(new)
         if new_spec != spec:
             raise TraceError(f"the new state's structure {new_spec} differs from the old {spec}")
         return (y, *new_leaves)
 
     try:
-        with torch.no_grad():
+        with TRACING, torch.no_grad():
             gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
                                                    *[t.detach() for t in leaves])
     except TraceError:
@@ -70,3 +90,17 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
         raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return gm, names, spec
+
+
+def _structural_copy(cell: nn.Module, tensors: list[Tensor]) -> nn.Module:
+    """``cell`` deep-copied with every parameter and buffer an empty ``meta`` tensor: the same
+    modules and Python attributes, no data, nothing shared with the live module to swap."""
+    memo: dict[int, Any] = {}
+    for t in tensors:
+        empty = torch.empty(t.shape, dtype=t.dtype, device="meta")
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    try:
+        return copy.deepcopy(cell, memo)
+    except Exception as e:
+        raise TraceError(f"{type(cell).__name__} cannot be copied for tracing (tracing never swaps the "
+                         f"parameters of the live module): {type(e).__name__}: {e}") from e

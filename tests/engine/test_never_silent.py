@@ -1,0 +1,85 @@
+"""What a cell returns is checked on every path, and a cached trace follows the Python
+values the step reads: the fused engine equals the loop or raises, never differs silently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import torchcells as tc
+from torchcells.engine.derive import _key
+
+T, B, I, H = 4, 3, 3, 4
+
+
+class Buggy(tc.Cell):
+    """A step that returns something other than what it was given."""
+
+    def __init__(self, bug: str) -> None:
+        super().__init__(I, H)
+        self.bug = bug
+        self.lin = torch.nn.Linear(I + H, H)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+        return {"batch": (h, h[:1]), "scalar": (h, h.sum()), "dtype": (h, h.double()),
+                "y-batch": (h[:1], h), "structure": (h, (h, h))}[self.bug]
+
+
+EXPECTED = {"batch": (ValueError, r"leaf 0 has shape \(1, 4\); expected \(3, 4\)"),
+            "scalar": (ValueError, r"leaf 0 has shape \(\); expected \(3, 4\)"),
+            "dtype": (TypeError, r"leaf 0 has dtype torch.float64; expected torch.float32"),
+            "y-batch": (ValueError, r"y of shape \(1, 4\); expected the batch of the input \(3\) first"),
+            "structure": (TypeError, r"returned a new state tuple\(.*\); expected tensor of shape \(3, 4\)")}
+
+
+@pytest.mark.parametrize("bug", list(EXPECTED))
+@pytest.mark.parametrize("engine, steps", [("loop", 1), ("loop", T), ("auto", T), ("fused", T)])
+def test_a_step_that_returns_the_wrong_thing_is_an_error_on_every_path(bug, engine, steps):
+    error, message = EXPECTED[bug]
+    if engine == "fused":  # the fused path declines the cell and says why
+        error, message = TypeError, "cannot run on the fused engine: .*" + message
+    with pytest.warns() if engine == "auto" else _nothing(), pytest.raises(error, match=message):
+        tc.Recurrent(Buggy(bug), engine=engine)(torch.randn(steps, B, I))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class Gained(tc.Cell):
+    """A step reading a private attribute and a plain public one."""
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self._gain = 1.0
+        self.shift = 0.0
+        self.lin = torch.nn.Linear(I + H, H)
+
+    def forward(self, x, h):
+        h = torch.tanh(self._gain * self.lin(torch.cat([x, h], -1)) + self.shift)
+        return h, h
+
+
+@pytest.mark.parametrize("attribute", ["_gain", "shift"])
+def test_a_changed_attribute_is_seen_by_the_fused_engine(attribute):
+    torch.manual_seed(0)
+    cell = Gained().double()
+    fused, loop = tc.Recurrent(cell, engine="fused"), tc.Recurrent(cell, engine="loop")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.testing.assert_close(fused(x)[0], loop(x)[0], atol=1e-12, rtol=1e-10)
+    setattr(cell, attribute, 3.0)
+    torch.testing.assert_close(fused(x)[0], loop(x)[0], atol=1e-12, rtol=1e-10)
+
+
+def test_cells_of_one_structure_still_share_a_trace():
+    x = torch.randn(B, I)
+    a, b = tc.LSTMCell(I, H), tc.LSTMCell(I, H)
+    assert _key(a, x, a.init_state(B), False) == _key(b, x, b.init_state(B), False)
+    c, d = Gained(), Gained()
+    d._gain = 2.0
+    assert _key(c, x, c.init_state(B), False) != _key(d, x, d.init_state(B), False)
