@@ -25,7 +25,7 @@ from torch import Tensor
 from ..cell import map_state, state_leaves
 from .lengths import reverse_padded, step_mask
 
-__all__ = ["Call", "Path", "Result", "bracket", "close_call", "open_call"]
+__all__ = ["Call", "Path", "Result", "bracket", "close_call", "jit_tracing", "open_call"]
 
 #: ``(outputs (T, B, ...), final_state, every-step states or None)``, as :func:`.unroll.unroll` returns.
 Result = tuple[Tensor, Any, Optional[Any]]
@@ -93,6 +93,18 @@ class Call:
         if self.raw_x.requires_grad or any(p.requires_grad for p in self.cell.parameters()):
             return True
         return any(t.requires_grad for t in state_leaves(self.state))
+
+
+def jit_tracing() -> Optional[str]:
+    """Why a path that loops in Python must not run under ``torch.jit.trace`` (and the legacy
+    ONNX exporter, which uses it), or ``None`` outside it. Such a trace would record the loop
+    for this input's number of steps only: at any other length it would silently give wrong
+    results (or, for the native runtime's opaque calls, crash)."""
+    if not torch.jit.is_tracing():
+        return None
+    return ("torch.jit.trace (and the legacy ONNX exporter) would record this layer's time loop for this "
+            "input's length only, and give wrong results at any other; a layer on torch's own kernel "
+            "(the drop-ins LSTM/GRU/RNN, or a cell in torch's form with engine='torch') traces for every length")
 
 
 class Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...graph import TraceError
-from ..call import Call, Path, Result
+from ..call import Call, Path, Result, jit_tracing
 from ..fused import explain_fallback, fused_call, inference_call, step_program
 
 
@@ -13,9 +13,13 @@ class FusedPath(Path):
     name = "fused"
 
     def accepts(self, call: Call) -> Optional[str]:
-        """Whether the step traces (traced once per cell structure and shapes, then cached)."""
+        """Whether the step traces (traced once per cell structure and shapes, then cached);
+        never under ``torch.jit.trace``."""
+        tracing = jit_tracing()
+        if tracing is not None:
+            return tracing
         try:
-            step_program(call, masked=_masked_first(call))
+            step_program(call, masked=call.lengths is not None)
         except TraceError as error:
             return str(error)
         return None
@@ -26,13 +30,3 @@ class FusedPath(Path):
     def run(self, call: Call) -> Result:
         return fused_call(call) if call.needs_grad else inference_call(call)
 
-
-def _masked_first(call: Call) -> bool:
-    """Which variant of the step :meth:`FusedPath.run` asks for first: the masked one where
-    there are lengths, except in inference on the Python loop (which masks outside the step)."""
-    if call.lengths is None:
-        return False
-    if call.needs_grad:
-        return True
-    from ..native import library
-    return call.raw_x.device.type == "cpu" and library() is not None

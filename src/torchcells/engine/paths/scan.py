@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor
 
 from ...cell import declares
-from ..call import Call, Path, Result
+from ..call import Call, Path, Result, jit_tracing
 from ..scan import scan_call
 
 
@@ -20,7 +20,7 @@ class ScanPath(Path):
                     "is linear in the state")
         if not isinstance(call.state, Tensor):
             return "engine='scan' needs a cell whose state is one tensor"
-        return None
+        return jit_tracing()
 
     def run(self, call: Call) -> Result:
         return scan_call(call)

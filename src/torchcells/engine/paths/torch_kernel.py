@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -37,7 +38,7 @@ class TorchKernelPath(Path):
     def defer(self, call: Call) -> Optional[str]:
         """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
         form = _form(call)
-        if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu":
+        if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu" and not torch.jit.is_tracing():
             from ..native import library
             if library() is not None:
                 return "a GRU on CPU runs faster on the fused path, in the native runtime"

@@ -1,0 +1,41 @@
+"""``torch.jit.trace`` (and the legacy ONNX exporter, which uses it): a layer on torch's own
+kernel is recorded for every length and equals eager; a layer that loops in Python (loop,
+scan, fused, the native runtime) is a clear error, never a trace fixed to one length or a
+crash (the native runtime's calls made the process segfault)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import torchcells as tc
+from fixture_cells import UserLSTMCell
+
+
+def trace(module, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's own notes on Python values
+        return torch.jit.trace(module, (x,), check_trace=False)
+
+
+@pytest.mark.parametrize("make", [lambda: tc.LSTM(3, 4, num_layers=2), lambda: tc.GRU(3, 4), lambda: tc.RNN(3, 4)],
+                         ids=["lstm", "gru", "rnn"])
+def test_drop_ins_trace_for_every_length(make):
+    torch.manual_seed(0)
+    module = make().eval()
+    traced = trace(module, torch.randn(5, 2, 3))
+    for steps in (5, 9):
+        x = torch.randn(steps, 2, 3)
+        torch.testing.assert_close(traced(x)[0], module(x)[0])
+
+
+@pytest.mark.parametrize("make, engine", [(lambda: UserLSTMCell(3, 4), "auto"), (lambda: UserLSTMCell(3, 4), "fused"),
+                                          (lambda: tc.MinGRUCell(3, 4), "auto"), (lambda: tc.GRUCell(3, 4), "loop")],
+                         ids=["user-auto", "user-fused", "mingru-scan", "gru-loop"])
+def test_python_loops_refuse_to_be_traced(make, engine):
+    layer = tc.Recurrent(make(), engine=engine)
+    with pytest.raises(TypeError, match=r"torch.jit.trace .* this input's length only"):
+        trace(layer, torch.randn(5, 2, 3))
+    assert layer(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)  # eager still runs
