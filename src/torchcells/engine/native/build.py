@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -54,17 +55,14 @@ def library(*, verbose: bool = False) -> Optional[Any]:
     lib = None
     try:
         import torch
-        from torch.utils import cpp_extension
 
         # named after the source: checkouts with different runtimes never rebuild over each other
         digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:10]
         tag = f"{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
         try:
-            lib = cpp_extension.load(name=f"torchcells_native_{tag}", sources=[str(_SOURCE)],
-                                     extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
+            lib = _load(f"torchcells_native_{tag}", extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
         except Exception:  # a compiler without OpenMP: the same runtime, fused groups on one thread
-            lib = cpp_extension.load(name=f"torchcells_native_{tag}_serial", sources=[str(_SOURCE)],
-                                     extra_cflags=_flags(openmp=False), verbose=verbose)
+            lib = _load(f"torchcells_native_{tag}_serial", extra_cflags=_flags(openmp=False), verbose=verbose)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path runs
         first = (str(e).strip().splitlines() or [""])[-1][:200]
         _STATE["why"] = f"{type(e).__name__}: {first}"
@@ -78,6 +76,62 @@ def library(*, verbose: bool = False) -> Optional[Any]:
     if lib is None:
         warnings.warn(notice() or "", RuntimeWarning, stacklevel=2)
     return lib
+
+
+def _load(name: str, **options: Any) -> Any:
+    """``cpp_extension.load`` of the runtime, after making sure a cached build is sound.
+
+    Loading a damaged shared library (truncated by a full disk or a killed build, or built
+    for another machine) kills the process with SIGBUS/SIGSEGV, past any ``except``. So a
+    cached build is loaded only if it matches the checksum recorded when it was first
+    loaded, or -- when there is none -- if a separate process loaded it; otherwise it is
+    deleted, and ``load`` builds it again."""
+    from torch.utils import cpp_extension
+
+    built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    why = damaged(built)
+    if why is not None:
+        warnings.warn(f"torchcells: the cached native runtime {built} is unusable ({why}); rebuilding it",
+                      RuntimeWarning, stacklevel=3)
+        built.unlink(missing_ok=True)
+        _checksum_file(built).unlink(missing_ok=True)
+    lib = cpp_extension.load(name=name, sources=[str(_SOURCE)], **options)
+    if built.exists() and not _checksum_file(built).exists():
+        from ...files import write_atomic
+        write_atomic(_checksum_file(built), _checksum(built))
+    return lib
+
+
+def damaged(built: Path) -> Optional[str]:
+    """Why the cached build ``built`` must not be loaded into this process, or ``None`` (also when
+    there is none yet). Records the checksum of a build that a probe process loaded."""
+    if not built.exists():
+        return None
+    recorded = _checksum_file(built)
+    if recorded.exists():
+        if recorded.read_text(encoding="utf-8").strip() != _checksum(built):
+            return "its checksum differs from the one recorded when it was built"
+        return None
+    probe = (f"import importlib.util, torch\n"
+             f"spec = importlib.util.spec_from_file_location({built.stem!r}, {str(built)!r})\n"
+             f"lib = importlib.util.module_from_spec(spec); spec.loader.exec_module(lib); lib.enums()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "a process loading it did not finish"
+    if done.returncode != 0:
+        return f"a process loading it failed (exit status {done.returncode})"
+    from ...files import write_atomic
+    write_atomic(recorded, _checksum(built))
+    return None
+
+
+def _checksum_file(built: Path) -> Path:
+    return built.with_name(built.name + ".sha256")
+
+
+def _checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _enum_mismatch(lib: Any) -> Optional[str]:
