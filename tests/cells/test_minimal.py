@@ -240,3 +240,21 @@ def test_exported_and_counted(spec):
     assert spec.make.__name__ in tc.__all__ and spec.make.__name__ in tc.cells.__all__
     (row,) = tc.explain(tc.Recurrent(new_cell(spec)), torch.randn(7, 1, I, dtype=DT)).layers
     assert tuple(g.name for g in row.gates) == spec.gates and row.units == H and row.applications == 7
+
+
+@spec_param
+@pytest.mark.parametrize("engine", ["loop", "fused", "scan"])
+def test_float32_step_is_finite_where_both_gates_underflow(spec, engine):
+    """Pre-activations of −90 and below make σ underflow to 0 in float32: the step's gate
+    normalization must not reach 0/0 (it did for minLSTM on the loop), and every engine
+    agrees with the float64 loop."""
+    cell = new_cell(spec, dtype=torch.float32, i=1, h=3)
+    with torch.no_grad():
+        cell.weight_ih.fill_(1.0)
+        cell.bias_ih.zero_()
+    x = torch.tensor([-120.0, -95.0, -200.0, 3.0, -150.0], dtype=torch.float32).reshape(5, 1, 1).expand(5, 2, 1)
+    out, final = tc.Recurrent(cell, engine=engine)(x, torch.full((2, 3), 0.5))
+    assert torch.isfinite(out).all() and torch.isfinite(final).all()
+    wide = tc.Recurrent(cell.double(), engine="loop")
+    want, _ = wide(x.double(), torch.full((2, 3), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)

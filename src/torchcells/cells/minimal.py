@@ -138,8 +138,10 @@ class MinLSTMCell(_MinimalCell):
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
         k_f, k_i, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
-        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
-        h = f / (f + i) * h + i / (f + i) * g(k_h)
+        # f' = f / (f + i) = σ(d), i' = σ(−d) with d = log σ(k_f) − log σ(k_i): the same numbers,
+        # without the 0/0 that f / (f + i) reaches when both σ underflow (k ≤ −90 in float32)
+        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+        h = torch.sigmoid(d) * h + torch.sigmoid(-d) * g(k_h)
         return h, h
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
