@@ -83,3 +83,30 @@ def test_cells_of_one_structure_still_share_a_trace():
     c, d = Gained(), Gained()
     d._gain = 2.0
     assert _key(c, x, c.init_state(B), False) != _key(d, x, d.init_state(B), False)
+
+
+def _autocast_then_fp32(layer, x, first: str):
+    def under_autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return layer(x)[0].float()
+
+    def plain():
+        return layer(x)[0]
+
+    runs = {"autocast": under_autocast, "fp32": plain}
+    order = [first, "fp32" if first == "autocast" else "autocast"]
+    return {name: runs[name]() for name in order}
+
+
+@pytest.mark.parametrize("first", ["autocast", "fp32"])
+@pytest.mark.parametrize("make", [lambda: tc.GRUCell(8, 32), lambda: Gained()], ids=["gru", "user"])
+def test_a_trace_made_under_autocast_is_not_used_outside_it(make, first):
+    """A trace records autocast's casts: one made under autocast ran later in fp32 (and the other
+    way round) gave bf16-accurate results in fp32 without a word."""
+    torch.manual_seed(0)
+    cell = make()
+    x = torch.randn(6, 4, cell.input_size)
+    fused = _autocast_then_fp32(tc.Recurrent(cell, engine="fused"), x, first)
+    loop = _autocast_then_fp32(tc.Recurrent(cell, engine="loop"), x, first)
+    torch.testing.assert_close(fused["fp32"], loop["fp32"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused["autocast"], loop["autocast"], atol=5e-2, rtol=5e-2)

@@ -234,6 +234,8 @@ class _GraphReader:
             self.rep[node] = ("split", node)
         elif name == "getitem" and (split := self._split_of(node.args[0])) is not None:
             self.rep[node] = self._split_part(split, int(node.args[1]), _width(node))  # type: ignore[arg-type]
+        elif name == "getitem" and args:  # a result of an op that returns several (log σ's output, its buffer)
+            self.rep[node] = self.rep.get(args[0])
         elif not (name == "add" and self._merge_same_gate(node, args)):
             self._operation(node, name, args)
 

@@ -53,6 +53,8 @@ class FusedKernels:
     aten_graphs: tuple[fx.Graph, fx.Graph]
     # what executors made of these graphs (a plan, or why there is none), by executor name
     lowered: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: autocast's state when the step was traced (its casts are in the graphs), or None
+    autocast: Any = None
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
@@ -87,7 +89,18 @@ def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
          tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
         for name, m in cell.named_modules())
     return (modules, tuple(x_t.shape), x_t.dtype, x_t.device,
-            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked)
+            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked, _autocast_key(x_t.device.type))
+
+
+def _autocast_key(device_type: str) -> Any:
+    """Autocast's state for ``device_type``: a trace records the casts autocast makes, so a step
+    traced under autocast must not run outside it, nor the other way round."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return ("autocast", torch.get_autocast_dtype(device_type))
+    except RuntimeError:  # a device type without autocast
+        pass
+    return None
 
 
 def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
@@ -113,6 +126,8 @@ def _cached_or_built(key: tuple, cell: nn.Module, x_t: Tensor, state: Any, maske
         except Exception as e:  # a failure of the derivation itself: fall back, say why
             first_line = str(e).splitlines()[0] if str(e) else ""
             found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
+        if isinstance(found, FusedKernels):
+            found.autocast = key[-1]
         _CACHE[key] = found
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)

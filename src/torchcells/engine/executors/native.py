@@ -73,6 +73,8 @@ class NativeExecutor:
             return f"the native runtime runs on the CPU, not {device.type}"
         if build.library() is None:
             return build.notice()
+        if kernels.autocast is not None:
+            return "the step was traced under autocast; the native runtime runs float32/float64 steps only"
         found = native_plan(kernels)
         return found if isinstance(found, str) else None
 
