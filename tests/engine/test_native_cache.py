@@ -36,7 +36,7 @@ def test_a_truncated_build_is_refused_by_its_checksum(tmp_path):
     assert build.damaged(copy) is None
     data = copy.read_bytes()
     copy.write_bytes(data[: len(data) // 2])
-    assert build.damaged(copy) == "its checksum differs from the one recorded when it was built"
+    assert build.damaged(copy) == "its checksum differs from the one recorded when it was last loaded"
 
 
 def test_a_damaged_build_without_a_checksum_is_refused_by_the_probe(tmp_path):

@@ -83,7 +83,7 @@ def _load(name: str, **options: Any) -> Any:
 
     Loading a damaged shared library (truncated by a full disk or a killed build, or built
     for another machine) kills the process with SIGBUS/SIGSEGV, past any ``except``. So a
-    cached build is loaded only if it matches the checksum recorded when it was first
+    cached build is loaded only if it matches the checksum recorded when it was last
     loaded, or -- when there is none -- if a separate process loaded it; otherwise it is
     deleted, and ``load`` builds it again."""
     from torch.utils import cpp_extension
@@ -96,9 +96,13 @@ def _load(name: str, **options: Any) -> Any:
         built.unlink(missing_ok=True)
         _checksum_file(built).unlink(missing_ok=True)
     lib = cpp_extension.load(name=name, sources=[str(_SOURCE)], **options)
-    if built.exists() and not _checksum_file(built).exists():
-        from ...files import write_atomic
-        write_atomic(_checksum_file(built), _checksum(built))
+    # loaded: record what this build is now (load rebuilds it when, e.g., another checkout's path differs)
+    if built.exists():
+        digest = _checksum(built)
+        recorded = _checksum_file(built)
+        if not recorded.exists() or recorded.read_text(encoding="utf-8").strip() != digest:
+            from ...files import write_atomic
+            write_atomic(recorded, digest)
     return lib
 
 
@@ -110,7 +114,7 @@ def damaged(built: Path) -> Optional[str]:
     recorded = _checksum_file(built)
     if recorded.exists():
         if recorded.read_text(encoding="utf-8").strip() != _checksum(built):
-            return "its checksum differs from the one recorded when it was built"
+            return "its checksum differs from the one recorded when it was last loaded"
         return None
     probe = (f"import importlib.util, torch\n"
              f"spec = importlib.util.spec_from_file_location({built.stem!r}, {str(built)!r})\n"
