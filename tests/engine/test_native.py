@@ -164,6 +164,21 @@ def test_disabled_runtime_gives_a_notice_and_the_python_loop_still_runs():
     assert "TORCHCELLS_NATIVE=0" in second
 
 
+def assert_refused_once(why: str) -> None:
+    """``library()`` gives None with one one-line RuntimeWarning saying ``why``, and the fused
+    engine still runs, on the Python executor."""
+    from torchcells.engine.native import build
+
+    with pytest.warns(RuntimeWarning) as caught:
+        assert build.library() is None
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "native runtime unavailable" in messages[0] and why in messages[0]
+    layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+
+
 def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(monkeypatch):
     from torch.utils import cpp_extension
 
@@ -174,15 +189,8 @@ def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(m
 
     monkeypatch.setattr(build, "_STATE", {})
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    with pytest.warns(RuntimeWarning) as caught:
-        assert build.library() is None
+    assert_refused_once("command not found")
     assert build.library() is None  # no second warning, no second build attempt
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "\n" not in messages[0]
-    assert "native runtime unavailable" in messages[0] and "command not found" in messages[0]
-    layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
-    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
-    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
 
 
 @pytest.mark.parametrize("name", ["user-lstm", "gru"])
@@ -264,14 +272,7 @@ def test_a_build_whose_enums_differ_is_not_used_and_says_which_in_one_line(monke
     swapped = {m.name: m.value for m in records.SavedKind}
     swapped["ONCE"], swapped["PER_STEP"] = swapped["PER_STEP"], swapped["ONCE"]
     monkeypatch.setitem(records.ENUMS, "SavedKind", IntEnum("SavedKind", swapped))
-    with pytest.warns(RuntimeWarning) as caught:
-        assert build.library() is None
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "\n" not in messages[0]
-    assert "native runtime unavailable" in messages[0] and "enum SavedKind differs" in messages[0]
-    layer = tc.Recurrent(tc.LSTMCell(3, 4), engine="fused")
-    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
-    assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
+    assert_refused_once("enum SavedKind differs")
 
 
 def test_deriving_a_step_plans_nothing_and_the_native_executor_plans_it_once_on_first_use(monkeypatch):

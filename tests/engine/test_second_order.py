@@ -45,3 +45,16 @@ def test_the_fused_engine_refuses_second_order_gradients(make, native, monkeypat
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     layer(x)[0].sum().backward()
     assert x.grad is not None and all(p.grad is not None for p in layer.parameters())
+
+
+def test_the_drop_in_gru_on_torchs_kernel_gives_nn_grus_second_order_gradients():
+    """The recipe in torch_compat's docstring for second-order gradients with torchcells.GRU."""
+    torch.manual_seed(0)
+    ours, theirs = tc.GRU(I, H).double(), torch.nn.GRU(I, H).double()
+    theirs.load_state_dict(ours.state_dict())
+    for layer in ours.modules():
+        if isinstance(layer, tc.Recurrent):
+            layer.engine = "torch"
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for got, want in zip(penalty_gradients(ours, x), penalty_gradients(theirs, x)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

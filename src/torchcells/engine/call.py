@@ -116,6 +116,10 @@ class Path:
     """
 
     name: str = ""
+    #: whether ``torch.jit.trace`` records this path correctly for every length (one torch op
+    #: over the whole sequence); paths that loop in Python do not, and the registry declines
+    #: them while tracing (:func:`jit_tracing`)
+    jit_traceable: bool = False
 
     def accepts(self, call: Call) -> Optional[str]:
         """``None`` if this path can run ``call``, else why not (a phrase that follows "cannot run on ...: ")."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..call import expand
 from .base import SequenceInputs, SequenceNode, SequenceOutputs, Trained
 
 if TYPE_CHECKING:
@@ -122,8 +123,8 @@ class PythonExecutor:
             y, new = outs[0], list(outs[1:])
             if masks is not None:
                 keep = masks[t]
-                new = [torch.where(_expand(keep, n), n, o) for n, o in zip(new, leaves)]
-                y = y.masked_fill(~_expand(keep, y), 0)
+                new = [torch.where(expand(keep, n), n, o) for n, o in zip(new, leaves)]
+                y = y.masked_fill(~expand(keep, y), 0)
             ys.append(y)
             leaves = new
             if want_states:
@@ -181,6 +182,3 @@ def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
 def _zeros(meta: tuple[torch.Size, torch.dtype], like: Optional[Tensor]) -> Tensor:
     return torch.zeros(meta[0], dtype=meta[1], device=like.device if like is not None else None)
 
-
-def _expand(valid: Tensor, like: Tensor) -> Tensor:
-    return valid.reshape(valid.shape + (1,) * (like.dim() - valid.dim()))

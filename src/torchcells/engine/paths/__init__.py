@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...cell import cell_name
-from ..call import Call, Path
+from ..call import Call, Path, jit_tracing
 from .fused import FusedPath
 from .loop import LoopPath
 from .scan import ScanPath
@@ -109,6 +109,10 @@ def choose(call: Call, engine: str = "auto") -> Path:
 def _accepts(path: Path, call: Call) -> Optional[str]:
     """``path.accepts(call)``; an error inside it names the path (a registered path's bug
     would otherwise surface as a bare error from every layer call)."""
+    if not path.jit_traceable:
+        tracing = jit_tracing()
+        if tracing is not None:
+            return tracing
     try:
         return path.accepts(call)
     except Exception as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...graph import TraceError
-from ..call import Call, Path, Result, jit_tracing
+from ..call import Call, Path, Result
 from ..fused import explain_fallback, fused_call, inference_call, step_program
 
 
@@ -13,11 +13,7 @@ class FusedPath(Path):
     name = "fused"
 
     def accepts(self, call: Call) -> Optional[str]:
-        """Whether the step traces (traced once per cell structure and shapes, then cached);
-        never under ``torch.jit.trace``."""
-        tracing = jit_tracing()
-        if tracing is not None:
-            return tracing
+        """Whether the step traces (traced once per cell structure and shapes, then cached)."""
         try:
             step_program(call, masked=call.lengths is not None)
         except TraceError as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..call import Call, Path, Result, jit_tracing
+from ..call import Call, Path, Result
 from ..unroll import unroll_call
 
 
@@ -12,7 +12,7 @@ class LoopPath(Path):
     name = "loop"
 
     def accepts(self, call: Call) -> Optional[str]:
-        return jit_tracing()
+        return None
 
     def run(self, call: Call) -> Result:
         return unroll_call(call)

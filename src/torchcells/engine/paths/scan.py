@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor
 
 from ...cell import declares
-from ..call import Call, Path, Result, jit_tracing
+from ..call import Call, Path, Result
 from ..scan import scan_call
 
 
@@ -20,7 +20,7 @@ class ScanPath(Path):
                     "is linear in the state")
         if not isinstance(call.state, Tensor):
             return "engine='scan' needs a cell whose state is one tensor"
-        return jit_tracing()
+        return None
 
     def run(self, call: Call) -> Result:
         return scan_call(call)

@@ -22,6 +22,7 @@ from ..call import Call, Path, Result
 
 class TorchKernelPath(Path):
     name = "torch"
+    jit_traceable = True  # one torch kernel call over the whole sequence
 
     def accepts(self, call: Call) -> Optional[str]:
         if _form(call) is None:
