@@ -186,6 +186,16 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
+def autocast_casts(x: Tensor, weight: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device and ``x`` and ``weight`` are both in autocast's
+    floating types (its lower dtype, float32): autocast casts them for each product, as torch.nn's
+    layers rely on (a stack's next layer gets the previous one's lower-precision output)."""
+    if not _autocast_on(x.device.type):
+        return False
+    allowed = {torch.float32, torch.get_autocast_dtype(x.device.type)}
+    return x.dtype in allowed and weight.dtype in allowed
+
+
 class Cell(nn.Module):
     """Base class of every cell: one step ``forward(x, state) -> (y, new_state)``.
 

@@ -110,3 +110,19 @@ def test_a_trace_made_under_autocast_is_not_used_outside_it(make, first):
     loop = _autocast_then_fp32(tc.Recurrent(cell, engine="loop"), x, first)
     torch.testing.assert_close(fused["fp32"], loop["fp32"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused["autocast"], loop["autocast"], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_stacked_drop_ins_run_under_autocast_as_torch_nn_does(name):
+    """A stack's second layer gets the first one's bfloat16 output under autocast (as in torch.nn):
+    the dtype check lets autocast cast it (it refused, so a 2-layer drop-in failed under autocast)."""
+    torch.manual_seed(0)
+    ours, theirs = getattr(tc, name)(5, 7, num_layers=2), getattr(torch.nn, name)(5, 7, num_layers=2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(x)[0], theirs(x)[0]
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    with pytest.raises(TypeError, match="input has dtype torch.bfloat16"):
+        ours(x.bfloat16())  # outside autocast, a mismatch is still an error

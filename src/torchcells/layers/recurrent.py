@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..cell import Cell, State, cell_name, check_input, check_state, map_state
+from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state
 from ..engine import check_lengths, engines, run
 from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
@@ -102,7 +102,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"{owner}: input has {x.shape[x.dim() - step_rank]} features per step, "
                              f"expected {features}")
         weight = next((p for p in self.cell.parameters() if p.is_floating_point()), None)
-        if weight is not None and weight.dtype != x.dtype:
+        if weight is not None and weight.dtype != x.dtype and not autocast_casts(x, weight):
             raise TypeError(f"{owner}: input has dtype {x.dtype} but the cell's parameters are {weight.dtype}; "
                             f"convert one of them (input.to({weight.dtype}) or layer.to({x.dtype}))")
         unbatched = x.dim() == step_rank + 1
