@@ -308,13 +308,18 @@ def test_cells_of_one_structure_share_a_trace_and_attributes_split_it():
     torch.testing.assert_close(out, unroll(b, x, b.init_state(B))[0])
 
 
-def test_double_backward_is_a_clear_error():
-    cell = tc.GRUCell(I, H).double()
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    out, _, _ = run_fused(cell, x, cell.init_state(B, dtype=torch.float64))
-    # refused where the graph for second-order gradients is asked for, not later (tests/engine/test_second_order.py)
-    with pytest.raises(RuntimeError, match="first-order only.*engine='loop'"):
-        torch.autograd.grad(out.square().sum(), x, create_graph=True)
+def test_gradgradcheck_fused_path_reverse_and_lengths():
+    """Second-order gradients of the fused path (its backward recomputes under autograd when it
+    must be differentiable), by finite differences of the first-order ones: input, initial state."""
+    cell = tc.GRUCell(2, 3).double()
+
+    def f(x, h0):
+        out, final, _ = run_fused(cell, x, h0, lengths=torch.tensor([3, 1]), reverse=True)
+        return out, final
+
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(f, (x, h0))
 
 
 def test_gradcheck_fused_path():

@@ -1,6 +1,6 @@
-"""Second-order gradients (a gradient penalty: ``create_graph=True``) equal the reference
-loop's on every path that can give them, and the fused engine, whose backward is
-first-order, refuses them with an error that says what to do -- never a silent difference."""
+"""Second-order gradients (a gradient penalty: ``create_graph=True``; ``gradgradcheck``) equal the
+reference loop's on every path: the fused engine's backward recomputes the sequence under autograd
+when it must itself be differentiable (``executors/second_order.py``)."""
 
 from __future__ import annotations
 
@@ -13,48 +13,102 @@ from fixture_cells import UserLSTMCell
 T, B, I, H = 5, 2, 3, 4
 
 
-def penalty_gradients(layer: tc.Recurrent, x: torch.Tensor) -> list:
+def penalty_gradients(layer, x: torch.Tensor, h0=None, lengths=None) -> list:
+    """d/dθ of |∂L/∂x|² for L = Σ out² (and of the initial state when given)."""
     x = x.detach().requires_grad_()
-    out = layer(x)[0]
+    out = layer(x, h0, lengths=lengths)[0] if lengths is not None else layer(x, h0)[0]
     gx, = torch.autograd.grad((out * out).sum(), x, create_graph=True)
-    return list(torch.autograd.grad(gx.pow(2).sum(), list(layer.parameters())))
+    wrt = list(layer.parameters()) + ([h0] if h0 is not None else [])
+    return list(torch.autograd.grad(gx.pow(2).sum(), wrt))
 
 
-@pytest.mark.parametrize("make, engine", [(lambda: tc.MinGRUCell(I, H), "scan"), (lambda: tc.LSTMCell(I, H), "torch"),
-                                          (lambda: tc.GRUCell(I, H), "torch"), (lambda: UserLSTMCell(I, H), "loop")],
-                         ids=["mingru-scan", "lstm-torch", "gru-torch", "user-loop"])
-def test_second_order_gradients_equal_the_loop(make, engine):
+CELLS = {"user-lstm": lambda: UserLSTMCell(I, H), "gru": lambda: tc.GRUCell(I, H),
+         "lstm": lambda: tc.LSTMCell(I, H), "elman": lambda: tc.ElmanCell(I, H),
+         "mingru": lambda: tc.MinGRUCell(I, H)}
+PATHS = [("user-lstm", "fused-native"), ("user-lstm", "fused-python"), ("gru", "fused-native"),
+         ("gru", "fused-python"), ("gru", "torch"), ("lstm", "fused-native"), ("lstm", "torch"),
+         ("elman", "fused-native"), ("mingru", "scan"), ("mingru", "fused-native")]
+
+
+def _layer(cell, path, monkeypatch) -> tc.Recurrent:
+    if path == "fused-python":
+        monkeypatch.setenv("TORCHCELLS_NATIVE", "0")
+    return tc.Recurrent(cell, engine=path.split("-")[0])
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 3]], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell_name, path", PATHS, ids=[f"{c}-{p}" for c, p in PATHS])
+def test_second_order_gradients_equal_the_loop(cell_name, path, lengths, monkeypatch):
     torch.manual_seed(0)
-    layer = tc.Recurrent(make().double(), engine=engine)
+    cell = CELLS[cell_name]().double()
+    layer = _layer(cell, path, monkeypatch)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    got = penalty_gradients(layer, x)
-    want = penalty_gradients(tc.Recurrent(layer.cell, engine="loop"), x)
+    h0 = layer.init_state(B, dtype=torch.float64)
+    if isinstance(h0, tuple):  # a NamedTuple of leaves: the first one is differentiated through
+        h0 = type(h0)(*[torch.randn_like(h).requires_grad_() for h in h0])
+        h0_leaf = h0[0]
+    else:
+        h0 = h0_leaf = torch.randn_like(h0).requires_grad_()
+    lens = torch.tensor(lengths) if lengths is not None else None
+
+    def run(engine_layer):
+        xx = x.detach().requires_grad_()
+        out, final = engine_layer(xx, h0, lengths=lens)
+        last = final[0] if isinstance(final, tuple) else final  # the final state counts too (lengths!)
+        gx, = torch.autograd.grad((out * out).sum() + (last * last).sum(), xx, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), list(cell.parameters()) + [h0_leaf])
+
+    got = run(layer)
+    want = run(tc.Recurrent(cell, engine="loop"))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
-@pytest.mark.parametrize("make", [lambda: UserLSTMCell(I, H), lambda: tc.GRUCell(I, H)], ids=["user-lstm", "gru"])
-def test_the_fused_engine_refuses_second_order_gradients(make, native, monkeypatch):
-    if not native:
-        monkeypatch.setenv("TORCHCELLS_NATIVE", "0")
-    layer = tc.Recurrent(make().double(), engine="fused")
-    with pytest.raises(RuntimeError, match=r"first-order only.*create_graph=True.*engine='loop'"):
-        penalty_gradients(layer, torch.randn(T, B, I, dtype=torch.float64))
-    # first-order gradients are unchanged
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    layer(x)[0].sum().backward()
-    assert x.grad is not None and all(p.grad is not None for p in layer.parameters())
-
-
-def test_the_drop_in_gru_on_torchs_kernel_gives_nn_grus_second_order_gradients():
-    """The recipe in torch_compat's docstring for second-order gradients with torchcells.GRU."""
+@pytest.mark.parametrize("path", ["fused-native", "fused-python"])
+@pytest.mark.parametrize("cell_name", ["user-lstm", "gru"])
+def test_gradgradcheck_passes_on_the_fused_engine(cell_name, path, monkeypatch):
     torch.manual_seed(0)
-    ours, theirs = tc.GRU(I, H).double(), torch.nn.GRU(I, H).double()
+    cell = CELLS[cell_name]().double()
+    layer = _layer(cell, path, monkeypatch)
+    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
+    params = list(cell.parameters())
+
+    def f(x, *ps):
+        named = dict(zip([n for n, _ in cell.named_parameters()], ps))
+        return torch.func.functional_call(layer, {f"cell.{k}": v for k, v in named.items()}, (x,))[0]
+
+    assert torch.autograd.gradgradcheck(f, (x, *params))
+
+
+def test_the_drop_in_gru_gives_nn_grus_second_order_gradients():
+    torch.manual_seed(0)
+    ours, theirs = tc.GRU(I, H, num_layers=2).double(), torch.nn.GRU(I, H, num_layers=2).double()
     theirs.load_state_dict(ours.state_dict())
-    for layer in ours.modules():
-        if isinstance(layer, tc.Recurrent):
-            layer.engine = "torch"
     x = torch.randn(T, B, I, dtype=torch.float64)
     for got, want in zip(penalty_gradients(ours, x), penalty_gradients(theirs, x)):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_the_fused_engine_ran_and_first_order_gradients_are_unchanged(monkeypatch):
+    """The fused node is really on the graph of these tests (not a fallback to the loop), and a
+    plain backward still runs its first-order backward."""
+    cell = UserLSTMCell(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    out = tc.Recurrent(cell, engine="fused")(x)[0]
+    assert "FusedSequence" in type(out.grad_fn).__name__ or "Sequence" in _graph_names(out)
+    out.sum().backward()
+    loop_x = x.detach().requires_grad_()
+    tc.Recurrent(cell, engine="loop")(loop_x)[0].sum().backward()
+    torch.testing.assert_close(x.grad, loop_x.grad, atol=1e-12, rtol=1e-10)
+
+
+def _graph_names(out: torch.Tensor) -> str:
+    seen, todo, names = set(), [out.grad_fn], []
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return " ".join(names)

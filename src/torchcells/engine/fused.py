@@ -54,10 +54,11 @@ class _Prepared:
     valid: Optional[Tensor]        # (T, B) bool, or None for full lengths
     hoisted: tuple[Tensor, ...]    # the input region over all steps, (T, B, ...) each
     consts: list[Tensor]
+    params: list[Tensor]           # the step's parameters and buffers (program.param_names order)
 
     def inputs(self) -> SequenceInputs:
         return SequenceInputs(self.kernels, list(self.hoisted), self.leaves, self.consts, self.valid,
-                              self.x.shape[0])
+                              self.x.shape[0], (self.x, self.params))
 
 
 def _prepare(call: Call) -> _Prepared:
@@ -76,7 +77,7 @@ def _prepare(call: Call) -> _Prepared:
         # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
         # product becomes one over all T·B rows.
         hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
-    return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts)
+    return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts, params)
 
 
 def step_program(call: Call, masked: bool) -> FusedKernels:

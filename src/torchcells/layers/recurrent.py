@@ -32,10 +32,10 @@ class Recurrent(nn.Module):
             cells that trace, else the reference loop, with a one-time warning saying why),
             or a path by name: ``"loop"``, ``"fused"``, ``"scan"``, ``"torch"`` (a path that
             cannot run a call raises an error saying why). Every path gives the reference
-            loop's results, or refuses: the fused path's backward is first-order, so
-            second-order gradients (``create_graph=True``: a gradient penalty,
-            ``gradgradcheck``) raise a RuntimeError there -- use ``engine="loop"`` (any
-            cell), ``"scan"`` or ``"torch"`` for them; ``torch.jit.trace`` records only
+            loop's results, or refuses. Second-order gradients (``create_graph=True``: a
+            gradient penalty, ``gradgradcheck``) are the loop's on every path (the fused
+            path's backward recomputes the sequence under autograd for such a backward, at
+            the loop's cost); ``torch.jit.trace`` records only
             ``"torch"`` (the others would be fixed to one length) and refuses the rest.
         checkpoint_steps: for long sequences, keep only the state every this many steps
             and recompute each chunk's forward during backward (less memory, one more

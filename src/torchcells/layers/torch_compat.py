@@ -16,11 +16,9 @@ Each is a :class:`Stack` of :class:`Recurrent` layers (wrapped in
 Departures from torch.nn, all additions: ``forward`` also takes ``lengths=`` for padded
 input (outputs are zero past each length, as after ``pad_packed_sequence``); a
 zero-step input returns empty outputs and the initial state where torch.nn raises.
-One limit: ``GRU`` on a CPU runs the fused engine (faster than torch's kernel), whose
-backward is first-order; second-order gradients (``create_graph=True``) raise a
-RuntimeError saying so. For them, build the drop-in with ``engine="torch"`` set on its
-layers (``for l in gru.modules(): if isinstance(l, Recurrent): l.engine = "torch"``),
-which equals nn.GRU's second-order gradients. ``LSTM`` and ``RNN`` run torch's kernel.
+``GRU`` on a CPU runs the fused engine (faster than torch's kernel); a backward with
+``create_graph=True`` (a gradient penalty) recomputes the sequence under autograd there,
+so second-order gradients equal nn.GRU's. ``LSTM`` and ``RNN`` run torch's kernel.
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 if TYPE_CHECKING:
     from ..derive import FusedKernels
 
-__all__ = ["SECOND_ORDER", "Executor", "SequenceInputs", "SequenceNode", "SequenceOutputs", "Trained", "run_with_grad"]
+__all__ = ["Executor", "SequenceInputs", "SequenceNode", "SequenceOutputs", "Trained", "run_with_grad"]
 
 
 @dataclass(slots=True)
@@ -40,6 +39,9 @@ class SequenceInputs:
     consts: list[Tensor]     # per-sequence values (the const region)
     valid: Optional[Tensor]  # [T, B] bool, or None for full lengths
     steps: int               # T
+    #: what the hoisted part was computed from: the sequence x (in reading order) and the
+    #: step's parameters; kept (never copied) for a backward that must itself be differentiable
+    source: tuple[Optional[Tensor], list[Tensor]] = (None, [])
 
 
 @dataclass(slots=True)
@@ -87,46 +89,57 @@ class Executor(Protocol):
         ...
 
 
-#: why the fused engine refuses a backward that must itself be differentiable.
-SECOND_ORDER = ("torchcells: the fused engine's backward is first-order only, and this backward was asked to "
-                "build a graph for second-order gradients (create_graph=True: a gradient penalty, "
-                "torch.autograd.gradgradcheck, torch.func's grad of grad). Run the layer with engine='loop' "
-                "(Recurrent(cell, engine='loop')), whose backward is autograd's and differentiable.")
-
-
 class SequenceNode(torch.autograd.Function):
     """The step region over all steps: one node in the autograd graph; the executor runs both
-    directions. Each executor names a subclass of its own (nothing overridden)."""
+    directions. Each executor names a subclass of its own (nothing overridden).
+
+    Its backward is the executor's, first-order. When autograd asks for a backward that is
+    itself differentiable (``create_graph=True``: a gradient penalty, ``gradgradcheck``,
+    ``torch.func``'s grad of grad), the node recomputes the sequence with autograd from what it
+    was computed from (:func:`.second_order.differentiable_grads`) and differentiates that:
+    the reference loop's second-order gradients, at the loop's cost, for that backward only."""
 
     @staticmethod
     def forward(ctx, executor: Executor, kernels: "FusedKernels", valid: Optional[Tensor], steps: int,
-                n_hoisted: int, n_state: int, want_states: bool, *flat: Tensor):
+                n_hoisted: int, n_state: int, want_states: bool, n_source: int, *flat: Tensor):
+        n_in = len(flat) - n_source
         inputs = SequenceInputs(kernels, list(flat[:n_hoisted]), list(flat[n_hoisted:n_hoisted + n_state]),
-                                list(flat[n_hoisted + n_state:]), valid, steps)
+                                list(flat[n_hoisted + n_state:n_in]), valid, steps)
         trained = executor.forward(inputs, want_states)
         ctx.executor, ctx.memo, ctx.n_state, ctx.want_states = executor, trained.memo, n_state, want_states
-        ctx.save_for_backward(*trained.saved)
+        ctx.shape = (kernels, valid, steps, n_hoisted, len(trained.saved), n_in)
+        # the inputs too (references, not copies: autograd keeps them alive anyway), for a
+        # differentiable backward: state, consts and the hoisted part's source
+        ctx.save_for_backward(*trained.saved, *flat[n_hoisted:])
         ctx.mark_non_differentiable(*[o for o in trained.outputs if not o.is_floating_point()])
         return tuple(trained.outputs)
 
     @staticmethod
     def backward(ctx, d_ys: Optional[Tensor], *d_rest: Optional[Tensor]):
+        n_s = ctx.n_state
+        d_final, d_states = list(d_rest[:n_s]), (list(d_rest[n_s:]) if ctx.want_states else [])
         if torch.is_grad_enabled():  # autograd runs a backward with grad on only for create_graph=True
-            raise RuntimeError(SECOND_ORDER)
-        return SequenceNode._first_order(ctx, d_ys, *d_rest)
+            from .second_order import differentiable_grads
+            kernels, valid, steps, n_hoisted, n_saved, n_in = ctx.shape
+            rest = ctx.saved_tensors[n_saved:]
+            n_const = n_in - n_hoisted - n_s
+            grads = differentiable_grads(kernels, valid, steps, list(rest[:n_s]), list(rest[n_s:n_s + n_const]),
+                                         list(rest[n_s + n_const:]), d_ys, d_final, d_states)
+        else:
+            grads = SequenceNode._first_order(ctx, d_ys, d_final, d_states)
+        return (None,) * 8 + tuple(grads) + (None,) * (len(ctx.needs_input_grad) - 8 - len(grads))
 
     @staticmethod
-    @once_differentiable
-    def _first_order(ctx, d_ys: Optional[Tensor], *d_rest: Optional[Tensor]):
-        n_s = ctx.n_state
-        d_states = list(d_rest[n_s:]) if ctx.want_states else []
-        grads = ctx.executor.backward(ctx.memo, ctx.saved_tensors, d_ys, list(d_rest[:n_s]), d_states)
-        return (None, None, None, None, None, None, None, *grads)
+    def _first_order(ctx, d_ys: Optional[Tensor], d_final: list, d_states: list) -> list[Optional[Tensor]]:
+        n_saved = ctx.shape[4]
+        return ctx.executor.backward(ctx.memo, ctx.saved_tensors[:n_saved], d_ys, d_final, d_states)
 
 
 def run_with_grad(executor: Executor, inputs: SequenceInputs, want_states: bool) -> SequenceOutputs:
     """``inputs`` through ``executor`` inside one autograd node (:class:`SequenceNode`)."""
     n = len(inputs.state)
+    x, params = inputs.source
+    source = ([x] if x is not None and inputs.hoisted else []) + (list(params) if inputs.hoisted else [])
     result = executor.node.apply(executor, inputs.kernels, inputs.valid, inputs.steps, len(inputs.hoisted), n,
-                                 want_states, *inputs.hoisted, *inputs.state, *inputs.consts)
+                                 want_states, len(source), *inputs.hoisted, *inputs.state, *inputs.consts, *source)
     return SequenceOutputs(result[0], list(result[1:1 + n]), list(result[1 + n:]) if want_states else None)
