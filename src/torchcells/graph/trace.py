@@ -78,6 +78,7 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
         new_leaves, new_spec = tree_flatten(new)
         if new_spec != spec:
             raise TraceError(f"the new state's structure {new_spec} differs from the old {spec}")
+        _check_state_dtypes(state_leaves, new_leaves)
         return (y, *new_leaves)
 
     try:
@@ -90,6 +91,18 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
         raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return gm, names, spec
+
+
+def _check_state_dtypes(given: tuple, new: list) -> None:
+    """A traced step is one program for every step, so its state must come back in the dtypes it
+    was given. Under autocast a step may return a leaf in autocast's dtype (an Elman cell's
+    ``h = tanh(product)``); the loop then runs its later steps on that dtype, a trace made for
+    the first step's dtype would not (it crashed in a product of mixed dtypes)."""
+    for i, (old, leaf) in enumerate(zip(given, new)):
+        if leaf.dtype != old.dtype:
+            raise TraceError(f"under autocast its step returns state leaf {i} in {leaf.dtype} where it was "
+                             f"given {old.dtype}; a traced step needs a state that keeps its dtype (pass the "
+                             f"initial state in {leaf.dtype}, or run engine='loop')")
 
 
 def _structural_copy(cell: nn.Module, tensors: list[Tensor]) -> nn.Module:
