@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 
 import pytest
 import torch
@@ -56,8 +55,7 @@ CELLS = {"lstm": lambda: tc.LSTMCell(I, H), "gru": lambda: tc.GRUCell(I, H), "el
 #: which cells each path serves (engine name, TORCHCELLS_NATIVE)
 PATHS = {"fused-native": ("fused", "1", list(CELLS)), "fused-python": ("fused", "0", list(CELLS)),
          "scan": ("scan", "1", ["mingru", "minlstm"]), "torch": ("torch", "1", ["lstm", "gru", "elman"])}
-#: under autocast these steps return their state in bfloat16 where they were given float32:
-#: the fused engine declines them (a trace is one program for every step)
+#: under autocast these steps return their state in bfloat16 where they were given float32
 STATE_CHANGES_DTYPE = {"elman", "two-widths"}
 
 
@@ -113,8 +111,6 @@ def _cases():
     for path, (_, _, cells) in PATHS.items():
         for name in cells:
             for mode in MODES:
-                if path.startswith("fused") and mode == "autocast" and name in STATE_CHANGES_DTYPE:
-                    continue  # declines: test_the_fused_engine_declines_a_step_whose_state_changes_dtype
                 marks = ()
                 if path.startswith("fused") and name == "minlstm" and mode in ("autocast", "bf16"):
                     marks = pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
@@ -140,22 +136,32 @@ def test_each_path_gives_the_loops_dtypes_and_accuracy(path, name, mode, monkeyp
         f"loop's {loop_g_error:.2e}"
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
 @pytest.mark.parametrize("name", sorted(STATE_CHANGES_DTYPE))
-def test_the_fused_engine_declines_a_step_whose_state_changes_dtype_under_autocast(name):
+def test_a_step_whose_state_takes_autocasts_dtype_runs_fused_as_the_loop(name, native, monkeypatch):
     """An Elman step under autocast returns ``h`` in bfloat16 where it was given float32; a trace
-    made for the first step crashed on the second ("expected m1 and m2 to have the same dtype")."""
+    made for the first step crashed on the second ("expected m1 and m2 to have the same dtype").
+    The fused engine traces again from the state in the step's dtypes: the loop's from step 1 on.
+    A nonzero float32 ``h_0`` keeps its gradient's dtype."""
+    monkeypatch.setenv("TORCHCELLS_NATIVE", native)
     cell = _cell(name)
     x = torch.randn(T, B, I)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(TypeError, match=r"cannot run on the fused engine: under autocast its step returns "
-                                            r"state leaf 0 in torch.bfloat16 where it was given torch.float32"):
-            tc.Recurrent(cell, engine="fused")(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the one-time fallback warning (if fused is reached in auto)
-            auto = tc.Recurrent(cell)(x)[0]
-        loop = tc.Recurrent(cell, engine="loop")(x)[0]
-    assert auto.dtype == loop.dtype
-    torch.testing.assert_close(auto.float(), loop.float(), atol=2e-2, rtol=2e-2)
+    made = cell.init_state(B)
+    start = [t.uniform_(-1, 1) for t in (made if isinstance(made, tuple) else (made,))]
+    results = {}
+    for engine in ("fused", "loop"):
+        state = tuple(t.clone().requires_grad_() for t in start)
+        state = state if isinstance(made, tuple) else state[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, final = tc.Recurrent(cell, engine=engine)(x, state)
+        leaves = state if isinstance(state, tuple) else (state,)
+        grads = torch.autograd.grad(y.float().sum(), leaves)
+        results[engine] = y, [g.dtype for g in grads], grads
+    (fused, fused_dtypes, fused_grads), (loop, loop_dtypes, loop_grads) = results["fused"], results["loop"]
+    assert fused.dtype == loop.dtype == torch.bfloat16 and fused_dtypes == loop_dtypes == [torch.float32] * len(loop_dtypes)
+    torch.testing.assert_close(fused.float(), loop.float(), atol=3e-2, rtol=3e-2)
+    for got, want in zip(fused_grads, loop_grads):
+        torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
