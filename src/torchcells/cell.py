@@ -52,7 +52,7 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "OPTIONAL_HOOKS", "State", "TorchKernelForm", "cell_name", "check_input", "check_state",
+__all__ = ["Cell", "OPTIONAL_HOOKS", "State", "TorchKernelForm", "at_least_float32", "cell_name", "check_input", "check_state",
            "declares", "is_namedtuple", "map_state", "state_leaves"]
 
 
@@ -186,6 +186,13 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if its dtype is a lower-precision float (bfloat16, float16), else ``t``."""
+    if t.is_floating_point() and torch.finfo(t.dtype).bits < 32:
+        return t.float()
+    return t
+
+
 def autocast_casts(x: Tensor, weight: Tensor) -> bool:
     """Whether autocast is on for ``x``'s device and ``x`` and ``weight`` are both in autocast's
     floating types (its lower dtype, float32): autocast casts them for each product, as torch.nn's
@@ -255,6 +262,12 @@ class Cell(nn.Module):
         whose step is ``h_t = a_t ⊙ h_{t−1} + b_t`` with ``a_t, b_t > 0`` computed from the
         inputs alone returns ``(log a, log b)`` ``(..., H)`` for inputs ``x`` ``(..., I)``
         (a whole sequence ``(T, B, I)`` in one call). Not declared here: see :func:`declares`.
+
+        In lower precision (autocast, a ``bfloat16``/``float16`` module) compute them in at
+        least float32 from the step's products (:func:`at_least_float32`): in log space a
+        rounding of ``log b`` by ``|log b|·ε`` is a relative error of ``b`` many times the one
+        the loop's linear ``a ⊙ h + b`` makes (the scan runs in at least float32 and returns
+        the loop's dtype, see :mod:`torchcells.engine.scan`).
         """
         raise NotImplementedError(f"{self.short_name()} does not declare scan_coefficients()")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, TorchKernelForm, map_state
+from ..cell import Cell, TorchKernelForm, autocast_casts, map_state
 from ._common import optional_parameter
 
 
@@ -93,7 +93,9 @@ class GatedCell(Cell):
             if tuple(leaf.shape) != lead + (size,):
                 raise ValueError(f"{self.short_name()}: {arg} should have shape {lead + (size,)} "
                                  f"for input of shape {tuple(x.shape)}, got {tuple(leaf.shape)}")
-            if leaf.dtype != x.dtype:
+            # under autocast a step's state may come back in autocast's dtype (an Elman cell's
+            # h = tanh(product)), as it does in nn.RNNCell: autocast casts it for the products
+            if leaf.dtype != x.dtype and not autocast_casts(leaf, x):
                 raise TypeError(f"{self.short_name()}: {arg} has dtype {leaf.dtype}, expected {x.dtype} like the input")
         return state
 

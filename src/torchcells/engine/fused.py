@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..graph import TraceError
+from ..graph import StateDtypeChange, TraceError
 from .call import Call, Result, bracket
 from .derive import FusedKernels, explain_fallback, fused_program
 from .executors import SequenceInputs, SequenceOutputs, choose, run_with_grad
@@ -67,9 +67,9 @@ def _prepare(call: Call) -> _Prepared:
     if call.steps == 0:
         raise TraceError("no steps to run")
     x = call.x
-    kernels = step_program(call, masked=call.valid is not None)
+    kernels, state = _traced(call, masked=call.valid is not None)
     program = kernels.program
-    leaves, spec = tree_flatten(call.state)
+    leaves, spec = tree_flatten(state)
     params = program.params(call.cell)
     consts = list(program.const_fn(*params))
     hoisted: tuple[Tensor, ...] = ()
@@ -82,7 +82,26 @@ def _prepare(call: Call) -> _Prepared:
 
 def step_program(call: Call, masked: bool) -> FusedKernels:
     """The cell's fused step for this call (traced once per structure and shapes; looked up once per call)."""
-    return call.memo((step_program, masked), lambda: fused_program(call.cell, call.raw_x[0], call.state, masked=masked))
+    return _traced(call, masked)[0]
+
+
+def _traced(call: Call, masked: bool) -> tuple[FusedKernels, Any]:
+    """The fused step and the state it runs from: the call's, or, where under autocast the step
+    returns its state in autocast's dtype (an Elman cell's ``h = tanh(product)``), the call's
+    state cast to those dtypes -- the dtypes the loop runs every later step on. The first step
+    then reads ``h_0`` rounded to that dtype (exact for zeros; a product under autocast rounds
+    it so anyway); the gradient of ``h_0`` comes back in its own dtype through the cast."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    def trace() -> tuple[FusedKernels, Any]:
+        x_t = call.raw_x[0]
+        try:
+            return fused_program(call.cell, x_t, call.state, masked=masked), call.state
+        except StateDtypeChange as change:
+            leaves, spec = tree_flatten(call.state)
+            state = tree_unflatten([t.to(d) for t, d in zip(leaves, change.dtypes)], spec)
+            return fused_program(call.cell, x_t, state, masked=masked), state
+    return call.memo((step_program, masked), trace)
 
 
 def _finish(prep: _Prepared, out: SequenceOutputs) -> Result:

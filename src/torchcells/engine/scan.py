@@ -28,6 +28,14 @@ How it is computed, and why:
 * **Backward pass by hand.** The gradient of the recurrence is the same recurrence
   read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
   scan (and itself differentiable) rather than autograd through the cumulative ops.
+* **At least float32, the loop's dtype out.** In lower precision (autocast, a
+  ``bfloat16``/``float16`` module) the loop rounds each step's ``a ⊙ h + b`` once; the
+  scan's ``e^{±A}`` and running sums rounded in bfloat16 lose ``|A|·2⁻⁸`` each (three
+  times the loop's error, measured). So coefficients and state are taken to at least
+  float32 for the scan (the cells compute their coefficients in float32 too, see
+  ``Cell.scan_coefficients``), and the results are returned in the dtype the loop's
+  ``a ⊙ h + b`` has: the state's, promoted with the step products' (autocast's lower
+  dtype where it casts ``x``, else ``x``'s).
 * **Blocks on CPU.** On CPU, where every pass over a large tensor costs memory
   traffic, time is cut into blocks of about :data:`CPU_BLOCK` numbers that stay in
   cache, run one after the other (the state carried from block to block); each
@@ -46,7 +54,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell, declares
+from ..cell import Cell, at_least_float32, autocast_casts, declares
 from .call import Call, Result, bracket
 
 __all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "scan_call", "scan_linear"]
@@ -84,6 +92,8 @@ def scan_call(call: Call) -> Result:
         outputs = state.new_zeros((0,) + tuple(state.shape))
         return outputs, state, (outputs.clone() if call.all_states else None)
     valid = None if call.valid is None else call.valid.unsqueeze(-1)  # (T, B, 1)
+    dtype = loop_dtype(x, state)
+    state = at_least_float32(state.to(dtype))
     block = steps
     if x.device.type == "cpu":
         block = max(CPU_BLOCK_MIN_STEPS, CPU_BLOCK // max(1, state.numel()), 1)
@@ -95,6 +105,7 @@ def scan_call(call: Call) -> Result:
         part, h = _scan_block(cell, x_block, h, mask)
         parts.append(part)
     hs = parts[0] if len(parts) == 1 else torch.cat(parts)
+    hs, h = hs.to(dtype), h.to(dtype)
     # Padded steps carried each sequence's last valid state to step T - 1: h is the final state.
     outputs = hs if valid is None else hs.masked_fill(~valid, 0)
     states = None
@@ -103,9 +114,17 @@ def scan_call(call: Call) -> Result:
     return outputs, h, states
 
 
+def loop_dtype(x: Tensor, state: Tensor) -> torch.dtype:
+    """The dtype of the loop's ``h_t = a_t ⊙ h_{t−1} + b_t``: the state's, promoted with that of
+    the step's products of ``x`` (autocast's lower dtype where autocast casts ``x``, else ``x``'s)."""
+    product = torch.get_autocast_dtype(x.device.type) if autocast_casts(x, x) else x.dtype
+    return torch.promote_types(product, state.dtype)
+
+
 def _scan_block(cell: Any, x: Tensor, h0: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Every step's state ``(T, B, H)`` over a block of inputs ``x`` ``(T, B, I)`` from ``h0``, and the last."""
-    log_a, log_b = cell.scan_coefficients(x)
+    """Every step's state ``(T, B, H)`` over a block of inputs ``x`` ``(T, B, I)`` from ``h0``, and the
+    last, in ``h0``'s dtype (at least float32, see the module docstring)."""
+    log_a, log_b = (t.to(h0.dtype) for t in cell.scan_coefficients(x))
     b = log_b.exp()
     if valid is not None:  # a padded step carries the state through unchanged: a = 1, b = 0
         log_a = log_a.masked_fill(~valid, 0)
@@ -191,10 +210,12 @@ def _cumsum(x: Tensor, backwards: bool) -> Tensor:
         return x.flip(1).cumsum(1).flip(1) if backwards else x.cumsum(1)
     # On CPU torch's cumsum over a non-innermost dim is a scalar loop; a product with a
     # (C, C) triangle of ones is a small GEMM over all chunks at once, about twice as fast.
+    # Autocast off: it would round this product (the running sums themselves) to bfloat16.
     size = x.shape[1]
     ones = torch.ones(size, size, dtype=x.dtype)
     ones = ones.triu() if backwards else ones.tril()
-    return torch.matmul(ones, x.reshape(x.shape[0], size, -1)).reshape(x.shape)
+    with torch.autocast("cpu", enabled=False):
+        return torch.matmul(ones, x.reshape(x.shape[0], size, -1)).reshape(x.shape)
 
 
 def _chunk_starts(decay: Tensor, end: Tensor, h0: Tensor, backwards: bool) -> Tensor:

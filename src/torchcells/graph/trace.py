@@ -24,7 +24,7 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from ..cell import cell_name, check_step
 
-__all__ = ["RANDOM_OPS", "TRACING", "TraceError", "op_name", "trace_step"]
+__all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "op_name", "trace_step"]
 
 #: held around every ``make_fx`` trace of the package (tracing is not thread-safe).
 TRACING = threading.RLock()
@@ -78,6 +78,7 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
         new_leaves, new_spec = tree_flatten(new)
         if new_spec != spec:
             raise TraceError(f"the new state's structure {new_spec} differs from the old {spec}")
+        _check_state_dtypes(state_leaves, new_leaves)
         return (y, *new_leaves)
 
     try:
@@ -90,6 +91,28 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
         raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return gm, names, spec
+
+
+class StateDtypeChange(TraceError):
+    """Under autocast the step returned its state in other dtypes (``dtypes``, one per leaf) than it was given."""
+
+    def __init__(self, message: str, dtypes: list[torch.dtype]) -> None:
+        super().__init__(message)
+        self.dtypes = dtypes
+
+
+def _check_state_dtypes(given: tuple, new: list) -> None:
+    """A traced step is one program for every step, so its state must come back in the dtypes it
+    was given. Under autocast a step may return a leaf in autocast's dtype (an Elman cell's
+    ``h = tanh(product)``); the loop then runs its later steps on that dtype, a trace made for
+    the first step's dtype would not (it crashed in a product of mixed dtypes). Raises
+    :class:`StateDtypeChange`: the engine may trace again from a state in the returned dtypes."""
+    changed = [(i, old.dtype, leaf.dtype) for i, (old, leaf) in enumerate(zip(given, new)) if leaf.dtype != old.dtype]
+    if changed:
+        i, was, now = changed[0]
+        raise StateDtypeChange(f"under autocast its step returns state leaf {i} in {now} where it was given {was}; "
+                               f"a traced step needs a state that keeps its dtype (pass the initial state in "
+                               f"{now}, or run engine='loop')", [leaf.dtype for leaf in new])
 
 
 def _structural_copy(cell: nn.Module, tensors: list[Tensor]) -> nn.Module:

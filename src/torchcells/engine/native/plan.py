@@ -482,9 +482,7 @@ def _mark_once(block: Block, steady: set) -> None:
 
 
 def _encode_call(node: fx.Node, slot: dict) -> CallBlock:
-    schema = getattr(node.target, "_schema", None)
-    if schema is None:
-        raise NotNative(f"{node.target} is not an aten operator")
+    schema = _call_schema(node)
     args: list[CallArg] = []
     for i, arg in enumerate(schema.arguments):
         if i < len(_args(node)) and not arg.kwarg_only:
@@ -495,12 +493,38 @@ def _encode_call(node: fx.Node, slot: dict) -> CallBlock:
             v = arg.default_value
         else:
             raise NotNative(f"{schema.name}: argument {arg.name} missing")
-        encoded = _encode_arg(v, "Scalar" in str(arg.type), slot)
+        encoded = _encode_arg(v, _takes_scalar(arg), slot)
         if encoded is None:
             raise NotNative(f"{schema.name}: argument {arg.name}={v!r} ({arg.type}) is not supported")
         args.append(encoded)
     out = slot[node]
     return CallBlock(schema.name, schema.overload_name, args, out if isinstance(out, list) else [out])
+
+
+def _takes_scalar(arg: Any) -> bool:
+    """Whether a schema argument is a Scalar (its type prints as ``number``, optional ``number?``)."""
+    return str(arg.type).rstrip("?") in ("Scalar", "number")
+
+
+def _call_schema(node: fx.Node) -> Any:
+    """The schema the runtime calls ``node`` by. A traced graph may hold a number where the schema
+    takes a tensor (``aten.mul.Tensor(m, 0.5)``: a wrapped number); the runtime's stack cannot pass
+    one there ("Expected Tensor but got Double", seen in a bfloat16 step run op by op), so such a
+    call goes to the operator's ``.Scalar`` overload, which computes the same (a wrapped number
+    does not promote the dtype, nor does a Scalar), or is refused."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        raise NotNative(f"{node.target} is not an aten operator")
+    numbers = [i for i, (arg, v) in enumerate(zip(schema.arguments, _args(node)))
+               if str(arg.type).startswith("Tensor") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
+        return schema
+    twin = getattr(getattr(node.target, "overloadpacket", None), "Scalar", None)
+    twin_schema = getattr(twin, "_schema", None)
+    if twin_schema is None or any(not _takes_scalar(twin_schema.arguments[i]) for i in numbers) or \
+            [a.name for a in twin_schema.arguments] != [a.name for a in schema.arguments]:
+        raise NotNative(f"{schema.name}: a number where it takes a tensor, and no .Scalar overload to call instead")
+    return twin_schema
 
 
 def _encode_arg(v: Any, scalar: bool, slot: dict) -> Optional[CallArg]:
