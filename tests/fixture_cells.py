@@ -34,3 +34,25 @@ class UserLSTMCell(Cell):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, LSTMState(h, c)
+
+
+class TwoWidthCell(Cell):
+    """A user cell whose state has two leaves of different widths: ``(h, m)``, ``h`` of ``H`` units and a
+    memory ``m`` of ``2H``: ``m_t = tanh(A x_t + B h_{t−1}) ⊙ σ(m_{t−1})``, ``h_t = tanh(W m_t + U h_{t−1})``."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.a = nn.Linear(input_size, 2 * hidden_size)
+        self.b = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
+        self.w = nn.Linear(2 * hidden_size, hidden_size)
+        self.u = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return (torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype),
+                torch.zeros(batch_size, 2 * self.hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x, state):
+        h, m = state
+        m = torch.tanh(self.a(x) + self.b(h)) * torch.sigmoid(m)
+        h = torch.tanh(self.w(m) + self.u(h))
+        return h, (h, m)

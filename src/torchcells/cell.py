@@ -110,7 +110,7 @@ def check_state(owner: str, expected: Any, got: Any, *, arg: str = "state",
         if tuple(got.shape) != tuple(expected.shape):
             raise ValueError(f"{owner}: {arg} should have shape {tuple(expected.shape)}, "
                              f"got {tuple(got.shape)}")
-        if dtype is not None and got.dtype != dtype:
+        if dtype is not None and got.dtype != dtype and not autocast_allows(got.device.type, got.dtype, dtype):
             raise TypeError(f"{owner}: {arg} has dtype {got.dtype}, expected {dtype} like the input")
         if device is not None and got.device != device:
             raise ValueError(f"{owner}: {arg} is on {got.device}, expected {device} like the input")
@@ -193,14 +193,20 @@ def at_least_float32(t: Tensor) -> Tensor:
     return t
 
 
-def autocast_casts(x: Tensor, weight: Tensor) -> bool:
-    """Whether autocast is on for ``x``'s device and ``x`` and ``weight`` are both in autocast's
+def autocast_casts(x: Tensor, other: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device and ``x`` and ``other`` are both in autocast's
     floating types (its lower dtype, float32): autocast casts them for each product, as torch.nn's
-    layers rely on (a stack's next layer gets the previous one's lower-precision output)."""
-    if not _autocast_on(x.device.type):
+    layers rely on (a stack's next layer gets the previous one's lower-precision output; a step's
+    state comes back in the lower dtype)."""
+    return autocast_allows(x.device.type, x.dtype, other.dtype)
+
+
+def autocast_allows(device_type: str, *dtypes: torch.dtype) -> bool:
+    """Whether autocast is on for ``device_type`` and every one of ``dtypes`` is float32 or its dtype."""
+    if not _autocast_on(device_type):
         return False
-    allowed = {torch.float32, torch.get_autocast_dtype(x.device.type)}
-    return x.dtype in allowed and weight.dtype in allowed
+    allowed = {torch.float32, torch.get_autocast_dtype(device_type)}
+    return all(d in allowed for d in dtypes)
 
 
 class Cell(nn.Module):

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..cell import Cell, check_input
+from ..cell import Cell, autocast_casts, check_input
 from ..engine import check_lengths
 from ..cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from .bidirectional import Bidirectional, BidirectionalState
@@ -213,7 +213,7 @@ class _TorchStyleRNN(nn.Module):
             if tuple(h.shape) != want:
                 what = "(num_layers·num_directions, batch, size)" if batched else "(num_layers·num_directions, size) for unbatched input"
                 raise ValueError(f"{owner}: {name} should have shape {want} = {what}, got {tuple(h.shape)}")
-            if h.dtype != x.dtype:
+            if h.dtype != x.dtype and not autocast_casts(x, h):
                 raise TypeError(f"{owner}: {name} has dtype {h.dtype}, expected {x.dtype} like the input")
             if h.device != x.device:
                 raise ValueError(f"{owner}: {name} is on {h.device}, expected {x.device} like the input")
