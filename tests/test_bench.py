@@ -2,7 +2,7 @@
 
 import torch
 
-from torchcells.bench import UserLSTMCell, lstm_rows, to_markdown, environment
+from torchcells.bench import UserLSTMCell, autocast_rows, environment, lstm_rows, new_batch_rows, to_markdown
 from torchcells import LSTMCell, Recurrent
 
 
@@ -49,3 +49,10 @@ def test_python_loop_contender_switches_the_native_runtime_off_only_while_it_run
     if available():
         direct = Recurrent(UserLSTMCell(3, 4))(torch.randn(5, 2, 3, requires_grad=True))[0]
         assert type(direct.grad_fn).__name__ == "NativeSequenceBackward"
+
+
+def test_autocast_and_new_batch_rows_measure_both_sides():
+    rows = autocast_rows(runs=2, shape=(2, 3, 4, 5)) + new_batch_rows(runs=2, shape=(2, 3, 4, 5))
+    assert [r.theirs for r in rows] == ["nn.LSTM", "nn.GRU", "nn.LSTM"]
+    assert all(r.ms_ours > 0 and r.ms_theirs > 0 and r.runs == 2 for r in rows)
+    assert "B = 3, 4" in rows[-1].note

@@ -158,6 +158,52 @@ def scan_rows(runs: int) -> list[Row]:
                 "≥ 10× faster (final ≥ 20×)", max(3, runs // 3))]
 
 
+def _under_autocast(module: nn.Module, x: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)[0]
+        out.float().sum().backward()
+    return step
+
+
+def autocast_rows(runs: int, shape: tuple[int, int, int, int] = (32, 100, 64, 256)) -> list[Row]:
+    """Both sides under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (products in bf16)."""
+    b, t, i, h = shape
+    rows = []
+    torch.manual_seed(0)
+    x = torch.randn(t, b, i, requires_grad=True)
+    for name, ours_label, ours, theirs_label, theirs in (
+            ("user LSTM cell vs nn.LSTM, both under autocast bf16", "Recurrent(UserLSTMCell)",
+             Recurrent(UserLSTMCell(i, h)), "nn.LSTM", nn.LSTM(i, h)),
+            ("torchcells.GRU vs nn.GRU, both under autocast bf16", "torchcells.GRU", GRU(i, h), "nn.GRU",
+             nn.GRU(i, h))):
+        times = _interleaved([_under_autocast(ours, x), _under_autocast(theirs, x)], runs)
+        rows.append(Row(name, shape, ours_label, theirs_label, statistics.median(times[0]) * 1e3,
+                        statistics.median(times[1]) * 1e3, "(context)", runs))
+    return rows
+
+
+def new_batch_rows(runs: int, shape: tuple[int, int, int, int] = (32, 100, 64, 256)) -> list[Row]:
+    """Every timed call at a batch size neither side has seen (B + 1, B + 2, ...): what a new batch
+    size costs once the model is warm at B (a re-trace per batch size would show here)."""
+    b, t, i, h = shape
+    torch.manual_seed(0)
+    ours, theirs = Recurrent(UserLSTMCell(i, h)), nn.LSTM(i, h)
+    ours(torch.randn(t, b, i))[0].sum().backward()  # warm at B
+    sizes = {id(ours): iter(range(b + 1, b + runs + 2)), id(theirs): iter(range(b + 1, b + runs + 2))}
+
+    def call(module: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            x = torch.randn(t, next(sizes[id(module)]), i, requires_grad=True)
+            module(x)[0].sum().backward()
+        return step
+
+    times = _interleaved([call(ours), call(theirs)], runs)
+    return [Row("user LSTM cell vs nn.LSTM, each call at a new batch size", shape, "Recurrent(UserLSTMCell)",
+                "nn.LSTM", statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3,
+                "as the warm row (no re-trace)", runs, note=f"B = {b + 1}, {b + 2}, ... (B column: the warm size)")]
+
+
 def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
     """The very first call in a fresh process: set-up (tracing and deriving the step's forward
     and backward, including make_fx's one-time import of torch._inductor/_dynamo) plus the run
@@ -272,6 +318,8 @@ def run_all(runs: int = 9, *, quick: bool = False) -> tuple[dict[str, str], list
     rows += lstm_rows(runs)
     rows += gru_rows(runs)
     rows += scan_rows(runs)
+    rows += autocast_rows(runs)
+    rows += new_batch_rows(runs)
     rows += first_call_rows()
     rows += memory_rows()
     return environment(), rows
