@@ -51,3 +51,35 @@ def test_drop_in_lstm_on_cuda_matches_torch():
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(T, B, I, device="cuda")
     torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name, make, engine", CASES, ids=[c[0] for c in CASES])
+def test_cuda_autocast_is_as_accurate_as_the_loop(name, make, engine, dtype):
+    """Under CUDA autocast each path gives the loop's output dtype, and its error against a float64
+    run of the same weights is within twice the loop's own plus the mode's precision."""
+    torch.manual_seed(0)
+    cell = make().cuda()
+    x = torch.randn(T, B, I, device="cuda")
+    ref = tc.Recurrent(cell.double(), engine="loop")(x.double())[0]
+    cell.float()
+    with torch.autocast("cuda", dtype=dtype):
+        got = tc.Recurrent(cell, engine=engine)(x)[0]
+        want = tc.Recurrent(cell, engine="loop")(x)[0]
+    if engine != "torch":  # torch's kernel follows torch.nn's autocast dtype (LSTM: the lower one)
+        assert got.dtype == want.dtype
+    err_got = float((got.double() - ref).abs().max())
+    err_loop = float((want.double() - ref).abs().max())
+    assert err_got <= 2 * err_loop + 2e-2, (err_got, err_loop)
+
+
+def test_drop_ins_under_cuda_autocast_give_torch_nns_dtype():
+    torch.manual_seed(0)
+    for name in ("LSTM", "GRU", "RNN"):
+        ours, theirs = getattr(tc, name)(I, H, num_layers=2).cuda(), getattr(torch.nn, name)(I, H, num_layers=2).cuda()
+        theirs.load_state_dict(ours.state_dict())
+        x = torch.randn(T, B, I, device="cuda")
+        with torch.autocast("cuda", dtype=torch.float16):
+            got, want = ours(x)[0], theirs(x)[0]
+        assert got.dtype == want.dtype, name
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
