@@ -48,9 +48,10 @@ def test_a_damaged_build_without_a_checksum_is_refused_by_the_probe(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_process_meeting_a_truncated_cache_rebuilds_it_and_runs(tmp_path):
-    """End to end, in a fresh process with its own extensions folder: the runtime's cached
-    build is truncated; the first fused call rebuilds it (about half a minute) and runs."""
+def test_processes_meeting_a_truncated_cache_rebuild_it_once_and_run(tmp_path):
+    """End to end, two fresh processes at once with their own extensions folder: the runtime's
+    cached build is truncated; one rebuilds it (about half a minute, saying so in one line), the
+    other waits for that build (saying so), and both run."""
     source = built_runtime().parent
     cache = tmp_path / "extensions"
     shutil.copytree(source.parent, cache, ignore=lambda d, names: [n for n in names if n.startswith(".")])
@@ -61,8 +62,61 @@ def test_a_process_meeting_a_truncated_cache_rebuilds_it_and_runs(tmp_path):
             "print(layer(torch.randn(5, 2, 3))[0].shape)\n"
             "from torchcells.engine.native import library; print(library() is not None)\n")
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(cache))
-    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "is unusable (its checksum differs" in done.stderr
-    assert done.stdout.split() == ["torch.Size([5,", "2,", "4])", "True"]
+    runs = [subprocess.Popen([sys.executable, "-W", "always", "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    done = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, done):
+        assert run.returncode == 0, err[-2000:]
+        assert out.split() == ["torch.Size([5,", "2,", "4])", "True"]
+    errs = [err for _, err in done]
+    assert sum(build.BUILDING in e for e in errs) == 1, errs
+    assert sum(build.WAITING in e for e in errs) == 1, errs
+    assert any("is unusable (its checksum differs" in e for e in errs)
+
+
+def test_the_build_is_named_by_what_it_is_made_of(monkeypatch, tmp_path):
+    """Source content, flags, torch version: the same name from another checkout's path; another
+    name for other flags or another torch."""
+    name = build.build_name(build._flags())
+    moved = tmp_path / "elsewhere" / "runtime.cpp"
+    moved.parent.mkdir()
+    shutil.copyfile(build._SOURCE, moved)
+    monkeypatch.setattr(build, "_SOURCE", moved)
+    assert build.build_name(build._flags()) == name
+    assert build.build_name(build._flags() + ["-DX"]) != name
+    moved.write_text(moved.read_text() + "\n// changed\n")
+    assert build.build_name(build._flags()) != name
+    shutil.copyfile(build.Path(__file__).parents[2] / "src/torchcells/engine/native/runtime.cpp", moved)
+    monkeypatch.setattr("torch.__version__", "0.0.0")
+    assert build.build_name(build._flags()) != name
+
+
+def test_a_cached_build_loads_without_cpp_extension(monkeypatch):
+    """Once built, the runtime is loaded directly: neither ninja nor cpp_extension's build file
+    (which records the checkout's and the venv's paths) is consulted, so nothing rebuilds."""
+    path = built_runtime()
+    from torch.utils import cpp_extension
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("cpp_extension.load was called for a cached build")
+
+    monkeypatch.setattr(cpp_extension, "load", no_build)
+    monkeypatch.setattr(build, "_STATE", {})
+    lib = build.library()
+    assert lib is not None and Path(lib.__file__) == path and build._enum_mismatch(lib) is None
+
+
+def test_a_second_process_waits_for_the_build_lock_and_says_so(tmp_path, capsys):
+    lock = tmp_path / "runtime.lock"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, sys, time\n"
+                               f"f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); time.sleep(1.5)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with build._build_lock(lock):
+        assert holder.poll() is not None  # acquired only once the holder let go (it exited)
+    assert build.WAITING in capsys.readouterr().err
+    with build._build_lock(lock):  # free now: no waiting line
+        pass
+    assert build.WAITING not in capsys.readouterr().err

@@ -9,20 +9,33 @@ Python-driven loop; a failed build says so once, in one line (a ``RuntimeWarning
 with ``notice()``'s text). A build whose enums (opcodes, layouts, argument and saved-value
 kinds, operand sources) differ from the IntEnums of :mod:`.records` is not used either, and
 the notice names the enum that differs.
+
+A build is named after what it is made of -- the source's content, the compiler flags, torch's
+version and the CPU capability -- and a build of that name, once made, is loaded directly, without
+asking ``cpp_extension``/ninja (whose build file records the checkout's and the virtualenv's paths,
+so a moved checkout, another venv activation or another ninja binary would rebuild it). The first
+use prints one line while it builds; processes building at once wait for one build (a file lock),
+saying so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 _SOURCE = Path(__file__).with_name("runtime.cpp")
 _STATE: dict[str, Any] = {}
+_LOADING = threading.Lock()  # one thread builds or loads; the others wait for its answer
+#: what the first use prints (stderr) while the build runs
+BUILDING = "torchcells: building the native runtime, once for this torch and CPU (about 30 s) ..."
+WAITING = "torchcells: waiting for another process that is building the native runtime ..."
 
 
 def _flags(openmp: bool = True) -> list[str]:
@@ -52,58 +65,106 @@ def library(*, verbose: bool = False) -> Optional[Any]:
         return None
     if "lib" in _STATE:
         return _STATE["lib"]
+    with _LOADING:
+        if "lib" not in _STATE:
+            _STATE["lib"] = _find_or_build(verbose)
+            if _STATE["lib"] is None:
+                warnings.warn(notice() or "", RuntimeWarning, stacklevel=2)
+    return _STATE["lib"]
+
+
+def build_name(flags: list[str], *, serial: bool = False) -> str:
+    """The build's name: a digest of the source's content, the flags and torch's version, and the
+    CPU capability -- nothing about where the checkout, the venv or ninja are."""
+    import torch
+
+    made_of = _SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode()
+    digest = hashlib.sha1(made_of).hexdigest()[:10]
+    return f"torchcells_native_{torch.backends.cpu.get_cpu_capability().lower()}_{digest}" + ("_serial" * serial)
+
+
+def _find_or_build(verbose: bool) -> Optional[Any]:
     lib = None
     try:
-        import torch
-
-        # named after the source: checkouts with different runtimes never rebuild over each other
-        digest = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:10]
-        tag = f"{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
         try:
-            lib = _load(f"torchcells_native_{tag}", extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
+            lib = _load(build_name(_flags()), extra_cflags=_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
         except Exception:  # a compiler without OpenMP: the same runtime, fused groups on one thread
-            lib = _load(f"torchcells_native_{tag}_serial", extra_cflags=_flags(openmp=False), verbose=verbose)
+            serial = _flags(openmp=False)
+            lib = _load(build_name(serial, serial=True), extra_cflags=serial, verbose=verbose)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path runs
         first = (str(e).strip().splitlines() or [""])[-1][:200]
         _STATE["why"] = f"{type(e).__name__}: {first}"
-        lib = None
-    if lib is not None:
-        mismatch = _enum_mismatch(lib)
-        if mismatch is not None:  # the build reads plans differently from how plan.py writes them
-            _STATE["why"] = mismatch
-            lib = None
-    _STATE["lib"] = lib
-    if lib is None:
-        warnings.warn(notice() or "", RuntimeWarning, stacklevel=2)
+        return None
+    mismatch = _enum_mismatch(lib)
+    if mismatch is not None:  # the build reads plans differently from how plan.py writes them
+        _STATE["why"] = mismatch
+        return None
     return lib
 
 
 def _load(name: str, **options: Any) -> Any:
-    """``cpp_extension.load`` of the runtime, after making sure a cached build is sound.
+    """The runtime built as ``name``: the cached build when it is there and sound, else built now.
 
     Loading a damaged shared library (truncated by a full disk or a killed build, or built
     for another machine) kills the process with SIGBUS/SIGSEGV, past any ``except``. So a
     cached build is loaded only if it matches the checksum recorded when it was last
     loaded, or -- when there is none -- if a separate process loaded it; otherwise it is
-    deleted, and ``load`` builds it again."""
+    deleted and built again."""
     from torch.utils import cpp_extension
 
-    built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
-    why = damaged(built)
-    if why is not None:
-        warnings.warn(f"torchcells: the cached native runtime {built} is unusable ({why}); rebuilding it",
-                      RuntimeWarning, stacklevel=3)
-        built.unlink(missing_ok=True)
-        _checksum_file(built).unlink(missing_ok=True)
-    lib = cpp_extension.load(name=name, sources=[str(_SOURCE)], **options)
-    # loaded: record what this build is now (load rebuilds it when, e.g., another checkout's path differs)
-    if built.exists():
-        digest = _checksum(built)
-        recorded = _checksum_file(built)
-        if not recorded.exists() or recorded.read_text(encoding="utf-8").strip() != digest:
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    built = folder / f"{name}.so"
+    if built.exists() and damaged(built) is None:
+        return _import(name, built)
+    with _build_lock(folder.with_name(folder.name + ".lock")):
+        if built.exists():  # built by the process this one waited for, or damaged
+            why = damaged(built)
+            if why is None:
+                return _import(name, built)
+            warnings.warn(f"torchcells: the cached native runtime {built} is unusable ({why}); rebuilding it",
+                          RuntimeWarning, stacklevel=4)
+            built.unlink(missing_ok=True)
+            _checksum_file(built).unlink(missing_ok=True)
+        print(BUILDING, file=sys.stderr, flush=True)
+        lib = cpp_extension.load(name=name, sources=[str(_SOURCE)], **options)
+        if built.exists():
             from ...files import write_atomic
-            write_atomic(recorded, digest)
+            write_atomic(_checksum_file(built), _checksum(built))
     return lib
+
+
+def _import(name: str, built: Path) -> Any:
+    """Load the extension module at ``built`` (what ``cpp_extension.load`` does once it is built)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, str(built))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {built}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (``flock``; released when the holder dies, so a
+    killed build never blocks the next one), saying in one line when this process has to wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): cpp_extension's own lock still serializes the build
+        yield
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(WAITING, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def damaged(built: Path) -> Optional[str]:
