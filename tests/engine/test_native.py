@@ -179,7 +179,7 @@ def assert_refused_once(why: str) -> None:
     assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
 
 
-def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(monkeypatch):
+def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
     from torchcells.engine.native import build
@@ -188,6 +188,7 @@ def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(m
         raise RuntimeError("Error building extension: c++: command not found")
 
     monkeypatch.setattr(build, "_STATE", {})
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # no cached build: it must be built
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     assert_refused_once("command not found")
     assert build.library() is None  # no second warning, no second build attempt
