@@ -23,6 +23,7 @@ from fixture_cells import UserLSTMCell
 from torchcells.engine.derive import fused_program
 from torchcells.engine.executors import reasons
 from torchcells.engine.hoist import hoisted
+from torchcells.engine.native import build
 
 T, B, I, H = 12, 4, 5, 8
 #: a path's error may be this many times the loop's own in the same mode
@@ -175,6 +176,26 @@ def test_a_step_whose_state_takes_autocasts_dtype_runs_fused_as_the_loop(name, n
     torch.testing.assert_close(fused.float(), loop.float(), atol=3e-2, rtol=3e-2)
     for got, want in zip(fused_grads, loop_grads):
         torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_the_native_runtime_runs_a_step_traced_under_autocast(name):
+    """A step traced under autocast (its casts, bfloat16 products and mixed-dtype elementwise
+    operations in the graph) runs on the native runtime, so the ``fused-native`` rows of
+    :func:`test_each_path_gives_the_loops_dtypes_and_accuracy` test it there, not on the Python
+    executor. (It was declined until the planner's calls were checked under autocast: each
+    aten call of the trace runs as traced, its casts included; only float32/float64 operations
+    of one dtype are fused into groups.)"""
+    cell = _cell(name)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = cell.init_state(B, dtype=torch.bfloat16 if name in STATE_CHANGES_DTYPE else None)
+        kernels = fused_program(cell, x[0], state, masked=False)
+    assert kernels.autocast == ("autocast", torch.bfloat16)
+    found = reasons(kernels, x.device)
+    if build.library() is None:
+        pytest.skip("the native runtime is not built here")
+    assert found["native"] is None, found["native"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
