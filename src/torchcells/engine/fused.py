@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..graph import StateDtypeChange, TraceError

@@ -64,7 +64,7 @@ class _RowsAddmm(torch.autograd.Function):
     """``bias + x @ w`` with addmm's single rounding under vmap (see the module)."""
 
     @staticmethod
-    def forward(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
         return torch.addmm(bias, x, w)
 
     @staticmethod
@@ -74,7 +74,7 @@ class _RowsAddmm(torch.autograd.Function):
         ctx.bias_shape = bias.shape
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple:
         x, w = ctx.saved_tensors
         d_bias = d_x = d_w = None
         if ctx.needs_input_grad[0]:
@@ -90,8 +90,12 @@ class _RowsAddmm(torch.autograd.Function):
         bias_dim, x_dim, w_dim = in_dims
         if bias_dim is not None or w_dim is not None or x_dim is None:
             # not the hoisting case: vmap's own rule for addmm (the product rounded before the sum)
-            return torch.vmap(torch.addmm, in_dims=in_dims)(bias, x, w), 0
+            return torch.vmap(_addmm, in_dims=in_dims)(bias, x, w), 0
         rows = x.movedim(x_dim, 0)
         batch, per = rows.shape[0], rows.shape[1]
         out = _RowsAddmm.apply(bias, rows.reshape(batch * per, rows.shape[2]), w)
         return out.reshape(batch, per, out.shape[-1]), 0
+
+
+def _addmm(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return torch.addmm(bias, x, w)
