@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..graph import StateDtypeChange, TraceError
+from . import hoist
 from .call import Call, Result, bracket
 from .derive import FusedKernels, explain_fallback, fused_program
 from .executors import SequenceInputs, SequenceOutputs, choose, run_with_grad
@@ -75,8 +75,8 @@ def _prepare(call: Call) -> _Prepared:
     hoisted: tuple[Tensor, ...] = ()
     if program.n_hoisted:
         # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
-        # product becomes one over all T·B rows.
-        hoisted = tuple(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
+        # product becomes one over all T·B rows, rounded once as the loop's (.hoist)
+        hoisted = hoist.hoisted(program, x, params)
     return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts, params)
 
 

@@ -5,6 +5,13 @@ It plans a step on first use -- the derived graphs with aten targets
 -- and keeps the plan, or why there is none, in the kernels' ``lowered`` cache under
 its name. It declines (with the reason) a step on another device, where the runtime
 is not built, and a step it cannot plan; the Python executor then runs.
+
+A step traced under autocast runs here too: its graphs hold autocast's casts (``_to_copy``),
+its bfloat16 products and its mixed-dtype elementwise operations as the trace made them; the
+runtime calls each through the dispatcher as traced (re-entering autocast there casts
+nothing: the operands already have the dtypes it would cast to), and fuses into groups only
+operations whose operands and result are one float32/float64 dtype. Products and casts thus
+stay in bfloat16 where the loop's are (``tests/engine/test_mixed_precision.py``, native rows).
 """
 
 from __future__ import annotations
@@ -73,8 +80,6 @@ class NativeExecutor:
             return f"the native runtime runs on the CPU, not {device.type}"
         if build.library() is None:
             return build.notice()
-        if kernels.autocast is not None:
-            return "the step was traced under autocast; the native runtime runs float32/float64 steps only"
         found = native_plan(kernels)
         return found if isinstance(found, str) else None
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from .. import hoist
+
 if TYPE_CHECKING:
     from ..derive import FusedKernels
 
@@ -34,8 +36,8 @@ def differentiable_grads(kernels: "FusedKernels", valid: Optional[Tensor], steps
         hoisted: list[Tensor] = []
         if program.n_hoisted:
             x, params = source[0], source[1:]
-            # the same vmap over time as the forward (fused._prepare): the step's shapes stay exact
-            hoisted = list(torch.vmap(program.input_fn, in_dims=(0,) + (None,) * len(params))(x, *params))
+            # the same hoisting as the forward (fused._prepare): the step's shapes stay exact
+            hoisted = list(hoist.hoisted(program, x, params))
         ys, final, history = _run(program.step_fn, hoisted, state, consts, valid, steps)
         outputs = [ys, *final] + ([torch.stack([s[j] for s in history]) for j in range(len(final))]
                                   if d_states else [])
