@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..cell import cell_name
-from ..graph import TRACING, CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
+from ..graph import TRACING, CellProgram, TraceError, as_traced, cut_graph, drop_detach, fast_targets, trace_cell
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -144,13 +144,14 @@ def explain_fallback(cell: Any, error: TraceError) -> None:
 
 def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
     with torch.enable_grad():  # deriving the backward needs autograd, even when called under no_grad
-        return _build_with_grad(cell, x_t, state, masked)
+        program = trace_cell(cell, x_t, state)  # under the caller's autocast: its casts are recorded
+        with as_traced(x_t.device.type):  # the rest re-traces and runs that graph: no second casting
+            return _build_with_grad(program, cell, x_t, state, masked)
 
 
-def _build_with_grad(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+def _build_with_grad(program: CellProgram, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
     from torch.utils._pytree import tree_flatten
 
-    program = trace_cell(cell, x_t, state)
     step_fn = program.step_fn
     n_h, n_s, n_c = program.n_hoisted, program.n_state, program.n_const
     placeholder_outputs = _outputs_that_alias(step_fn)

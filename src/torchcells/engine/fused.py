@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..graph import StateDtypeChange, TraceError
+from ..graph import StateDtypeChange, TraceError, as_traced
 from . import hoist
 from .call import Call, Result, bracket
 from .derive import FusedKernels, explain_fallback, fused_program
@@ -71,12 +71,13 @@ def _prepare(call: Call) -> _Prepared:
     program = kernels.program
     leaves, spec = tree_flatten(state)
     params = program.params(call.cell)
-    consts = list(program.const_fn(*params))
-    hoisted: tuple[Tensor, ...] = ()
-    if program.n_hoisted:
-        # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
-        # product becomes one over all T·B rows, rounded once as the loop's (.hoist)
-        hoisted = hoist.hoisted(program, x, params)
+    with as_traced(x.device.type):  # the graphs hold autocast's casts, and only those
+        consts = list(program.const_fn(*params))
+        hoisted: tuple[Tensor, ...] = ()
+        if program.n_hoisted:
+            # vmap over time keeps the traced step's shapes (B rows) and dims exact; each
+            # product becomes one over all T·B rows, rounded once as the loop's (.hoist)
+            hoisted = hoist.hoisted(program, x, params)
     return _Prepared(kernels, x, list(leaves), spec, call.valid, hoisted, consts, params)
 
 
@@ -126,7 +127,8 @@ def fused_call(call: Call, *, native: Optional[bool] = None) -> Result:
     runtime where it is built and the step could be planned for it; ``native=False``
     keeps them in Python)."""
     prep = _prepare(call)
-    out = run_with_grad(choose(prep.kernels, prep.x.device, native), prep.inputs(), call.all_states)
+    with as_traced(prep.x.device.type):
+        out = run_with_grad(choose(prep.kernels, prep.x.device, native), prep.inputs(), call.all_states)
     return _finish(prep, out)
 
 
@@ -142,4 +144,6 @@ def inference_call(call: Call, *, native: Optional[bool] = None) -> Result:
     """The fused path over a forward call, without autograd: hoisted input part, then the
     step per step, nothing saved for a backward (in the executor :func:`fused_call` would use)."""
     prep = _prepare(call)
-    return _finish(prep, choose(prep.kernels, prep.x.device, native).infer(prep.inputs(), call.all_states))
+    with as_traced(prep.x.device.type):
+        out = choose(prep.kernels, prep.x.device, native).infer(prep.inputs(), call.all_states)
+    return _finish(prep, out)

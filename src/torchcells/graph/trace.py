@@ -24,7 +24,7 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from ..cell import cell_name, check_step
 
-__all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "op_name", "trace_step"]
+__all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "as_traced", "op_name", "trace_step"]
 
 #: held around every ``make_fx`` trace of the package (tracing is not thread-safe).
 TRACING = threading.RLock()
@@ -33,6 +33,18 @@ TRACING = threading.RLock()
 RANDOM_OPS = {"bernoulli", "native_dropout", "rand", "randn", "rand_like", "randn_like", "randint",
            "normal", "uniform", "multinomial", "randperm", "exponential", "geometric", "cauchy",
            "log_normal", "poisson", "dropout"}
+
+
+def as_traced(device_type: str) -> Any:
+    """The context to run a traced graph in: autocast off. A trace made under autocast holds its
+    casts (``_to_copy`` nodes, products in the lower dtype); running it under autocast again would
+    also cast what the cell kept out of autocast (a product inside ``torch.autocast(enabled=False)``).
+    For a graph traced without autocast, off is what it was traced with."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:  # a device type without autocast
+        import contextlib
+        return contextlib.nullcontext()
 
 
 class TraceError(RuntimeError):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ...graph import as_traced
+
 if TYPE_CHECKING:
     from ..derive import FusedKernels
 
@@ -108,6 +110,7 @@ class SequenceNode(torch.autograd.Function):
         trained = executor.forward(inputs, want_states)
         ctx.executor, ctx.memo, ctx.n_state, ctx.want_states = executor, trained.memo, n_state, want_states
         ctx.shape = (kernels, valid, steps, n_hoisted, len(trained.saved), n_in)
+        ctx.device_type = trained.outputs[0].device.type
         # the inputs too (references, not copies: autograd keeps them alive anyway), for a
         # differentiable backward: state, consts and the hoisted part's source
         ctx.save_for_backward(*trained.saved, *flat[n_hoisted:])
@@ -118,6 +121,15 @@ class SequenceNode(torch.autograd.Function):
     def backward(ctx, d_ys: Optional[Tensor], *d_rest: Optional[Tensor]):
         n_s = ctx.n_state
         d_final, d_states = list(d_rest[:n_s]), (list(d_rest[n_s:]) if ctx.want_states else [])
+        # a backward run inside autocast (AMP recipes run it outside): the derived graphs hold the
+        # forward's casts and their backward in the forward's dtypes, as autocast documents; the
+        # executors run them as planned (casting them again would mix dtypes inside the runtime)
+        with as_traced(ctx.device_type):
+            return SequenceNode._backward(ctx, d_ys, d_final, d_states)
+
+    @staticmethod
+    def _backward(ctx, d_ys: Optional[Tensor], d_final: list, d_states: list) -> tuple:
+        n_s = ctx.n_state
         if torch.is_grad_enabled():  # autograd runs a backward with grad on only for create_graph=True
             from .second_order import differentiable_grads
             kernels, valid, steps, n_hoisted, n_saved, n_in = ctx.shape

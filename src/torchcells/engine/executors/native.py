@@ -6,10 +6,11 @@ It plans a step on first use -- the derived graphs with aten targets
 its name. It declines (with the reason) a step on another device, where the runtime
 is not built, and a step it cannot plan; the Python executor then runs.
 
-A step traced under autocast runs here too: its graphs hold autocast's casts (``_to_copy``),
+A step traced under autocast runs here too (with autocast off, as every traced graph runs:
+``graph.as_traced``): its graphs hold autocast's casts (``_to_copy``),
 its bfloat16 products and its mixed-dtype elementwise operations as the trace made them; the
-runtime calls each through the dispatcher as traced (re-entering autocast there casts
-nothing: the operands already have the dtypes it would cast to), and fuses into groups only
+runtime calls each through the dispatcher as traced (autocast off: a product the cell kept in
+float32 inside ``torch.autocast(enabled=False)`` stays float32), and fuses into groups only
 operations whose operands and result are one float32/float64 dtype. Products and casts thus
 stay in bfloat16 where the loop's are (``tests/engine/test_mixed_precision.py``, native rows).
 """

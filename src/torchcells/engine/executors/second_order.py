@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from ...graph import as_traced
+
 from .. import hoist
 
 if TYPE_CHECKING:
@@ -32,7 +34,8 @@ def differentiable_grads(kernels: "FusedKernels", valid: Optional[Tensor], steps
                          d_final: list[Optional[Tensor]], d_states: list[Optional[Tensor]]) -> list[Optional[Tensor]]:
     """Gradients of ``(*hoisted, *state, *consts)`` with a graph of their own (see the module)."""
     program = kernels.program
-    with torch.enable_grad(), _autocast_as_traced(kernels, state[0].device.type if state else "cpu"):
+    device_type = (state or consts or source)[0].device.type if (state or consts or source) else "cpu"
+    with torch.enable_grad(), as_traced(device_type):  # the graphs hold autocast's casts, and only those
         hoisted: list[Tensor] = []
         if program.n_hoisted:
             x, params = source[0], source[1:]
@@ -69,10 +72,3 @@ def _run(step_fn, hoisted: list[Tensor], state: list[Tensor], consts: list[Tenso
         state = list(new)
         history.append(state)
     return torch.stack(ys), state, history
-
-
-def _autocast_as_traced(kernels: "FusedKernels", device_type: str):
-    """Autocast as it was when the step was traced (its casts are part of the step)."""
-    if kernels.autocast is None:
-        return torch.autocast(device_type, enabled=False)
-    return torch.autocast(device_type, dtype=kernels.autocast[1])
