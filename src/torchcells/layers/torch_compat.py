@@ -123,11 +123,13 @@ class _TorchStyleRNN(nn.Module):
         self._sync(name)
 
     def _sync(self, name: str) -> None:
-        """Tie the cell's slot for torch name ``name`` to the drop-in's entry if that is a Parameter; else empty it."""
+        """Tie the cell's slot for torch name ``name`` to the drop-in's entry if that is a Parameter of
+        the cell's shape; else empty it (the forward then reads the entry, or says what is wrong with it)."""
         tie = self.__dict__.get("_tie_of", {}).get(name)
         if tie is not None:
             own = self._parameters.get(name)
-            tie[1]._parameters[tie[2]] = own if isinstance(own, nn.Parameter) else None
+            fits = isinstance(own, nn.Parameter) and tuple(own.shape) == tie[3]
+            tie[1]._parameters[tie[2]] = own if fits else None
 
     def _apply(self, fn, recurse=True):
         """Convert each tied Parameter once (through the drop-in's entry), then tie the cells again:
