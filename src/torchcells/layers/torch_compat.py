@@ -173,6 +173,15 @@ class _TorchStyleRNN(nn.Module):
         """
         return dict(self._torch_names)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` asks this first: refuse with the ways that work. Each call chooses its
+        engine path in Python (registry, per-call checks, the native runtime), which TorchScript
+        cannot compile; PyTorch 2's exporters trace the forward instead."""
+        raise TypeError(f"{self.short_name()}: torch.jit.script cannot compile torchcells' drop-ins (each call "
+                        f"chooses its engine path in Python). Use torch.export.export(module, (x,)) or "
+                        f"torch.onnx.export(module, (x,), dynamo=True), or torch.jit.trace(module, x), which "
+                        f"records torch's kernel (the layers' engine 'auto' or 'torch') for every length")
+
     def flatten_parameters(self) -> None:
         """No-op, for code written for cuDNN's nn.LSTM."""
 
