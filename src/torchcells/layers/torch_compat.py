@@ -6,12 +6,21 @@ Each is a :class:`Stack` of :class:`Recurrent` layers (wrapped in
 
 * states ``h_0``/``h_n`` (and ``c_0``/``c_n``) of shape ``(num_layers·D, B, H_out)``,
   entry ``l·D + d`` for layer ``l``, direction ``d`` (0 forward, 1 backward);
-* state-dict keys ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``
+* parameter names ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``
   (``weight_hr_l{l}`` with ``proj_size``), with the suffix ``_reverse`` for the backward
-  direction. ``state_dict()`` writes these keys, ``load_state_dict`` reads them,
-  ``lstm.weight_ih_l0`` is the parameter of layer 0's forward cell, and
-  ``lstm.torch_parameter_names()`` maps each of these names, in torch.nn's order, to the
-  parameter's path inside the drop-in (``stack.layers.0.cell.weight_ih``).
+  direction, in torch.nn's order (``_flat_weights_names``). The drop-in registers each
+  cell's Parameter under that name, so ``named_parameters()``, ``parameters()``,
+  ``state_dict()``, ``load_state_dict``, ``get_parameter``, ``lstm.weight_hh_l0 = ...`` and
+  ``del`` are torch.nn's, and so is everything that works by name: ``prune``,
+  ``weight_norm`` (old and ``parametrizations``), ``parametrizations.orthogonal``, init
+  loops over ``named_parameters()``, optimizer groups by name, ``torch.func.functional_call``.
+  A pruned or parametrized weight is computed once per forward and the cells run with it
+  (on every engine path; gradients reach what it is computed from).
+  ``lstm.torch_parameter_names()`` maps each name to the same parameter's path inside
+  (``stack.layers.0.cell.weight_ih``), where the cells hold it while it is a plain Parameter.
+
+``torch.jit.script`` raises an error naming what works instead: ``torch.export``, ONNX
+(through torch.export) and ``torch.jit.trace``, which records torch's kernel.
 
 Departures from torch.nn, all additions: ``forward`` also takes ``lengths=`` for padded
 input (outputs are zero past each length, as after ``pad_packed_sequence``); a
@@ -373,6 +382,17 @@ class LSTM(_TorchStyleRNN):
         >>> ours, theirs = LSTM(10, 20, num_layers=2), torch.nn.LSTM(10, 20, num_layers=2)
         >>> ours.load_state_dict(theirs.state_dict())
         <All keys matched successfully>
+
+    Its parameters have torch.nn's names, so tools that work by name act as on nn.LSTM::
+
+        >>> [name for name, _ in ours.named_parameters()][:3]
+        ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0']
+        >>> from torch.nn.utils import prune
+        >>> _ = prune.l1_unstructured(ours, "weight_hh_l0", amount=0.3)
+        >>> [name for name, _ in ours.named_parameters()][-1]
+        'weight_hh_l0_orig'
+        >>> int((ours.weight_hh_l0 == 0).sum())  # 30 % of 80·20: the forward runs with this tensor
+        480
     """
 
     mode = "LSTM"
