@@ -167,3 +167,25 @@ def test_parametrized_drop_in_nested_in_a_model(engine):
     assert [n for n, _ in ours_model.named_parameters()] == [n for n, _ in theirs_model.named_parameters()]
     assert list(ours_model.state_dict()) == list(theirs_model.state_dict())
     run_both(ours, theirs)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_parametrized_drop_in_from_threads_equals_one_thread(engine):
+    """The cells get the computed weight through a per-call twin, never by swapping the live module's tensors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ours, _ = build("gru-2-bi", engine)
+    parametrizations.weight_norm(ours, "weight_hh_l0")
+    ours.weight_ih_l1 = nn.Parameter(ours.weight_ih_l1.detach() * 2)
+    gen = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(T, B, I, dtype=torch.float64, generator=gen) for _ in range(16)]
+
+    def grads(x):
+        ours_out, _ = ours(x)
+        return torch.autograd.grad(ours_out.sum(), [ours.parametrizations.weight_hh_l0.original0, x])
+
+    alone = [grads(x.requires_grad_()) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(grads, inputs))
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
