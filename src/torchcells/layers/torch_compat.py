@@ -97,8 +97,8 @@ class _TorchStyleRNN(nn.Module):
                     ties.append((torch_name, cell, pname, tuple(p.shape)))
         self._ties = tuple(ties)
         self._tie_of = {t[0]: t for t in ties}
-        for torch_name, cell, pname, _ in ties:
-            nn.Module.register_parameter(self, torch_name, cell._parameters[pname])
+        for torch_name, tied, pname, _ in ties:
+            nn.Module.register_parameter(self, torch_name, tied._parameters[pname])
         self.register_state_dict_post_hook(_drop_cell_keys)
 
     # -- construction --------------------------------------------------------------
@@ -265,12 +265,12 @@ class _TorchStyleRNN(nn.Module):
         given: Optional[dict[nn.Module, dict[str, Tensor]]] = None
         first: Optional[Tensor] = None
         for name, cell, pname, shape in self._ties:
-            own = params.get(name)
-            if own is None or own is not cell._parameters.get(pname):
-                own = self._current(owner, name, shape)
+            current: Optional[Tensor] = params.get(name)
+            if current is None or current is not cell._parameters.get(pname):
+                current = self._current(owner, name, shape)
                 given = {} if given is None else given
-                given.setdefault(cell, {})[pname] = own
-            first = own if first is None else first
+                given.setdefault(cell, {})[pname] = current
+            first = current if first is None else first
         assert first is not None  # weight_ih_l0 always exists
         return (self.stack if given is None else _twin(self.stack, given)), first
 
@@ -336,7 +336,7 @@ def _check_sizes(name: str, input_size, hidden_size, num_layers) -> None:
             raise ValueError(f"{name}: {arg} should be a positive int, got {value!r}")
 
 
-def _twin(module: nn.Module, given: dict[nn.Module, dict[str, Tensor]]) -> Any:
+def _twin(module: Any, given: dict[nn.Module, dict[str, Tensor]]) -> Any:
     """``module`` for one call with the tensors ``given`` (cell -> {parameter name: tensor}) in
     place of those cells' parameters: a shallow copy of each module on the way down to such a
     cell, the rest shared. Nothing of the live modules changes."""
