@@ -43,6 +43,28 @@ def test_drop_in_example_matches_torch():
     torch.testing.assert_close(c, c2)
 
 
+def test_tools_by_name_example_acts_as_on_torch_nn():
+    """The README's block of tools by name, run on ours and on theirs: same names, outputs, gradients."""
+    ns = run_block("torchcells.LSTM(")
+    (block,) = [b for b in BLOCKS if "prune.l1_unstructured(ours" in b]
+    done = []
+    for module in (ns["ours"], ns["theirs"]):
+        torch.manual_seed(0)  # orthogonal's completion of a tall weight draws random columns
+        scope = {"torch": torch, "ours": module}
+        exec(compile(block, "README.md", "exec"), scope)
+        assert sum(len(g["params"]) for g in scope["optimizer"].param_groups) == len(list(module.parameters()))
+        done.append(module)
+    ours, theirs = done
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    x = torch.randn(7, 3, 10)
+    outs = [m(x)[0] for m in (ours, theirs)]
+    torch.testing.assert_close(outs[0], outs[1])
+    for out in outs:
+        out.sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
 def test_anatomy_example_and_its_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ns = run_block("torchcells.explain(")

@@ -39,3 +39,24 @@ def test_python_loops_refuse_to_be_traced(make, engine):
     with pytest.raises(TypeError, match=r"torch.jit.trace .* this input's length only"):
         trace(layer, torch.randn(5, 2, 3))
     assert layer(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)  # eager still runs
+
+
+@pytest.mark.parametrize("make", [lambda: tc.LSTM(3, 4), lambda: torch.nn.Sequential(tc.GRU(3, 4))],
+                         ids=["lstm", "gru-in-a-model"])
+def test_script_refuses_drop_ins_naming_what_works(make):
+    with pytest.raises(TypeError, match=r"(LSTM|GRU)\(3, 4\): torch.jit.script cannot .* torch.export.export.* "
+                                        r"torch.onnx.export.*torch.jit.trace"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script's own
+            torch.jit.script(make())
+
+
+def test_drop_ins_export_under_torch_names():
+    """torch.export keeps every name of a parameter: torch.nn's, and the cell's alias of the same tensor."""
+    module = tc.LSTM(3, 4, num_layers=2).eval()
+    program = torch.export.export(module, (torch.randn(5, 2, 3),))
+    assert set(module._flat_weights_names) <= set(program.state_dict)
+    for torch_name, inner in module.torch_parameter_names().items():
+        assert program.state_dict[inner] is program.state_dict[torch_name]
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(program.module()(x)[0], module(x)[0])

@@ -167,7 +167,10 @@ def _walk(ctx: Context, module: nn.Module, path: str, rows: list[Layer]) -> None
     children = list(module.named_children())
     called = module in ctx.calls
     if children and (not called or any(m in ctx.calls for m in module.modules() if m is not module)):
-        own = list(module.parameters(recurse=False))
+        # own: not held by a child too (torchcells' drop-ins register their cells' parameters
+        # under torch.nn's names; the rows of the cells count them)
+        inner = {id(p) for _, child in children for p in child.parameters()}
+        own = [p for p in module.parameters(recurse=False) if id(p) not in inner]
         if own:
             row = opaque_row(ctx, module, path, own, what="own parameters")
             rows.append(row)

@@ -6,12 +6,21 @@ Each is a :class:`Stack` of :class:`Recurrent` layers (wrapped in
 
 * states ``h_0``/``h_n`` (and ``c_0``/``c_n``) of shape ``(num_layers·D, B, H_out)``,
   entry ``l·D + d`` for layer ``l``, direction ``d`` (0 forward, 1 backward);
-* state-dict keys ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``
+* parameter names ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``
   (``weight_hr_l{l}`` with ``proj_size``), with the suffix ``_reverse`` for the backward
-  direction. ``state_dict()`` writes these keys, ``load_state_dict`` reads them,
-  ``lstm.weight_ih_l0`` is the parameter of layer 0's forward cell, and
-  ``lstm.torch_parameter_names()`` maps each of these names, in torch.nn's order, to the
-  parameter's path inside the drop-in (``stack.layers.0.cell.weight_ih``).
+  direction, in torch.nn's order (``_flat_weights_names``). The drop-in registers each
+  cell's Parameter under that name, so ``named_parameters()``, ``parameters()``,
+  ``state_dict()``, ``load_state_dict``, ``get_parameter``, ``lstm.weight_hh_l0 = ...`` and
+  ``del`` are torch.nn's, and so is everything that works by name: ``prune``,
+  ``weight_norm`` (old and ``parametrizations``), ``parametrizations.orthogonal``, init
+  loops over ``named_parameters()``, optimizer groups by name, ``torch.func.functional_call``.
+  A pruned or parametrized weight is computed once per forward and the cells run with it
+  (on every engine path; gradients reach what it is computed from).
+  ``lstm.torch_parameter_names()`` maps each name to the same parameter's path inside
+  (``stack.layers.0.cell.weight_ih``), where the cells hold it while it is a plain Parameter.
+
+``torch.jit.script`` raises an error naming what works instead: ``torch.export``, ONNX
+(through torch.export) and ``torch.jit.trace``, which records torch's kernel.
 
 Departures from torch.nn, all additions: ``forward`` also takes ``lengths=`` for padded
 input (outputs are zero past each length, as after ``pad_packed_sequence``); a
@@ -24,7 +33,7 @@ so second-order gradients equal nn.GRU's. ``LSTM`` and ``RNN`` run torch's kerne
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -73,18 +82,24 @@ class _TorchStyleRNN(nn.Module):
             rec = Recurrent(cell)
             layers.append(Bidirectional(rec) if bidirectional else rec)
         self.stack = Stack(layers, dropout=dropout)
-        # torch name -> (internal name, parameter owner path), in torch's order.
+        # (torch name, cell, the cell's name for it, shape) in torch.nn's order; the drop-in registers
+        # each cell's Parameter under the torch name, so the two names hold one object.
+        ties: list[tuple[str, nn.Module, str, tuple[int, ...]]] = []
         self._torch_names: dict[str, str] = {}
         for layer in range(num_layers):
             for d in range(directions):
                 path = f"stack.layers.{layer}" + ((".forward_layer", ".backward_layer")[d] if bidirectional else "")
-                for pname, _ in self._cell_at(layer, d).named_parameters(recurse=False):
+                cell = self._cell_at(layer, d)
+                cell.register_load_state_dict_pre_hook(_load_tied)
+                for pname, p in cell.named_parameters(recurse=False):
                     torch_name = f"{pname}_l{layer}{'_reverse' if d else ''}"
                     self._torch_names[torch_name] = f"{path}.cell.{pname}"
-        self._internal_names = {v: k for k, v in self._torch_names.items()}
-        self.register_state_dict_post_hook(_save_torch_names)
-        self.register_load_state_dict_pre_hook(_load_torch_names)
-        self.register_load_state_dict_post_hook(_report_torch_names)
+                    ties.append((torch_name, cell, pname, tuple(p.shape)))
+        self._ties = tuple(ties)
+        self._tie_of = {t[0]: t for t in ties}
+        for torch_name, tied, pname, _ in ties:
+            nn.Module.register_parameter(self, torch_name, tied._parameters[pname])
+        self.register_state_dict_post_hook(_drop_cell_keys)
 
     # -- construction --------------------------------------------------------------
     def _make_cell(self, input_size: int, *, device, dtype) -> Cell:  # pragma: no cover
@@ -96,30 +111,65 @@ class _TorchStyleRNN(nn.Module):
             block = (block.forward_layer, block.backward_layer)[direction]
         return block.cell
 
-    # -- torch.nn's attribute surface ----------------------------------------------
-    def __getattr__(self, name: str):
+    # -- torch.nn's parameter surface -----------------------------------------------
+    # The drop-in registers every cell's Parameter under torch.nn's name, in torch.nn's order, so
+    # named_parameters(), parameters(), state_dict(), get_parameter and every tool that works by
+    # name (prune, weight_norm, parametrizations, init loops, parameter groups) see torch.nn's
+    # module. The cell holds the same object while the drop-in's entry is a Parameter ("tied");
+    # when a tool replaces the entry by something computed (a pruned or parametrized weight),
+    # the cell's slot is emptied, so no stale Parameter stays visible from a parent model, and
+    # each forward runs the cells with the drop-in's current tensors (see _resolved_stack).
+    def register_parameter(self, name: str, param: Optional[nn.Parameter]) -> None:
+        super().register_parameter(name, param)
+        self._sync(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        self._sync(name)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        self._sync(name)
+
+    def _sync(self, name: str) -> None:
+        """Tie the cell's slot for torch name ``name`` to the drop-in's entry if that is a Parameter of
+        the cell's shape; else empty it (the forward then reads the entry, or says what is wrong with it)."""
+        tie = self.__dict__.get("_tie_of", {}).get(name)
+        if tie is not None:
+            own = self._parameters.get(name)
+            fits = isinstance(own, nn.Parameter) and tuple(own.shape) == tie[3]
+            tie[1]._parameters[tie[2]] = own if fits else None
+
+    def _apply(self, fn, recurse=True):
+        """Convert each tied Parameter once (through the drop-in's entry), then tie the cells again:
+        a conversion that makes new Parameter objects leaves the cells holding the new ones."""
+        for _, cell, pname, _ in self._ties:
+            cell._parameters[pname] = None
         try:
-            return super().__getattr__(name)
-        except AttributeError:
-            names = self.__dict__.get("_torch_names")
-            if names and name in names:
-                return self.get_parameter(names[name])
-            raise
+            return super()._apply(fn, recurse)
+        finally:
+            for name in self._tie_of:
+                self._sync(name)
 
     @property
     def _flat_weights_names(self) -> list[str]:
         return list(self._torch_names)
 
     @property
-    def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, n) for n in self._torch_names]
+    def _flat_weights(self) -> list[Optional[Tensor]]:
+        return [getattr(self, n, None) for n in self._torch_names]
 
     @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """Parameters per layer and direction, in torch.nn's order."""
-        directions = 2 if self.bidirectional else 1
-        return [list(self._cell_at(l, d).parameters(recurse=False))
-                for l in range(self.num_layers) for d in range(directions)]
+    def all_weights(self) -> list[list[Tensor]]:
+        """The weights per layer and direction, in torch.nn's order (as ``getattr`` gives them)."""
+        groups: list[list[Tensor]] = []
+        last = None
+        for name, cell, _, _ in self._ties:  # one cell per layer and direction, in torch's order
+            if cell is not last:
+                groups.append([])
+                last = cell
+            groups[-1].append(getattr(self, name))
+        return groups
 
     def torch_parameter_names(self) -> dict[str, str]:
         """torch.nn's parameter names, in torch.nn's order, each mapped to where the parameter lives here.
@@ -131,6 +181,15 @@ class _TorchStyleRNN(nn.Module):
         ``"stack.layers.0.cell.weight_ih"``. A new dict each call.
         """
         return dict(self._torch_names)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` asks this first: refuse with the ways that work. Each call chooses its
+        engine path in Python (registry, per-call checks, the native runtime), which TorchScript
+        cannot compile; PyTorch 2's exporters trace the forward instead."""
+        raise TypeError(f"{self.short_name()}: torch.jit.script cannot compile torchcells' drop-ins (each call "
+                        f"chooses its engine path in Python). Use torch.export.export(module, (x,)) or "
+                        f"torch.onnx.export(module, (x,), dynamo=True), or torch.jit.trace(module, x), which "
+                        f"records torch's kernel (the layers' engine 'auto' or 'torch') for every length")
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for cuDNN's nn.LSTM."""
@@ -169,14 +228,14 @@ class _TorchStyleRNN(nn.Module):
                     raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{owner}: input has {x.shape[-1]} features per step, expected {self.input_size}")
-        weight = self._cell_at(0, 0).weight_ih
+        stack, weight = self._resolved_stack(owner)
         if x.dtype != weight.dtype:
             raise TypeError(f"{owner}: input has dtype {x.dtype} but the weights are {weight.dtype}; "
                             f"convert one of them (input.to({weight.dtype}) or module.to({x.dtype}))")
         if not packed:
             lengths = check_lengths(owner, lengths, x.shape[0], x.shape[1])
         state = None if hx is None else self._unflatten_hx(owner, hx, x, batched)
-        out, finals = self.stack(x, state, lengths=lengths)
+        out, finals = stack(x, state, lengths=lengths)
         hn = self._flatten_state(finals)
         if packed:
             sorted_idx = input.sorted_indices
@@ -190,6 +249,42 @@ class _TorchStyleRNN(nn.Module):
         elif self.batch_first:
             out = out.transpose(0, 1)
         return out, (hn if self.mode == "LSTM" else hn[0])
+
+    def _resolved_stack(self, owner: str) -> tuple[Stack, Tensor]:
+        """The stack to run and the weight ``weight_ih_l0`` it runs with.
+
+        Where every torch name holds the cell's own Parameter, the live stack (the usual case:
+        a few dictionary lookups per call). Where one holds something else -- a pruned or
+        parametrized weight (``getattr`` computes it, once per forward, like torch.nn's
+        ``_flat_weights``), a plain tensor set by hand, a tensor ``torch.func.functional_call``
+        put in -- a per-call twin of the stack whose cells hold those tensors: the live modules
+        are never swapped, so threads running the drop-in see only their own tensors, and
+        gradients flow through the tensors to what they were computed from.
+        """
+        params = self._parameters
+        given: Optional[dict[nn.Module, dict[str, Tensor]]] = None
+        first: Optional[Tensor] = None
+        for name, cell, pname, shape in self._ties:
+            current: Optional[Tensor] = params.get(name)
+            if current is None or current is not cell._parameters.get(pname):
+                current = self._current(owner, name, shape)
+                given = {} if given is None else given
+                given.setdefault(cell, {})[pname] = current
+            first = current if first is None else first
+        assert first is not None  # weight_ih_l0 always exists
+        return (self.stack if given is None else _twin(self.stack, given)), first
+
+    def _current(self, owner: str, name: str, shape: tuple[int, ...]) -> Tensor:
+        try:
+            value = getattr(self, name)
+        except AttributeError as e:
+            raise AttributeError(f"{owner}: {name} is missing (deleted?); set it again "
+                                 f"(module.{name} = nn.Parameter(...)) with shape {shape}") from e
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{owner}: {name} should be a tensor of shape {shape}, got {type(value).__name__}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{owner}: {name} should have shape {shape}, got {tuple(value.shape)}")
+        return value
 
     def _state_names(self) -> tuple[str, ...]:
         return ("h_0",)
@@ -241,47 +336,36 @@ def _check_sizes(name: str, input_size, hidden_size, num_layers) -> None:
             raise ValueError(f"{name}: {arg} should be a positive int, got {value!r}")
 
 
-def _save_torch_names(module: _TorchStyleRNN, state_dict, prefix: str, local_metadata) -> None:
-    """state_dict post-hook: internal keys -> torch.nn's flat keys, in torch's order."""
-    internal = module._internal_names
-    moved = {}
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix):]
-        if rest in internal:
-            moved[prefix + internal[rest]] = state_dict.pop(key)
-    for torch_name in module._torch_names:
-        if prefix + torch_name in moved:
-            state_dict[prefix + torch_name] = moved[prefix + torch_name]
+def _twin(module: Any, given: dict[nn.Module, dict[str, Tensor]]) -> Any:
+    """``module`` for one call with the tensors ``given`` (cell -> {parameter name: tensor}) in
+    place of those cells' parameters: a shallow copy of each module on the way down to such a
+    cell, the rest shared. Nothing of the live modules changes."""
+    children = {name: _twin(child, given) for name, child in module._modules.items()}
+    own = given.get(module)
+    if own is None and all(children[n] is c for n, c in module._modules.items()):
+        return module
+    twin = object.__new__(type(module))
+    twin.__dict__.update(module.__dict__)
+    twin.__dict__["_modules"] = children
+    if own is not None:
+        twin.__dict__["_parameters"] = {**module._parameters, **own}
+    return twin
 
 
-def _load_torch_names(module: _TorchStyleRNN, state_dict, prefix: str, local_metadata, strict,
-                      missing_keys, unexpected_keys, error_msgs) -> None:
-    """load_state_dict pre-hook: torch.nn's flat keys -> internal keys.
-
-    A size mismatch is reported here, by the torch name, and the entry replaced by
-    the current value so the inner cell does not report it again by its inner name.
-    """
-    for torch_name, internal in module._torch_names.items():
-        key = prefix + torch_name
-        if key not in state_dict:
-            continue
-        value = state_dict.pop(key)
-        current = module.get_parameter(internal)
-        if isinstance(value, Tensor) and value.shape != current.shape:
-            error_msgs.append(f"size mismatch for {key}: copying a param with shape {value.shape} from checkpoint, "
-                              f"the shape in current model is {current.shape}.")
-            value = current.detach()
-        state_dict[prefix + internal] = value
+def _drop_cell_keys(module: _TorchStyleRNN, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: the cells' keys name the drop-in's own entries a second time; drop them."""
+    for inner in module._torch_names.values():
+        state_dict.pop(prefix + inner, None)
 
 
-def _report_torch_names(module: _TorchStyleRNN, incompatible) -> None:
-    """load_state_dict post-hook: report missing keys by their torch.nn names."""
-    internal = module._internal_names
-    for i, key in enumerate(incompatible.missing_keys):
-        for inner, torch_name in internal.items():
-            if key.endswith(inner) and (len(key) == len(inner) or key[-len(inner) - 1] == "."):
-                incompatible.missing_keys[i] = key[: len(key) - len(inner)] + torch_name
-                break
+def _load_tied(cell: nn.Module, state_dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys,
+               error_msgs) -> None:
+    """load_state_dict pre-hook of a drop-in's cell: its parameters are the drop-in's, loaded
+    just before under torch.nn's names; give the cell its own tensors back, so it loads nothing
+    and reports nothing (run at the cell's turn, so it sees what an ``assign=True`` load put there)."""
+    for name, p in cell._parameters.items():
+        if p is not None:
+            state_dict[prefix + name] = p
 
 
 class LSTM(_TorchStyleRNN):
@@ -298,6 +382,17 @@ class LSTM(_TorchStyleRNN):
         >>> ours, theirs = LSTM(10, 20, num_layers=2), torch.nn.LSTM(10, 20, num_layers=2)
         >>> ours.load_state_dict(theirs.state_dict())
         <All keys matched successfully>
+
+    Its parameters have torch.nn's names, so tools that work by name act as on nn.LSTM::
+
+        >>> [name for name, _ in ours.named_parameters()][:3]
+        ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0']
+        >>> from torch.nn.utils import prune
+        >>> _ = prune.l1_unstructured(ours, "weight_hh_l0", amount=0.3)
+        >>> [name for name, _ in ours.named_parameters()][-1]
+        'weight_hh_l0_orig'
+        >>> int((ours.weight_hh_l0 == 0).sum())  # 30 % of 80·20: the forward runs with this tensor
+        480
     """
 
     mode = "LSTM"
