@@ -25,7 +25,7 @@ from torch import Tensor
 from ..cell import map_state, state_leaves
 from .lengths import reverse_padded, step_mask
 
-__all__ = ["Call", "Path", "Result", "bracket", "close_call", "jit_tracing", "open_call"]
+__all__ = ["Call", "Path", "Result", "bracket", "close_call", "exporting", "jit_tracing", "open_call"]
 
 #: ``(outputs (T, B, ...), final_state, every-step states or None)``, as :func:`.unroll.unroll` returns.
 Result = tuple[Tensor, Any, Optional[Any]]
@@ -107,6 +107,19 @@ def jit_tracing() -> Optional[str]:
             "(the drop-ins LSTM/GRU/RNN, or a cell in torch's form with engine='torch') traces for every length")
 
 
+def exporting() -> Optional[str]:
+    """Why a path that is not :attr:`Path.exportable` must not run under ``torch.export`` (and
+    the ONNX exporter built on it, ``torch.onnx.export(..., dynamo=True)``), or ``None`` outside
+    it. A Python loop over time would be recorded for the example's number of steps (or make
+    the export fail on its symbolic length), the native runtime cannot read the exporter's
+    fake tensors, and the parallel scan chooses its chunks from the data."""
+    if not torch.compiler.is_exporting():
+        return None
+    return ("torch.export (and torch.onnx.export with dynamo=True) records only the 'export' path, whose "
+            "time loop is one torch scan operator valid for every length; this path would fix the graph to "
+            "the example's length or fail on it (engine='auto' or 'export' exports)")
+
+
 class Path:
     """One way to run a :class:`Call`. Subclass it, set ``name``, write ``accepts`` and ``run``.
 
@@ -120,6 +133,9 @@ class Path:
     #: over the whole sequence); paths that loop in Python do not, and the registry declines
     #: them while tracing (:func:`jit_tracing`)
     jit_traceable: bool = False
+    #: whether ``torch.export`` records this path correctly for every length and batch; the
+    #: registry declines the others while exporting (:func:`exporting`)
+    exportable: bool = False
 
     def accepts(self, call: Call) -> Optional[str]:
         """``None`` if this path can run ``call``, else why not (a phrase that follows "cannot run on ...: ")."""

@@ -12,7 +12,10 @@ first where it applies:
    (:mod:`.torch_kernel`); in auto, a GRU on CPU defers to the fused path when the
    native runtime is built (faster there);
 3. ``fused`` -- any cell whose step traces (:mod:`.fused`);
-4. ``loop``  -- the reference loop, any cell (:mod:`.loop`). Auto reaching it after the
+4. ``export`` -- the cell's step under torch's ``scan`` operator (:mod:`.graph_scan`); in
+   auto only under ``torch.export``, where it is the one path that runs (the others are
+   not :attr:`~torchcells.engine.call.Path.exportable` and decline, saying why);
+5. ``loop``  -- the reference loop, any cell (:mod:`.loop`). Auto reaching it after the
    fused path declined warns once per cell, saying why.
 
 Adding a path is one new file with a :class:`~torchcells.engine.call.Path` subclass
@@ -26,8 +29,9 @@ from __future__ import annotations
 from typing import Optional
 
 from ...cell import cell_name
-from ..call import Call, Path, jit_tracing
+from ..call import Call, Path, exporting, jit_tracing
 from .fused import FusedPath
+from .graph_scan import GraphScanPath
 from .loop import LoopPath
 from .scan import ScanPath
 from .torch_kernel import TorchKernelPath
@@ -113,6 +117,10 @@ def _accepts(path: Path, call: Call) -> Optional[str]:
         tracing = jit_tracing()
         if tracing is not None:
             return tracing
+    if not path.exportable:
+        export = exporting()
+        if export is not None:
+            return export
     try:
         return path.accepts(call)
     except Exception as error:
@@ -122,5 +130,5 @@ def _accepts(path: Path, call: Call) -> Optional[str]:
         raise RuntimeError(f"{message} ({type(error).__name__})") from error
 
 
-for _path in (ScanPath(), TorchKernelPath(), FusedPath(), LoopPath()):
+for _path in (ScanPath(), TorchKernelPath(), FusedPath(), GraphScanPath(), LoopPath()):
     register(_path, before=None)
