@@ -28,7 +28,8 @@ def run_chunked(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] =
     from torch.utils.checkpoint import checkpoint
 
     steps = x.shape[0]
-    if steps <= chunk or not torch.is_grad_enabled():
+    # Under torch.export, one call: chunks cut in Python would fix the program to the example's length.
+    if torch.compiler.is_exporting() or steps <= chunk or not torch.is_grad_enabled():
         return run(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states, engine=engine)
     call = open_call(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
     leaves, spec = tree_flatten(state)
