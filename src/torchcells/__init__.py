@@ -12,6 +12,7 @@ from .cells import (ConvGRUCell, ConvLSTMCell, ElmanCell, GaussianCell, GRUCell,
                     MinGRUCell, MinLSTMCell, Neuron, NoisyInput, PoolCell, RecurrentDropout, Residual, SLSTMCell,
                     SLSTMState, StackedCell, VariationalDropout, WeightDrop, Zoneout)
 from .engine import unroll
+from .export import export_onnx
 from .layers import GRU, LSTM, RNN, Bidirectional, BidirectionalState, Recurrent, Stack
 
 __version__ = "0.1.0"
@@ -22,5 +23,5 @@ __all__ = [
     "LayerNormGRUCell", "LayerNormLSTMCell", "MGUCell", "MaskedState", "MinGRUCell", "MinLSTMCell", "Neuron",
     "NoisyInput", "PairState", "PoolCell", "RNN", "Recurrent", "RecurrentDropout", "Residual", "SLSTMCell",
     "SLSTMState", "Stack", "StackedCell", "State", "VariationalDropout", "WeightDrop", "Zoneout", "explain",
-    "map_state", "unroll", "__version__",
+    "export_onnx", "map_state", "unroll", "__version__",
 ]
