@@ -87,12 +87,13 @@ def chosen(cell, x, *, engine="auto", **kw):
 
 # ---------------------------------------------------------------- the registry
 def test_registry_order():
-    assert [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
-    assert engines() == ("auto", "scan", "torch", "fused", "loop")
+    assert [p.name for p in paths()] == ["scan", "torch", "fused", "export", "loop"]
+    assert engines() == ("auto", "scan", "torch", "fused", "export", "loop")
 
 
 @pytest.mark.parametrize("name, make", [("scan", lambda: tc.MinGRUCell(I, H)), ("torch", lambda: tc.LSTMCell(I, H)),
-                                        ("fused", lambda: UserLSTMCell(I, H)), ("loop", lambda: tc.GRUCell(I, H))])
+                                        ("fused", lambda: UserLSTMCell(I, H)), ("export", lambda: UserLSTMCell(I, H)),
+                                        ("loop", lambda: tc.GRUCell(I, H))])
 def test_engine_by_name_runs_that_path(name, make, monkeypatch):
     torch.manual_seed(0)
     cell = make().double()
@@ -144,14 +145,14 @@ def test_a_path_named_that_declines_says_why(engine, make, kw, reason):
 
 
 def test_an_unknown_engine_is_refused():
-    with pytest.raises(ValueError, match=r"engine should be one of \('auto', 'scan', 'torch', 'fused', 'loop'\)"):
+    with pytest.raises(ValueError, match=r"engine should be one of \('auto', 'scan', 'torch', 'fused', 'export', 'loop'\)"):
         run(tc.GRUCell(I, H), torch.randn(T, B, I), torch.zeros(B, H), engine="fast")
     with pytest.raises(ValueError, match="engine should be one of"):
         tc.Recurrent(tc.GRUCell(I, H), engine="fast")
 
 
 def test_a_registered_path_is_picked_by_name_and_in_order_then_removed(toy):
-    assert [p.name for p in paths()] == ["scan", "torch", "toy", "fused", "loop"]
+    assert [p.name for p in paths()] == ["scan", "torch", "toy", "fused", "export", "loop"]
     x = torch.randn(T, B, I)
     assert chosen(PlainCell(), x) == "toy"                   # before fused, which also accepts it
     assert chosen(UserLSTMCell(I, H), x) == "fused"           # declined by the toy
@@ -164,7 +165,7 @@ def test_a_registered_path_is_picked_by_name_and_in_order_then_removed(toy):
     with pytest.raises(ValueError, match="already registered"):
         register(ToyPath())
     unregister("toy")
-    assert "toy" not in engines() and [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
+    assert "toy" not in engines() and [p.name for p in paths()] == ["scan", "torch", "fused", "export", "loop"]
     register(toy)  # for the fixture to take out again
 
 
@@ -277,7 +278,7 @@ def test_a_path_whose_accepts_fails_is_named_in_the_error():
             tc.Recurrent(tc.LSTMCell(I, H))(torch.randn(T, B, I))
     finally:
         unregister("raising")
-    assert [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
+    assert [p.name for p in paths()] == ["scan", "torch", "fused", "export", "loop"]
 
 
 def test_register_refuses_an_unknown_place_and_unregister_an_unknown_name():
@@ -285,7 +286,7 @@ def test_register_refuses_an_unknown_place_and_unregister_an_unknown_name():
         register(ToyPath(), before="nope")
     with pytest.raises(ValueError, match="unregister: no path named 'nope' is registered"):
         unregister("nope")
-    assert [p.name for p in paths()] == ["scan", "torch", "fused", "loop"]
+    assert [p.name for p in paths()] == ["scan", "torch", "fused", "export", "loop"]
 
 
 def test_an_unknown_engine_name_is_refused_even_for_an_empty_call():
