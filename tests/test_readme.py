@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -102,3 +103,21 @@ def test_cell_zoo_example():
     assert out.shape == (20, 4, 32)
     assert torch.all(out[5:, 1] == 0) and torch.all(out[1:, 3] == 0)   # padded steps
     assert len(state) == 2 and state[1].h.shape == (4, 32)
+
+
+def test_export_example_runs_every_length_and_writes_a_checked_file(tmp_path, monkeypatch):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    ns = run_block("torchcells.export_onnx(")
+    model, path = ns["model"], ns["path"]
+    assert path == Path("out/lstm.onnx") and path.is_file()
+    assert ns["out"].shape == (12, 5, 40) and ns["h_n"].shape == (4, 5, 20)
+    x, lengths = torch.randn(12, 5, 10), torch.tensor([12, 3, 7, 1, 12])
+    want, (h_n, c_n) = model(x, lengths=lengths)
+    out, (h, c) = ns["program"].module()(x, lengths=lengths)
+    for g, w in zip((out, h, c), (want, h_n, c_n)):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy(), "lengths": lengths.numpy()})
+    for g, w in zip(got, (want, h_n, c_n)):
+        torch.testing.assert_close(torch.from_numpy(g), w.detach(), atol=1e-5, rtol=1e-5)
