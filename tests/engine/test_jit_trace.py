@@ -32,8 +32,9 @@ def test_drop_ins_trace_for_every_length(make):
 
 
 @pytest.mark.parametrize("make, engine", [(lambda: UserLSTMCell(3, 4), "auto"), (lambda: UserLSTMCell(3, 4), "fused"),
-                                          (lambda: tc.MinGRUCell(3, 4), "auto"), (lambda: tc.GRUCell(3, 4), "loop")],
-                         ids=["user-auto", "user-fused", "mingru-scan", "gru-loop"])
+                                          (lambda: tc.MinGRUCell(3, 4), "auto"), (lambda: tc.GRUCell(3, 4), "loop"),
+                                          (lambda: UserLSTMCell(3, 4), "export")],
+                         ids=["user-auto", "user-fused", "mingru-scan", "gru-loop", "user-export"])
 def test_python_loops_refuse_to_be_traced(make, engine):
     layer = tc.Recurrent(make(), engine=engine)
     with pytest.raises(TypeError, match=r"torch.jit.trace .* this input's length only"):
