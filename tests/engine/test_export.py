@@ -154,6 +154,26 @@ def test_exported_program_with_lengths_and_state_equals_the_loop_in_float64(row,
             close(g, w, what=f"{row.name} leaf {i} at T={steps}, B={batch}")
 
 
+@pytest.mark.parametrize("make", [lambda: UserLSTMCell(I, H), lambda: TwoWidthCell(I, H)], ids=["user-lstm", "two-width"])
+def test_export_path_run_eagerly_equals_the_loop_with_gradients(make, close):
+    """Named, the export path also runs eagerly (and under autograd): the loop's values and gradients,
+    reverse, lengths (one empty), every-step states and an initial state included."""
+    torch.manual_seed(5)
+    cell = make().double()
+    x = torch.randn(T0, B0, I, dtype=torch.float64, requires_grad=True)
+    h0 = tree_map(lambda t: torch.randn_like(t).requires_grad_(), cell.init_state(B0, dtype=torch.float64))
+    lengths = torch.tensor([T0, 0, 2])
+    leaves = [x, *tree_leaves(h0), *cell.parameters()]
+    results = []
+    for engine in ("export", "loop"):
+        out, final, states = tc.engine.run(cell, x, h0, lengths=lengths, reverse=True, all_states=True, engine=engine)
+        loss = out.square().sum() + sum(t.sum() for t in tree_leaves(final)) + sum(
+            t.sin().sum() for t in tree_leaves(states))
+        results.append((out, final, states, torch.autograd.grad(loss, leaves)))
+    close(results[0][:3], results[1][:3], what="values")
+    close(list(results[0][3]), list(results[1][3]), what="gradients")
+
+
 def test_auto_runs_the_export_path_only_while_exporting(monkeypatch):
     """Outside torch.export auto keeps its fast paths; inside, every path but 'export' declines."""
     x = torch.randn(T0, B0, I)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..cell import map_state, state_leaves
 from .lengths import reverse_padded, step_mask
+from .modes import is_exporting
 
 __all__ = ["Call", "Path", "Result", "bracket", "close_call", "exporting", "jit_tracing", "open_call"]
 
@@ -113,7 +114,7 @@ def exporting() -> Optional[str]:
     it. A Python loop over time would be recorded for the example's number of steps (or make
     the export fail on its symbolic length), the native runtime cannot read the exporter's
     fake tensors, and the parallel scan chooses its chunks from the data."""
-    if not torch.compiler.is_exporting():
+    if not is_exporting():
         return None
     return ("torch.export (and torch.onnx.export with dynamo=True) records only the 'export' path, whose "
             "time loop is one torch scan operator valid for every length; this path would fix the graph to "

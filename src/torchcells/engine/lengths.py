@@ -14,6 +14,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .modes import is_exporting
+
 Lengths = Union[Tensor, Sequence[int]]
 
 
@@ -47,7 +49,7 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
     if lens.numel() != batch:
         raise ValueError(f"{owner}: lengths has {lens.numel()} entries, expected one per sequence "
                          f"of the batch ({batch})")
-    if torch.compiler.is_exporting():
+    if is_exporting() and isinstance(lengths, Tensor):
         # The lengths are an input of the exported program: their values are not known here, and
         # a check (or the "all full" shortcut) on them would fix the program to the example's.
         return lens

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .call import Call, Result, close_call, open_call
+from .modes import is_exporting
 from .paths import choose
 from .run import run
 
@@ -29,7 +30,7 @@ def run_chunked(cell: Any, x: Tensor, state: Any, *, lengths: Optional[Tensor] =
 
     steps = x.shape[0]
     # Under torch.export, one call: chunks cut in Python would fix the program to the example's length.
-    if torch.compiler.is_exporting() or steps <= chunk or not torch.is_grad_enabled():
+    if is_exporting() or steps <= chunk or not torch.is_grad_enabled():
         return run(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states, engine=engine)
     call = open_call(cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
     leaves, spec = tree_flatten(state)

@@ -25,18 +25,20 @@ exportable model against the loop, not for speed.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
-
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...cell import cell_name, check_step, state_leaves
 from ..call import Call, Path, Result, expand
+from ..modes import is_exporting
 
 
 class GraphScanPath(Path):
+    """The ``export`` path: any cell with a state, as one ``scan`` operator (see the module docstring)."""
+
     name = "export"
     exportable = True
 
@@ -46,7 +48,7 @@ class GraphScanPath(Path):
         return None
 
     def defer(self, call: Call) -> Optional[str]:
-        if not torch.compiler.is_exporting():
+        if not is_exporting():
             return "engine='export' runs in auto only under torch.export (elsewhere a faster path runs)"
         return None
 
