@@ -10,6 +10,9 @@ to it) are registered in order:
 * ``"fused"`` -- the traced path: input part hoisted out of the loop, one autograd
   node for the sequence with a derived backward and batched weight gradients
   (:mod:`.fused`); in inference, the hoisted step graph without saving anything;
+* ``"export"`` -- the cell's step under torch's ``scan`` operator, for ``torch.export`` and
+  ONNX (:mod:`.paths.graph_scan`); auto runs it only while exporting, where the other
+  paths decline;
 * ``"loop"``  -- the reference loop (one cell call per step; the definition).
 
 ``engine="auto"`` takes the first that accepts the call: scan where declared, else

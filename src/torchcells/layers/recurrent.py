@@ -30,8 +30,10 @@ class Recurrent(nn.Module):
             kernel for cells that declare ``torch_kernel()`` where it is the faster, the fused
             path (input part hoisted out of the loop, one autograd node per sequence) for
             cells that trace, else the reference loop, with a one-time warning saying why),
-            or a path by name: ``"loop"``, ``"fused"``, ``"scan"``, ``"torch"`` (a path that
-            cannot run a call raises an error saying why). Every path gives the reference
+            or a path by name: ``"loop"``, ``"fused"``, ``"scan"``, ``"torch"``, ``"export"`` (a path
+            that cannot run a call raises an error saying why). Under ``torch.export`` (and ONNX
+            through it) auto runs the ``"export"`` path, one ``scan`` operator over time valid for
+            every length, and a layer named onto another path raises an error. Every path gives the reference
             loop's results, or refuses. Second-order gradients (``create_graph=True``: a
             gradient penalty, ``gradgradcheck``) are the loop's on every path (the fused
             path's backward recomputes the sequence under autograd for such a backward, at
