@@ -93,15 +93,29 @@ def functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+#: the dispatcher's thread-local key sets of plain eager code (taken at import, outside any transform)
+_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+
+
+@contextlib.contextmanager
+def _eager() -> Iterator[None]:
+    """Inside an operator's kernel as in plain eager code. The dispatcher runs a kernel with autograd,
+    functorch and most other layers excluded (under a compiled graph's runtime nearly all of them),
+    but the fused path's eager code hoists through ``torch.vmap`` and an ``autograd.Function``, and the
+    backward differentiates a recomputed sequence. Grad mode and autocast are set by the callers."""
+    with torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS):
+        yield
+
+
 def _example_kernels(cell: nn.Module, x_shape: tuple, dtype: torch.dtype, device: torch.device,
                      leaves: list[tuple[tuple, torch.dtype]], masked: bool) -> FusedKernels:
-    """The derived step for one step of these shapes, from plain zeros: outside any fake mode and
-    functorch transform, as the eager path derives it (raises TraceError)."""
+    """The derived step for one step of these shapes, from plain zeros: outside any fake mode,
+    functorch transform and dynamo trace, as the eager path derives it (raises TraceError)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from .fused import step_program
 
     # out of dynamo's tracing context too: make_fx would otherwise pick up its shape environment
-    with unset_fake_temporarily(), torch._C._DisableFuncTorch(), torch._guards.tracing(None):
+    with unset_fake_temporarily(), _eager(), torch._guards.tracing(None):
         x = torch.zeros((1,) + tuple(x_shape), dtype=dtype, device=device)
         spec = tree_flatten(cell.init_state(1, device="meta"))[1]
         state = tree_unflatten([torch.zeros(s, dtype=d, device=device) for s, d in leaves], spec)
@@ -163,20 +177,6 @@ def _plain(outputs: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
         seen.add(t.untyped_storage().data_ptr())
         fresh.append(t)
     return fresh
-
-
-#: the dispatcher's thread-local key sets of plain eager code (taken at import, outside any transform)
-_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
-@contextlib.contextmanager
-def _eager() -> Iterator[None]:
-    """Inside an operator's kernel as in plain eager code. The dispatcher runs a kernel with autograd,
-    functorch and most other layers excluded (under a compiled graph's runtime nearly all of them),
-    but the fused path's eager code hoists through ``torch.vmap`` and an ``autograd.Function``, and the
-    backward differentiates a recomputed sequence. Grad mode and autocast are set by the callers."""
-    with torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS):
-        yield
 
 
 @torch.library.custom_op("torchcells::fused_forward", mutates_args=())

@@ -32,6 +32,9 @@ class TorchKernelPath(Path):
             return f"engine='torch' runs only inputs (T, B, I), got {call.raw_x.dim()} dimensions"
         if call.all_states:
             return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
+        if call.lengths is not None and torch.compiler.is_compiling():
+            return ("under torch.compile engine='torch' runs only without lengths (packing a batch reads "
+                    "the lengths' values, which a compiled graph cannot)")
         if call.lengths is not None and int(call.lengths.min()) == 0:
             return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
         return None
