@@ -36,7 +36,7 @@ import contextlib
 import itertools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -67,8 +67,7 @@ def handle_of(cell: nn.Module) -> int:
     found = _HANDLES.get(cell)
     if found is None:
         found = _HANDLES[cell] = next(_COUNTER)
-        names = tuple(n for n, _ in cell.named_parameters()) + tuple(n for n, _ in cell.named_buffers())
-        _ENTRIES[found] = _Entry(weakref.ref(cell, lambda _, h=found: _ENTRIES.pop(h, None)), names)
+        _ENTRIES[found] = _Entry(weakref.ref(cell, lambda _, h=found: _ENTRIES.pop(h, None)), _names(cell))
     return found
 
 
@@ -102,8 +101,12 @@ def _eager() -> Iterator[None]:
     """Inside an operator's kernel as in plain eager code. The dispatcher runs a kernel with autograd,
     functorch and most other layers excluded (under a compiled graph's runtime nearly all of them),
     but the fused path's eager code hoists through ``torch.vmap`` and an ``autograd.Function``, and the
-    backward differentiates a recomputed sequence. Grad mode and autocast are set by the callers."""
-    with torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS):
+    backward differentiates a recomputed sequence. The ``torch.func`` transforms around the call are
+    set aside too (a derivation in a transform's scope would take its wrapped tensors for
+    constants). Grad mode and autocast are set by the callers."""
+    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+
+    with temporarily_clear_interpreter_stack(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS):
         yield
 
 
@@ -112,15 +115,30 @@ def _example_kernels(cell: nn.Module, x_shape: tuple, dtype: torch.dtype, device
     """The derived step for one step of these shapes, from plain zeros: outside any fake mode,
     functorch transform and dynamo trace, as the eager path derives it (raises TraceError)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from .fused import step_program
 
-    # out of dynamo's tracing context too: make_fx would otherwise pick up its shape environment
     with unset_fake_temporarily(), _eager(), torch._guards.tracing(None):
         x = torch.zeros((1,) + tuple(x_shape), dtype=dtype, device=device)
         spec = tree_flatten(cell.init_state(1, device="meta"))[1]
         state = tree_unflatten([torch.zeros(s, dtype=d, device=device) for s, d in leaves], spec)
         lengths = torch.ones(x_shape[0], dtype=torch.int64) if masked else None
-        return step_program(Call(cell, x, state, lengths), masked=masked)
+        stand_ins = {n: torch.zeros(t.shape, dtype=t.dtype, device=t.device).requires_grad_(t.requires_grad)
+                     for n, t in zip(_names(cell), _named(cell))}
+        return _derived(Call(cell, x, state, lengths), stand_ins)
+
+
+def _derived(call: Call, params: dict[str, Tensor]) -> FusedKernels:
+    """The call's fused step, derived from the cell with ``params`` in place of its own tensors:
+    under ``torch.func.functional_call`` the cell holds the transform's wrapped tensors, which a
+    trace would take for constants."""
+    from torch.nn.utils.stateless import _reparametrize_module
+    from .fused import step_program
+
+    with _eager(), _reparametrize_module(call.cell, params):
+        return step_program(call, masked=call.lengths is not None)
+
+
+def _names(cell: nn.Module) -> tuple[str, ...]:
+    return tuple(n for n, _ in cell.named_parameters()) + tuple(n for n, _ in cell.named_buffers())
 
 
 def kernels_for(call: Call) -> FusedKernels:
@@ -156,12 +174,10 @@ def compile_check(cell: nn.Module, masked: bool, dtype: torch.dtype, device: tor
 def _call(handle: int, x: Tensor, state: list[Tensor], params: list[Tensor], lengths: Optional[Tensor],
           all_states: bool) -> tuple[Call, list[Tensor]]:
     """The forward-reading call an operator runs, and the step's parameters in the program's order."""
-    from .fused import step_program
-
     cell, named = _cell(handle, params)
     spec = tree_flatten(cell.init_state(1, device="meta"))[1]
     call = Call(cell, x, tree_unflatten(list(state), spec), lengths, all_states)
-    program = step_program(call, masked=lengths is not None).program
+    program = _derived(call, named).program
     return call, [named[n] for n in program.param_names]
 
 
@@ -292,30 +308,81 @@ def _no_second_order(ctx: Any, grads: list[Optional[Tensor]]) -> tuple:
 fused_backward.register_autograd(_no_second_order, setup_context=lambda ctx, inputs, output: None)
 
 
-def _by_slices(op: Callable[..., list[Tensor]]) -> Callable[..., tuple[list[Tensor], list[int]]]:
-    """A vmap rule that runs ``op`` once per slice of the mapped dim and stacks the results: exact
-    for any cell (one that mixes batch rows too), at one call per slice."""
-    def rule(info: Any, in_dims: tuple, *args: Any) -> tuple[list[Tensor], list[int]]:
-        def pick(arg: Any, dim: Any, i: int) -> Any:
-            if isinstance(arg, (list, tuple)):
-                return [pick(a, d, i) for a, d in zip(arg, dim)]
-            return arg.select(dim, i) if dim is not None and arg is not None else arg
-        results = [op(*[pick(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
-        stacked = [torch.stack(parts) for parts in zip(*results)]
-        return stacked, [0] * len(stacked)
-    return rule
+class _FuncSequence(torch.autograd.Function):
+    """The operators for ``torch.func``: an operator with tensor-list arguments has an autograd
+    formula that functorch's transforms refuse (no ``setup_context``), so under them the fused path
+    calls the operators through this Function, which has one, and a vmap rule (by slices)."""
+
+    @staticmethod
+    def forward(handle: int, n_state: int, lengths: Optional[Tensor], all_states: bool, x: Tensor,
+                *rest: Tensor) -> tuple[Tensor, ...]:
+        return tuple(fused_forward(handle, x, list(rest[:n_state]), list(rest[n_state:]), lengths, all_states))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        handle, n_state, lengths, all_states, x, *rest = inputs
+        ctx.args = (handle, n_state, lengths, all_states)
+        ctx.out_meta = [(o.shape, o.dtype) for o in output]
+        ctx.save_for_backward(x, *rest)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Optional[Tensor]) -> tuple:
+        x, *rest = ctx.saved_tensors
+        given = [g if g is not None else torch.zeros(s, dtype=d, device=x.device)  # zeros add nothing
+                 for g, (s, d) in zip(grads, ctx.out_meta)]
+        found = _FuncBackward.apply(*ctx.args, len(given), x, *rest, *given)
+        return (None, None, None, None, *found)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, *args: Any) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+        return _slices(_FuncSequence, info, in_dims, args)
 
 
-fused_forward.register_vmap(_by_slices(fused_forward))
-fused_backward.register_vmap(_by_slices(fused_backward))
+class _FuncBackward(torch.autograd.Function):
+    """:func:`fused_backward` for ``torch.func`` (``jacrev`` maps it over the cotangents: a vmap
+    rule by slices); its own gradient (grad of grad) is refused with a reason."""
+
+    @staticmethod
+    def forward(handle: int, n_state: int, lengths: Optional[Tensor], all_states: bool, n_grads: int, x: Tensor,
+                *rest: Tensor) -> tuple[Tensor, ...]:
+        inputs, grads = rest[:len(rest) - n_grads], rest[len(rest) - n_grads:]
+        return tuple(fused_backward(handle, x, list(inputs[:n_state]), list(inputs[n_state:]), lengths, all_states,
+                                    list(grads)))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Optional[Tensor]) -> tuple:
+        return _no_second_order(ctx, list(grads))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, *args: Any) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+        return _slices(_FuncBackward, info, in_dims, args)
+
+
+def _slices(function: Any, info: Any, in_dims: tuple, args: tuple) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+    """A vmap rule: ``function`` once per slice of the mapped dim, the results stacked (exact for any
+    cell, one that mixes batch rows too, at one call per slice)."""
+    def pick(t: Any, dim: Optional[int], i: int) -> Any:
+        return t.select(dim, i) if dim is not None and isinstance(t, Tensor) else t
+    slices = [function.apply(*[pick(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
+    stacked = tuple(torch.stack(parts) for parts in zip(*slices))
+    return stacked, (0,) * len(stacked)
 
 
 def run_ops(call: Call, handle: Optional[int] = None) -> Result:
-    """The fused path through the operators (under torch.compile and torch.func)."""
+    """The fused path through the operators (under torch.compile, and through :class:`_FuncSequence`
+    under torch.func)."""
     if handle is None:
         handle = handle_of(call.cell)
     leaves, spec = tree_flatten(call.state)
     n = len(leaves)
-    out = fused_forward(handle, call.raw_x, leaves, _named(call.cell), call.lengths, call.all_states)
+    params = _named(call.cell)
+    if functorch_active():
+        out = list(_FuncSequence.apply(handle, n, call.lengths, call.all_states, call.raw_x, *leaves, *params))
+    else:
+        out = fused_forward(handle, call.raw_x, leaves, params, call.lengths, call.all_states)
     states = tree_unflatten(list(out[1 + n:]), spec) if call.all_states else None
     return out[0], tree_unflatten(list(out[1:1 + n]), spec), states

@@ -40,7 +40,12 @@ class TorchKernelPath(Path):
         return None
 
     def defer(self, call: Call) -> Optional[str]:
-        """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
+        """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't.
+        Under torch.compile every cell: AOT autograd decomposes torch's kernel into one graph per
+        number of steps (each new ``T`` compiles again), the fused path's operator holds for all."""
+        if torch.compiler.is_compiling():
+            return ("under torch.compile torch's kernel is decomposed into a graph per number of steps; "
+                    "the fused path's operator holds for every length")
         form = _form(call)
         if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu" and not torch.jit.is_tracing():
             from ..native import library
