@@ -380,7 +380,7 @@ def run_ops(call: Call, handle: Optional[int] = None) -> Result:
     leaves, spec = tree_flatten(call.state)
     n = len(leaves)
     params = _named(call.cell)
-    if functorch_active():
+    if not torch.compiler.is_compiling() and functorch_active():
         out = list(_FuncSequence.apply(handle, n, call.lengths, call.all_states, call.raw_x, *leaves, *params))
     else:
         out = fused_forward(handle, call.raw_x, leaves, params, call.lengths, call.all_states)

@@ -5,7 +5,9 @@ A cell whose ``torch_kernel()`` returns a :class:`~torchcells.cell.TorchKernelFo
 function, so one layer of it can run on the kernel behind nn.RNN/nn.LSTM/nn.GRU (oneDNN on
 CPU, cuDNN on CUDA). Same contract as the reference loop, tested equal to it. Not for
 every-step states (the kernels return the last state only) nor a sequence of length 0
-(a packed batch cannot hold one); those calls run on the other paths.
+(a packed batch cannot hold one); those calls run on the other paths. Under torch.compile it
+runs the cell through the fused path's operator (:mod:`..ops`): AOT autograd decomposes torch's
+kernel into a graph per number of steps, so every new ``T`` would compile again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ...cell import TorchKernelForm, cell_name, declares
+from .. import ops
 from ..call import Call, Path, Result
 
 
@@ -32,9 +35,8 @@ class TorchKernelPath(Path):
             return f"engine='torch' runs only inputs (T, B, I), got {call.raw_x.dim()} dimensions"
         if call.all_states:
             return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
-        if call.lengths is not None and torch.compiler.is_compiling():
-            return ("under torch.compile engine='torch' runs only without lengths (packing a batch reads "
-                    "the lengths' values, which a compiled graph cannot)")
+        if torch.compiler.is_compiling():  # run() takes the fused operator, which runs any lengths
+            return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
         if call.lengths is not None and int(call.lengths.min()) == 0:
             return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
         return None
@@ -54,6 +56,11 @@ class TorchKernelPath(Path):
         return None
 
     def run(self, call: Call) -> Result:
+        if torch.compiler.is_compiling():
+            # AOT autograd decomposes torch's kernel into a graph per number of steps (and packing
+            # reads the lengths' values): the fused operator computes the same cell for every T
+            handle = ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[0]
+            return ops.run_ops(call, handle)
         form = _form(call)
         assert form is not None  # accepts() checked
         kernel = getattr(_VF, form.kind)
