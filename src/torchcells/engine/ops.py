@@ -36,6 +36,7 @@ import contextlib
 import itertools
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator, Optional
 
 import torch
@@ -67,8 +68,17 @@ def handle_of(cell: nn.Module) -> int:
     found = _HANDLES.get(cell)
     if found is None:
         found = _HANDLES[cell] = next(_COUNTER)
-        _ENTRIES[found] = _Entry(weakref.ref(cell, lambda _, h=found: _ENTRIES.pop(h, None)), _names(cell))
+        _ENTRIES[found] = _Entry(weakref.ref(cell, partial(_forget, found)), _names(cell))
     return found
+
+
+def _forget(handle: int, _: Any) -> None:
+    _ENTRIES.pop(handle, None)
+
+
+def _init_state(cell: nn.Module, batch: int) -> Any:
+    """The cell's initial state on the meta device (its structure and shapes, no memory)."""
+    return cell.init_state(batch, device="meta")  # type: ignore[operator]
 
 
 def _named(cell: nn.Module) -> list[Tensor]:
@@ -118,7 +128,7 @@ def _example_kernels(cell: nn.Module, x_shape: tuple, dtype: torch.dtype, device
 
     with unset_fake_temporarily(), _eager(), torch._guards.tracing(None):
         x = torch.zeros((1,) + tuple(x_shape), dtype=dtype, device=device)
-        spec = tree_flatten(cell.init_state(1, device="meta"))[1]
+        spec = tree_flatten(_init_state(cell, 1))[1]
         state = tree_unflatten([torch.zeros(s, dtype=d, device=device) for s, d in leaves], spec)
         lengths = torch.ones(x_shape[0], dtype=torch.int64) if masked else None
         stand_ins = {n: torch.zeros(t.shape, dtype=t.dtype, device=t.device).requires_grad_(t.requires_grad)
@@ -163,7 +173,7 @@ def compile_check(cell: nn.Module, masked: bool, dtype: torch.dtype, device: tor
     size = getattr(cell, "input_size", None)
     if getattr(cell, "step_rank", 1) != 1 or not isinstance(size, int):
         return handle, None
-    leaves = [(tuple(t.shape), dtype) for t in tree_flatten(cell.init_state(2, device="meta"))[0]]
+    leaves = [(tuple(t.shape), dtype) for t in tree_flatten(_init_state(cell, 2))[0]]
     try:
         _example_kernels(cell, (2, size), dtype, device, leaves, masked)
     except TraceError as error:
@@ -175,7 +185,7 @@ def _call(handle: int, x: Tensor, state: list[Tensor], params: list[Tensor], len
           all_states: bool) -> tuple[Call, list[Tensor]]:
     """The forward-reading call an operator runs, and the step's parameters in the program's order."""
     cell, named = _cell(handle, params)
-    spec = tree_flatten(cell.init_state(1, device="meta"))[1]
+    spec = tree_flatten(_init_state(cell, 1))[1]
     call = Call(cell, x, tree_unflatten(list(state), spec), lengths, all_states)
     program = _derived(call, named).program
     return call, [named[n] for n in program.param_names]
