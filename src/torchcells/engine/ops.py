@@ -48,7 +48,7 @@ from ..graph import TraceError
 from .call import Call, Result
 from .derive import FusedKernels
 
-__all__ = ["compile_check", "functorch_active", "fused_backward", "fused_forward", "handle_of", "run_ops"]
+__all__ = ["compile_check", "compiling", "functorch_active", "fused_backward", "fused_forward", "handle_of", "run_ops"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,12 @@ def _cell(handle: int, params: list[Tensor]) -> tuple[nn.Module, dict[str, Tenso
         raise RuntimeError(f"torchcells.fused_forward: {cell_name(cell)} has {len(entry.names)} parameters and "
                            f"buffers, the operator got {len(params)}; compile the layer again")
     return cell, dict(zip(entry.names, params))
+
+
+def compiling() -> bool:
+    """Whether dynamo is tracing for ``torch.compile`` (not for ``torch.export``: an exported program
+    must not hold this package's operators; export has its own path)."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 def functorch_active() -> bool:
@@ -390,7 +396,7 @@ def run_ops(call: Call, handle: Optional[int] = None) -> Result:
     leaves, spec = tree_flatten(call.state)
     n = len(leaves)
     params = _named(call.cell)
-    if not torch.compiler.is_compiling() and functorch_active():
+    if not torch.compiler.is_compiling() and functorch_active():  # (dynamo cannot answer the latter)
         out = list(_FuncSequence.apply(handle, n, call.lengths, call.all_states, call.raw_x, *leaves, *params))
     else:
         out = fused_forward(handle, call.raw_x, leaves, params, call.lengths, call.all_states)

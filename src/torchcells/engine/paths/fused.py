@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from ...graph import TraceError
 from .. import ops
 from ..call import Call, Path, Result
@@ -23,7 +21,7 @@ class FusedPath(Path):
 
     def accepts(self, call: Call) -> Optional[str]:
         """Whether the step traces (traced once per cell structure and shapes, then cached)."""
-        if torch.compiler.is_compiling():
+        if ops.compiling():
             return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
         try:
             if ops.functorch_active():
@@ -35,11 +33,11 @@ class FusedPath(Path):
         return None
 
     def explain(self, call: Call, reason: str) -> None:
-        if not torch.compiler.is_compiling():
+        if not ops.compiling():
             explain_fallback(call.cell, TraceError(reason))
 
     def run(self, call: Call) -> Result:
-        if torch.compiler.is_compiling():
+        if ops.compiling():
             handle = ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[0]
             return ops.run_ops(call, handle)
         if ops.functorch_active():

@@ -35,7 +35,7 @@ class TorchKernelPath(Path):
             return f"engine='torch' runs only inputs (T, B, I), got {call.raw_x.dim()} dimensions"
         if call.all_states:
             return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
-        if torch.compiler.is_compiling():  # run() takes the fused operator, which runs any lengths
+        if ops.compiling():  # run() takes the fused operator, which runs any lengths
             return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
         if call.lengths is not None and int(call.lengths.min()) == 0:
             return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
@@ -45,7 +45,7 @@ class TorchKernelPath(Path):
         """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't.
         Under torch.compile every cell: AOT autograd decomposes torch's kernel into one graph per
         number of steps (each new ``T`` compiles again), the fused path's operator holds for all."""
-        if torch.compiler.is_compiling():
+        if ops.compiling():
             return ("under torch.compile torch's kernel is decomposed into a graph per number of steps; "
                     "the fused path's operator holds for every length")
         form = _form(call)
@@ -56,7 +56,7 @@ class TorchKernelPath(Path):
         return None
 
     def run(self, call: Call) -> Result:
-        if torch.compiler.is_compiling():
+        if ops.compiling():
             # AOT autograd decomposes torch's kernel into a graph per number of steps (and packing
             # reads the lengths' values): the fused operator computes the same cell for every T
             handle = ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[0]
