@@ -311,8 +311,12 @@ def declares(cell: Any, hook: str) -> bool:
     """
     if hook not in OPTIONAL_HOOKS:
         raise ValueError(f"declares: hook should be one of {OPTIONAL_HOOKS}, got {hook!r}")
-    found = getattr(cell, hook, None)
-    return callable(found) and getattr(found, "__func__", None) is not getattr(Cell, hook)
+    if callable(getattr(cell, "__dict__", {}).get(hook)):  # set on the instance
+        return True
+    # read from the class, not through a bound method's __func__: dynamo traces this under
+    # torch.compile and answers what it reads from the class exactly
+    on_class = getattr(type(cell), hook, None)
+    return callable(on_class) and on_class is not getattr(Cell, hook)
 
 
 def cell_name(cell: Any) -> str:

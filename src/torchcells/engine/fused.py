@@ -61,7 +61,9 @@ class _Prepared:
                               self.x.shape[0], (self.x, self.params))
 
 
-def _prepare(call: Call) -> _Prepared:
+def _prepare(call: Call, params: Optional[list[Tensor]] = None) -> _Prepared:
+    """``params``: the step's parameters and buffers in ``program.param_names`` order, where they are
+    not the cell's own (the registered operators, :mod:`.ops`, run on the tensors they were given)."""
     from torch.utils._pytree import tree_flatten
 
     if call.steps == 0:
@@ -70,7 +72,7 @@ def _prepare(call: Call) -> _Prepared:
     kernels, state = _traced(call, masked=call.valid is not None)
     program = kernels.program
     leaves, spec = tree_flatten(state)
-    params = program.params(call.cell)
+    params = program.params(call.cell) if params is None else params
     with as_traced(x.device.type):  # the graphs hold autocast's casts, and only those
         consts = list(program.const_fn(*params))
         hoisted: tuple[Tensor, ...] = ()
@@ -120,13 +122,13 @@ def run_fused(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[Tenso
                    all_states=all_states)
 
 
-def fused_call(call: Call, *, native: Optional[bool] = None) -> Result:
+def fused_call(call: Call, *, native: Optional[bool] = None, params: Optional[list[Tensor]] = None) -> Result:
     """The fused path over a forward call, with autograd; raises TraceError if the cell can't be fused.
 
     The time loops run in the executor chosen for the step and the device (the native
     runtime where it is built and the step could be planned for it; ``native=False``
-    keeps them in Python)."""
-    prep = _prepare(call)
+    keeps them in Python; ``params``: see :func:`_prepare`)."""
+    prep = _prepare(call, params)
     with as_traced(prep.x.device.type):
         out = run_with_grad(choose(prep.kernels, prep.x.device, native), prep.inputs(), call.all_states)
     return _finish(prep, out)
@@ -140,10 +142,10 @@ def run_inference(cell: nn.Module, x: Tensor, state: Any, *, lengths: Optional[T
                    all_states=all_states)
 
 
-def inference_call(call: Call, *, native: Optional[bool] = None) -> Result:
+def inference_call(call: Call, *, native: Optional[bool] = None, params: Optional[list[Tensor]] = None) -> Result:
     """The fused path over a forward call, without autograd: hoisted input part, then the
     step per step, nothing saved for a backward (in the executor :func:`fused_call` would use)."""
-    prep = _prepare(call)
+    prep = _prepare(call, params)
     with as_traced(prep.x.device.type):
         out = choose(prep.kernels, prep.x.device, native).infer(prep.inputs(), call.all_states)
     return _finish(prep, out)

@@ -34,6 +34,8 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
             raise ValueError(f"{owner}: lengths should be 1-D with one length per sequence, "
                              f"got shape {tuple(lengths.shape)}")
         lens = lengths.detach().to("cpu", torch.int64)
+        if torch.compiler.is_compiling():
+            return _checked_in_graph(owner, lens, steps, batch)
     else:
         try:
             values = list(lengths)
@@ -61,6 +63,16 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
             raise ValueError(f"{owner}: lengths should be <= the number of steps ({steps}), got {hi}")
         if lo == steps:
             return None
+    return lens
+
+
+def _checked_in_graph(owner: str, lens: Tensor, steps: int, batch: int) -> Tensor:
+    """Under torch.compile: the range check as an assertion of the graph (reading the values here
+    would stop the graph; they are data). Full lengths are not told apart (the masked step runs)."""
+    if lens.dim() != 1 or lens.shape[0] != batch:
+        raise ValueError(f"{owner}: lengths should hold one length per sequence of the batch")
+    torch._assert_async(((lens >= 0) & (lens <= steps)).all(),
+                        f"{owner}: lengths should be >= 0 and <= the number of steps")
     return lens
 
 

@@ -1,10 +1,17 @@
-"""The ``fused`` path: the cell's traced step, hoisted and fused (:mod:`..fused`), for any cell that traces."""
+"""The ``fused`` path: the cell's traced step, hoisted and fused (:mod:`..fused`), for any cell that traces.
+
+Eagerly it runs one autograd node per sequence (``SequenceNode``). While dynamo traces
+(``torch.compile``) or a ``torch.func`` transform runs, it runs the same computation through the
+registered operators ``torchcells::fused_forward``/``fused_backward`` (:mod:`..ops`), which both
+see as single ops with known shapes and a known autograd formula (and vmap rule).
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from ...graph import TraceError
+from .. import ops
 from ..call import Call, Path, Result
 from ..fused import explain_fallback, fused_call, inference_call, step_program
 
@@ -14,15 +21,25 @@ class FusedPath(Path):
 
     def accepts(self, call: Call) -> Optional[str]:
         """Whether the step traces (traced once per cell structure and shapes, then cached)."""
+        if ops.compiling():
+            return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
         try:
-            step_program(call, masked=call.lengths is not None)
+            if ops.functorch_active():
+                ops.kernels_for(call)
+            else:
+                step_program(call, masked=call.lengths is not None)
         except TraceError as error:
             return str(error)
         return None
 
     def explain(self, call: Call, reason: str) -> None:
-        explain_fallback(call.cell, TraceError(reason))
+        if not ops.compiling():
+            explain_fallback(call.cell, TraceError(reason))
 
     def run(self, call: Call) -> Result:
+        if ops.compiling():
+            handle = ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[0]
+            return ops.run_ops(call, handle)
+        if ops.functorch_active():
+            return ops.run_ops(call)
         return fused_call(call) if call.needs_grad else inference_call(call)
-

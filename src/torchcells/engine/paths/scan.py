@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ...cell import declares
@@ -20,6 +21,9 @@ class ScanPath(Path):
                     "is linear in the state")
         if not isinstance(call.state, Tensor):
             return "engine='scan' needs a cell whose state is one tensor"
+        if torch.compiler.is_compiling():
+            return ("under torch.compile the scan cannot run: it sizes its chunks from the data (the "
+                    "range of log a), which a compiled graph cannot read; the fused path or the loop runs")
         return None
 
     def run(self, call: Call) -> Result:

@@ -5,7 +5,9 @@ A cell whose ``torch_kernel()`` returns a :class:`~torchcells.cell.TorchKernelFo
 function, so one layer of it can run on the kernel behind nn.RNN/nn.LSTM/nn.GRU (oneDNN on
 CPU, cuDNN on CUDA). Same contract as the reference loop, tested equal to it. Not for
 every-step states (the kernels return the last state only) nor a sequence of length 0
-(a packed batch cannot hold one); those calls run on the other paths.
+(a packed batch cannot hold one); those calls run on the other paths. Under torch.compile it
+runs the cell through the fused path's operator (:mod:`..ops`): AOT autograd decomposes torch's
+kernel into a graph per number of steps, so every new ``T`` would compile again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import _VF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ...cell import TorchKernelForm, cell_name, declares
+from .. import ops
 from ..call import Call, Path, Result
 
 
@@ -32,12 +35,19 @@ class TorchKernelPath(Path):
             return f"engine='torch' runs only inputs (T, B, I), got {call.raw_x.dim()} dimensions"
         if call.all_states:
             return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
+        if ops.compiling():  # run() takes the fused operator, which runs any lengths
+            return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
         if call.lengths is not None and int(call.lengths.min()) == 0:
             return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
         return None
 
     def defer(self, call: Call) -> Optional[str]:
-        """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't."""
+        """A GRU on CPU: the native runtime beats torch's kernel (BENCHMARKS.md); LSTM and Elman: it doesn't.
+        Under torch.compile every cell: AOT autograd decomposes torch's kernel into one graph per
+        number of steps (each new ``T`` compiles again), the fused path's operator holds for all."""
+        if ops.compiling():
+            return ("under torch.compile torch's kernel is decomposed into a graph per number of steps; "
+                    "the fused path's operator holds for every length")
         form = _form(call)
         if form is not None and form.kind == "gru" and call.raw_x.device.type == "cpu" and not torch.jit.is_tracing():
             from ..native import library
@@ -46,6 +56,11 @@ class TorchKernelPath(Path):
         return None
 
     def run(self, call: Call) -> Result:
+        if ops.compiling():
+            # AOT autograd decomposes torch's kernel into a graph per number of steps (and packing
+            # reads the lengths' values): the fused operator computes the same cell for every T
+            handle = ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[0]
+            return ops.run_ops(call, handle)
         form = _form(call)
         assert form is not None  # accepts() checked
         kernel = getattr(_VF, form.kind)
