@@ -1,8 +1,10 @@
 """The benchmark harness runs and reports (tiny sizes; no time is asserted -- speed lives in BENCHMARKS.md)."""
 
+import pytest
 import torch
 
-from torchcells.bench import UserLSTMCell, autocast_rows, environment, lstm_rows, new_batch_rows, to_markdown
+from torchcells.bench import (UserLSTMCell, autocast_rows, compile_rows, environment, lstm_rows, new_batch_rows,
+                              onnx_rows, to_markdown)
 from torchcells import LSTMCell, Recurrent
 
 
@@ -56,3 +58,10 @@ def test_autocast_and_new_batch_rows_measure_both_sides():
     assert [r.theirs for r in rows] == ["nn.LSTM", "nn.GRU", "nn.LSTM"]
     assert all(r.ms_ours > 0 and r.ms_theirs > 0 and r.runs == 2 for r in rows)
     assert "B = 3, 4" in rows[-1].note
+
+
+def test_compile_and_onnx_rows_measure_both_sides():
+    pytest.importorskip("onnxruntime")
+    rows = compile_rows(runs=2, shape=(2, 3, 4, 5), backend="aot_eager") + onnx_rows(runs=2, shape=(2, 3, 4, 5))
+    assert [r.theirs for r in rows] == ["Recurrent(UserLSTMCell), eager", "nn.LSTM", "nn.LSTM (ONNX LSTM node)"]
+    assert all(r.ms_ours > 0 and r.ms_theirs > 0 for r in rows)

@@ -204,6 +204,57 @@ def new_batch_rows(runs: int, shape: tuple[int, int, int, int] = (32, 100, 64, 2
                 "as the warm row (no re-trace)", runs, note=f"B = {b + 1}, {b + 2}, ... (B column: the warm size)")]
 
 
+def compile_rows(runs: int, shape: tuple[int, int, int, int] = (32, 100, 64, 256),
+                 backend: str = "inductor") -> list[Row]:
+    """``torch.compile(Recurrent(UserLSTMCell), fullgraph=True, dynamic=True)`` against its eager self
+    and against nn.LSTM (eager: dynamo does not take nn.LSTM whole in fullgraph). The compile itself
+    is in the warm-up call, not timed."""
+    b, t, i, h = shape
+    torch.manual_seed(0)
+    x = torch.randn(t, b, i, requires_grad=True)
+    eager = Recurrent(UserLSTMCell(i, h))
+    compiled = torch.compile(eager, fullgraph=True, dynamic=True, backend=backend)
+    theirs = nn.LSTM(i, h)
+    times = _interleaved([_fwd_bwd(compiled, x), _fwd_bwd(eager, x), _fwd_bwd(theirs, x)], runs)
+    ms = [statistics.median(ts) * 1e3 for ts in times]
+    label = f"torch.compile(Recurrent(UserLSTMCell), fullgraph, {backend})"
+    return [Row("compiled user LSTM cell vs its eager run", shape, label, "Recurrent(UserLSTMCell), eager", ms[0], ms[1],
+                "(context)", runs),
+            Row("compiled user LSTM cell vs nn.LSTM", shape, label, "nn.LSTM", ms[0], ms[2], "(context)", runs)]
+
+
+def onnx_rows(runs: int, shape: tuple[int, int, int, int] = (32, 100, 64, 256)) -> list[Row]:
+    """Forward only, in onnxruntime: the user cell's ONNX file (``torchcells.export_onnx``, a ``Scan``
+    over time) against nn.LSTM's own ONNX export (an ONNX ``LSTM`` node). No rows without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    import tempfile
+    from pathlib import Path
+
+    from .export import export_onnx
+
+    b, t, i, h = shape
+    torch.manual_seed(0)
+    x = torch.randn(t, b, i)
+    sessions = []
+    with tempfile.TemporaryDirectory() as folder:
+        ours = export_onnx(Recurrent(UserLSTMCell(i, h)), x, Path(folder) / "ours.onnx")
+        theirs = Path(folder) / "theirs.onnx"
+        torch.onnx.export(nn.LSTM(i, h), (x,), str(theirs), dynamo=False, input_names=["input"],
+                          dynamic_axes={"input": {0: "T", 1: "B"}})
+        for path in (ours, theirs):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            sessions.append(ort.InferenceSession(str(path), options))
+    feed = {"input": x.numpy()}
+    times = _interleaved([lambda s=s: s.run(None, feed) for s in sessions], runs)  # type: ignore[misc]
+    return [Row("user LSTM cell vs nn.LSTM, both exported to ONNX, onnxruntime forward", shape,
+                "export_onnx(Recurrent(UserLSTMCell))", "nn.LSTM (ONNX LSTM node)",
+                statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, "(context)", runs)]
+
+
 def first_call_rows(steps: tuple[int, ...] = (100, 1000)) -> list[Row]:
     """The very first call in a fresh process: set-up (tracing and deriving the step's forward
     and backward, including make_fx's one-time import of torch._inductor/_dynamo) plus the run
@@ -320,6 +371,8 @@ def run_all(runs: int = 9, *, quick: bool = False) -> tuple[dict[str, str], list
     rows += scan_rows(runs)
     rows += autocast_rows(runs)
     rows += new_batch_rows(runs)
+    rows += compile_rows(runs)
+    rows += onnx_rows(runs)
     rows += first_call_rows()
     rows += memory_rows()
     return environment(), rows
