@@ -26,6 +26,7 @@ from torch import Tensor, fx, nn
 
 from ..cell import cell_name
 from ..graph import TRACING, CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
+from .trace_key import StepKey, step_key
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -58,38 +59,18 @@ class FusedKernels:
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
-# inputs, so two LSTMCell(64, 256) share one trace. The key holds everything the
-# trace may depend on: module types, their attributes (private ones too: a step that
-# reads ``self._gain`` bakes its value in; not nn.Module's own bookkeeping), parameter
-# shapes, training modes, and the step's shapes.
-_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+# inputs, so two LSTMCell(64, 256) share one trace. The key (:mod:`.trace_key`) holds
+# everything the trace may depend on: the structure, the step's shapes, and every Python
+# value the step's code can read (attributes, class attributes, globals, the forward in
+# effect). An entry is ``(kernels or the TraceError that stopped them, references to the
+# objects its key names by identity)``.
+_CACHE: "OrderedDict[tuple, tuple[Any, tuple]]" = OrderedDict()
 _CACHE_SIZE = 256
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_SIMPLE = (int, float, str, bool, type(None), torch.dtype, torch.device)
-#: the attributes every nn.Module has (its parameters, buffers, submodules, hooks): keyed
-#: through named_parameters/named_buffers/named_modules, not by the identity of their dicts
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
-def _attribute_key(value: Any) -> Any:
-    if isinstance(value, _SIMPLE):
-        return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
-        return tuple(value)
-    return ("object", id(value))
-
-
-def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
-    from torch.utils._pytree import tree_flatten
-    leaves, spec = tree_flatten(state)
-    modules = tuple(
-        (name, type(m), m.training,
-         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if k not in _MODULE_INTERNALS)),
-         tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)),
-         tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
-        for name, m in cell.named_modules())
-    return (modules, tuple(x_t.shape), x_t.dtype, x_t.device,
-            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked, _autocast_key(x_t.device.type))
+def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> StepKey:
+    return step_key(cell, x_t, state, masked, _autocast_key(x_t.device.type))
 
 
 def _autocast_key(device_type: str) -> Any:
@@ -113,24 +94,25 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     return found
 
 
-def _cached_or_built(key: tuple, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
+def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
     """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing."""
-    found = _CACHE.get(key)
-    if found is not None:
+    entry = _CACHE.get(key)
+    if entry is not None and key.same_objects(entry[1]):
         _CACHE.move_to_end(key)
-    else:
-        try:
-            found = _build(cell, x_t, state, masked)
-        except TraceError as e:
-            found = e
-        except Exception as e:  # a failure of the derivation itself: fall back, say why
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
-        if isinstance(found, FusedKernels):
-            found.autocast = key[-1]
-        _CACHE[key] = found
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        return entry[0]
+    try:
+        found: Any = _build(cell, x_t, state, masked)
+    except TraceError as e:
+        found = e
+    except Exception as e:  # a failure of the derivation itself: fall back, say why
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
+    if isinstance(found, FusedKernels):
+        found.autocast = key[2][-1]
+    _CACHE[key] = (found, key.refs())
+    _CACHE.move_to_end(key)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return found
 
 
