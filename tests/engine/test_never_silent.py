@@ -4,6 +4,7 @@ values the step reads: the fused engine equals the loop or raises, never differs
 from __future__ import annotations
 
 import types
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -248,3 +249,45 @@ def test_cells_that_differ_only_in_a_value_read_do_not_share_a_trace(change):
     finally:
         undo()
 
+
+
+class Annealed(tc.Cell):
+    """A public float set before every call (a temperature annealed during training)."""
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self.lin = torch.nn.Linear(I + H, H)
+        self.temperature = 1.0
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)) / self.temperature)
+        return h, h
+
+
+def _calls(cell, values) -> None:
+    layer, x = tc.Recurrent(cell, engine="fused"), torch.randn(T, B, I)
+    for v in values:
+        cell.temperature = v
+        torch.testing.assert_close(layer(x)[0], tc.Recurrent(cell, engine="loop")(x)[0])
+
+
+def test_a_value_that_changes_at_every_call_is_named_once():
+    from torchcells.engine.derive import RETRACES_IN_A_ROW
+
+    cell = Annealed()
+    values = [1.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 1)]
+    with pytest.warns(UserWarning, match=r"Annealed\(3→4\) was traced again at each of its last 8 calls .*"
+                                         r"attribute temperature of the cell changed every time; make it a buffer"):
+        _calls(cell, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _calls(cell, [2.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 1)])  # once per cell
+
+
+def test_a_value_that_changes_a_few_times_is_not_named():
+    from torchcells.engine.derive import RETRACES_IN_A_ROW
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _calls(Annealed(), [1.0, 0.5, 0.25] * RETRACES_IN_A_ROW)  # three values, each traced once
+        _calls(Annealed(), [1.0 + i for i in range(RETRACES_IN_A_ROW - 1)])  # fewer changes than the limit

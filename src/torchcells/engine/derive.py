@@ -15,18 +15,20 @@ an executor (:mod:`.executors`), which may plan them for itself on first use.
 from __future__ import annotations
 
 import operator
+import os
+import sys
 import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, fx, nn
 
 from ..cell import cell_name
 from ..graph import TRACING, CellProgram, TraceError, cut_graph, drop_detach, fast_targets, trace_cell
-from .trace_key import StepKey, step_key
+from .trace_key import StepKey, describe_change, step_key
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -67,6 +69,11 @@ class FusedKernels:
 _CACHE: "OrderedDict[tuple, tuple[Any, tuple]]" = OrderedDict()
 _CACHE_SIZE = 256
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+#: derivations in a row for one cell (none found in the cache) after which it is told why, once
+RETRACES_IN_A_ROW = 8
+#: per cell: the key of its last derivation and how many derivations in a row it has had since a hit
+_STREAKS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+_WARNED_RETRACES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> StepKey:
@@ -88,18 +95,22 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
     key = _key(cell, x_t, state, masked)
     with TRACING:  # one derivation at a time (make_fx is not thread-safe); the cache under it too
-        found = _cached_or_built(key, cell, x_t, state, masked)
+        found, built = _cached_or_built(key, cell, x_t, state, masked)
+        changing = _count_retraces(cell, key, built)
+    if changing is not None:
+        warnings.warn(changing, stacklevel=_caller_level())
     if isinstance(found, TraceError):
         raise found
     return found
 
 
-def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
-    """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing."""
+def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple[Any, bool]:
+    """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing;
+    and whether it was built."""
     entry = _CACHE.get(key)
     if entry is not None and key.same_objects(entry[1]):
         _CACHE.move_to_end(key)
-        return entry[0]
+        return entry[0], False
     try:
         found: Any = _build(cell, x_t, state, masked)
     except TraceError as e:
@@ -113,7 +124,41 @@ def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, mas
     _CACHE.move_to_end(key)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return found
+    return found, True
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torchcells and torch: the user's call."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _count_retraces(cell: nn.Module, key: StepKey, built: bool) -> Optional[str]:
+    """Count ``cell``'s derivations in a row; at :data:`RETRACES_IN_A_ROW`, once per cell, what to
+    tell the user: a Python value the trace bakes in changes at every call (each call then pays a
+    trace, 40 ms or so, instead of reusing one)."""
+    streak = _STREAKS.get(cell)
+    if not built:
+        if streak is not None:
+            streak[1] = 0
+        return None
+    if streak is None:
+        _STREAKS[cell] = [key, 0]
+        return None
+    last, streak[0] = streak[0], key
+    streak[1] += 1
+    if streak[1] < RETRACES_IN_A_ROW or cell in _WARNED_RETRACES:
+        return None
+    _WARNED_RETRACES.add(cell)
+    changing = describe_change(last, key)
+    advice = ("pad batches to a few sizes" if changing == "the batch size" else
+              "make it a buffer (register_buffer) or pass it to forward as a tensor, so the trace reads it "
+              "instead of baking it in")
+    return (f"{cell_name(cell)} was traced again at each of its last {streak[1]} calls of the fused engine "
+            f"because {changing} changed every time; {advice} (or run it with engine='loop')")
 
 
 def explain_fallback(cell: Any, error: TraceError) -> None:
