@@ -291,3 +291,29 @@ def test_a_value_that_changes_a_few_times_is_not_named():
         warnings.simplefilter("error")
         _calls(Annealed(), [1.0, 0.5, 0.25] * RETRACES_IN_A_ROW)  # three values, each traced once
         _calls(Annealed(), [1.0 + i for i in range(RETRACES_IN_A_ROW - 1)])  # fewer changes than the limit
+
+
+def _closure_forward():
+    gain = 1.0
+
+    def forward(self, x, h):
+        h = torch.tanh(gain * self.lin(torch.cat([x, h], -1)))
+        return h, h
+
+    def set_gain(value):
+        nonlocal gain
+        gain = value
+
+    return forward, set_gain
+
+
+def test_a_changed_closure_variable_of_the_forward_in_effect_is_seen():
+    forward, set_gain = _closure_forward()
+    torch.manual_seed(0)
+    cell = Reading().double()
+    cell.forward = types.MethodType(forward, cell)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for gain in (1.0, 3.0):
+        set_gain(gain)
+        torch.testing.assert_close(tc.Recurrent(cell, engine="fused")(x)[0], tc.Recurrent(cell, engine="loop")(x)[0],
+                                   atol=1e-12, rtol=1e-10)

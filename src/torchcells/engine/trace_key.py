@@ -163,15 +163,16 @@ class _Reader:
             except RuntimeError:  # an inference tensor has no version counter (and cannot change in place)
                 version = None
             return (Tensor, self.identity(v), version, tuple(v.shape), v.dtype)
-        if depth and _size(v) <= MAX_ITEMS:
-            if isinstance(v, (tuple, list)):  # namedtuples and torch.Size too
+        if depth:
+            if isinstance(v, (tuple, list)) and len(v) <= MAX_ITEMS:  # namedtuples and torch.Size too
                 return (t, tuple([self.value(e, depth - 1) for e in v]))
-            if isinstance(v, dict):
+            if isinstance(v, dict) and len(v) <= MAX_ITEMS:
                 return (t, tuple([(self.value(k, depth - 1), self.value(e, depth - 1)) for k, e in v.items()]))
-            if t in _SETS:
+            if t in _SETS and len(v) <= MAX_ITEMS:
                 return (t, frozenset([self.value(e, depth - 1) for e in v]))
-            if t is types.SimpleNamespace or (dataclasses.is_dataclass(v) and not isinstance(v, type)):
-                return (t, tuple([(k, self.value(e, depth - 1)) for k, e in vars(v).items()]))
+            fields = _fields(v, t)
+            if fields is not None and len(fields) <= MAX_ITEMS:
+                return (t, tuple([(k, self.value(e, depth - 1)) for k, e in fields.items()]))
         return self.identity(v)
 
     # -- code
@@ -221,11 +222,13 @@ class _Reader:
                     self.follow(v, depth + 1)
 
 
-def _size(v: Any) -> int:
-    try:
-        return len(v)
-    except TypeError:
-        return 0
+def _fields(v: Any, t: type) -> Optional[dict]:
+    """The attributes of a dataclass instance or a ``SimpleNamespace`` (keyed by contents), else ``None``."""
+    if t is types.SimpleNamespace:
+        return vars(v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}  # slots dataclasses too
+    return None
 
 
 _LIBRARY_MODULES: dict[Optional[str], bool] = {}
