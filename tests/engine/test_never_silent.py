@@ -317,3 +317,19 @@ def test_a_changed_closure_variable_of_the_forward_in_effect_is_seen():
         set_gain(gain)
         torch.testing.assert_close(tc.Recurrent(cell, engine="fused")(x)[0], tc.Recurrent(cell, engine="loop")(x)[0],
                                    atol=1e-12, rtol=1e-10)
+
+
+def test_the_cache_keeps_no_cell_alive():
+    """An instance forward bound to the cell is keyed by identity, but held weakly: dropping the cell
+    frees it (the cache and the re-trace count keep no strong reference)."""
+    import gc
+    import weakref
+
+    cell = Reading()
+    cell.forward = types.MethodType(_other_forward, cell)
+    for batch in (1, 2):
+        tc.Recurrent(cell, engine="fused")(torch.randn(T, batch, I))
+    gone = weakref.ref(cell)
+    del cell
+    gc.collect()
+    assert gone() is None

@@ -130,7 +130,7 @@ def _store(key: StepKey, found: Any) -> None:
     """Enter ``found`` under ``key``; the least recently used entries leave while the cache holds
     more than :data:`_CACHE_SIZE` entries or :data:`_CACHE_NODES` nodes (the newest always stays)."""
     _CACHE.pop(key, None)
-    _CACHE[key] = (found, key.refs(), _weight(found))
+    _CACHE[tuple(key)] = (found, key.refs(), _weight(found))  # the plain tuple: no strong references
     nodes = sum(entry[2] for entry in _CACHE.values())  # a few hundred entries, on a miss only
     while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or nodes > _CACHE_NODES):
         nodes -= _CACHE.popitem(last=False)[1][2]
@@ -155,14 +155,14 @@ def _count_retraces(cell: nn.Module, key: StepKey, built: bool) -> Optional[str]
             streak[1] = 0
         return None
     if streak is None:
-        _STREAKS[cell] = [key, 0]
+        _STREAKS[cell] = [tuple(key), 0]  # the plain tuple (a bound forward would keep the cell alive)
         return None
-    last, streak[0] = streak[0], key
+    last, streak[0] = streak[0], tuple(key)
     streak[1] += 1
     if streak[1] < RETRACES_IN_A_ROW or cell in _WARNED_RETRACES:
         return None
     _WARNED_RETRACES.add(cell)
-    changing = describe_change(last, key)
+    changing = describe_change(last, streak[0])
     advice = ("pad batches to a few sizes" if changing == "the batch size" else
               "make it a buffer (register_buffer) or pass it to forward as a tensor, so the trace reads it "
               "instead of baking it in")

@@ -62,7 +62,8 @@ _CODE = (types.FunctionType, staticmethod, classmethod, property, types.MemberDe
 
 
 class StepKey(tuple):
-    """The key: ``(structure, values, shapes)``; :attr:`held` the objects keyed by identity, in order."""
+    """The key: ``(structure, values, shapes)``; :attr:`held` the objects keyed by identity, in order.
+    Kept as a plain ``tuple(key)`` (equal, same hash) with :meth:`refs`: no strong references."""
 
     held: list
 
@@ -279,7 +280,7 @@ _LABELS = {"attribute": "attribute {name} of {where}", "class attribute": "class
            "defaults": "default arguments of {where}"}
 
 
-def describe_change(before: StepKey, after: StepKey) -> str:
+def describe_change(before: tuple, after: tuple) -> str:
     """What differs between two keys of one cell, in words (``"attribute temperature of the cell"``)."""
     changed: list[str] = []
     if before[0] != after[0]:
