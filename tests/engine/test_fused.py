@@ -322,6 +322,34 @@ def test_gradgradcheck_fused_path_reverse_and_lengths():
     assert torch.autograd.gradgradcheck(f, (x, h0))
 
 
+def test_the_cache_is_bounded_in_graph_nodes_and_its_slim_entries_still_run(monkeypatch):
+    """Entries keep no node metadata but the aten graphs' shapes; the least recently used leave
+    once the cache holds more nodes than its bound (memory, not only a count)."""
+    from collections import OrderedDict
+
+    monkeypatch.setattr(derive_module, "_CACHE", OrderedDict())
+    cell = tc.GRUCell(I, H).double()
+    x = torch.randn(T, 2, I, dtype=torch.float64)
+    run_fused(cell, x, cell.init_state(2, dtype=torch.float64))
+    (kernels, _, weight), = derive_module._CACHE.values()
+    assert weight == sum(len(g.nodes) for g in derive_module._graphs(kernels))
+    for graph in derive_module._graphs(kernels):
+        kept = {k for n in graph.nodes for k in n.meta}
+        assert kept <= ({"val"} if graph in kernels.aten_graphs else set()), kept
+    monkeypatch.setattr(derive_module, "_CACHE_NODES", 2 * weight + 1)
+    for batch in (3, 4, 5, 2):
+        x = torch.randn(T, batch, I, dtype=torch.float64, requires_grad=True)
+        for native in (True, False):
+            out = run_fused(cell, x, cell.init_state(batch, dtype=torch.float64), native=native)[0]
+            want = unroll(cell, x, cell.init_state(batch, dtype=torch.float64))[0]
+            torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-10)
+            grads = torch.autograd.grad(out.sum(), [x, *cell.parameters()])
+            wants = torch.autograd.grad(want.sum(), [x, *cell.parameters()])
+            for got, expected in zip(grads, wants):
+                torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+        assert len(derive_module._CACHE) == 2  # the two most recent
+
+
 def test_gradcheck_fused_path():
     """Input and initial-state gradients by finite differences (parameter gradients are
     checked against the loop above, and the loop's by gradcheck in test_recurrent)."""

@@ -3,6 +3,10 @@ values the step reads: the fused engine equals the loop or raises, never differs
 
 from __future__ import annotations
 
+import types
+import warnings
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -126,3 +130,206 @@ def test_stacked_drop_ins_run_under_autocast_as_torch_nn_does(name):
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
     with pytest.raises(TypeError, match="input has dtype torch.bfloat16"):
         ours(x.bfloat16())  # outside autocast, a mismatch is still an error
+
+
+# -- Python values the step reads, outside the cell's instance attributes: a change after the
+# first call gives the loop's result; two cells that differ only there do not share a trace.
+
+SCALE = 1.0
+OFFSETS = {"shift": 0.0}
+
+
+def _scaled(v):
+    return v * SCALE
+
+
+class Reading(tc.Cell):
+    """A step that reads a class attribute, a module global (directly and through a helper), the
+    contents of a dict, a list and a dataclass, a method and a property."""
+
+    GAIN = 1.0
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self.lin = torch.nn.Linear(I + H, H)
+        self.cfg = {"gain": 1.0}
+        self.taps = [1.0, 0.5]
+        self.opts = _Options()
+
+    @property
+    def bias(self):
+        return OFFSETS["shift"]
+
+    def squash(self, v):
+        return torch.tanh(v)
+
+    def forward(self, x, h):
+        z = _scaled(self.lin(torch.cat([x, h], -1))) * self.GAIN * self.cfg["gain"] * self.taps[1]
+        h = self.squash(z * self.opts.gain + self.bias)
+        return h, h
+
+
+@dataclass
+class _Options:
+    gain: float = 1.0
+
+
+def _set_global(name: str, value) -> None:
+    globals()[name] = value
+
+
+def _other_forward(self, x, h):
+    h = torch.sigmoid(self.lin(torch.cat([x, h], -1)))
+    return h, h
+
+
+# name -> (change made on the cell, or on its class and module, after the first call; undo)
+CHANGES = {
+    "class attribute": (lambda c: setattr(Reading, "GAIN", 3.0), lambda: setattr(Reading, "GAIN", 1.0)),
+    "global": (lambda c: _set_global("SCALE", 3.0), lambda: _set_global("SCALE", 1.0)),
+    "dict contents": (lambda c: c.cfg.update(gain=3.0), lambda: None),
+    "list contents": (lambda c: c.taps.__setitem__(1, 3.0), lambda: None),
+    "dataclass contents": (lambda c: setattr(c.opts, "gain", 3.0), lambda: None),
+    "global dict read by a property": (lambda c: OFFSETS.update(shift=0.5), lambda: OFFSETS.update(shift=0.0)),
+    "method replaced": (lambda c: setattr(Reading, "squash", lambda self, v: torch.sigmoid(v)),
+                        lambda: setattr(Reading, "squash", lambda self, v: torch.tanh(v))),
+    "class forward replaced": (lambda c: setattr(Reading, "forward", _other_forward),
+                               lambda: setattr(Reading, "forward", _READING_FORWARD)),
+    "instance forward replaced": (lambda c: setattr(c, "forward", types.MethodType(_other_forward, c)),
+                                  lambda: None),
+}
+_READING_FORWARD = Reading.forward
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_a_changed_python_value_the_step_reads_is_seen_by_the_fused_engine(change, lengths):
+    make, undo = CHANGES[change]
+    torch.manual_seed(0)
+    cell = Reading().double()
+    fused, loop = tc.Recurrent(cell, engine="fused"), tc.Recurrent(cell, engine="loop")
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    kwargs = {"lengths": torch.tensor([4, 2, 3])} if lengths else {}
+    try:
+        torch.testing.assert_close(fused(x, **kwargs)[0], loop(x, **kwargs)[0], atol=1e-12, rtol=1e-10)
+        make(cell)
+        got, want = fused(x, **kwargs)[0], loop(x, **kwargs)[0]
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        g_got = torch.autograd.grad(got.sum(), [x, *cell.parameters()])
+        g_want = torch.autograd.grad(want.sum(), [x, *cell.parameters()])
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    finally:
+        undo()
+
+
+@pytest.mark.parametrize("change", ["class attribute", "dict contents", "dataclass contents"])
+def test_cells_that_differ_only_in_a_value_read_do_not_share_a_trace(change):
+    """Two live cells, one changed: each gets its own result (neither reuses the other's trace)."""
+    make, undo = CHANGES[change]
+    torch.manual_seed(0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    first, second = Reading().double(), Reading().double()
+    second.load_state_dict(first.state_dict())
+    try:
+        if change == "class attribute":  # a subclass differs from its base only in the class value
+
+            class Louder(Reading):
+                GAIN = 3.0
+
+            second = Louder().double()
+            second.load_state_dict(first.state_dict())
+        else:
+            make(second)
+        outs = {}
+        for name, cell in (("first", first), ("second", second), ("first again", first)):
+            outs[name] = tc.Recurrent(cell, engine="fused")(x)[0]
+            torch.testing.assert_close(outs[name], tc.Recurrent(cell, engine="loop")(x)[0], atol=1e-12, rtol=1e-10)
+        assert not torch.allclose(outs["first"], outs["second"])
+    finally:
+        undo()
+
+
+
+class Annealed(tc.Cell):
+    """A public float set before every call (a temperature annealed during training)."""
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self.lin = torch.nn.Linear(I + H, H)
+        self.temperature = 1.0
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)) / self.temperature)
+        return h, h
+
+
+def _calls(cell, values) -> None:
+    layer, x = tc.Recurrent(cell, engine="fused"), torch.randn(T, B, I)
+    for v in values:
+        cell.temperature = v
+        torch.testing.assert_close(layer(x)[0], tc.Recurrent(cell, engine="loop")(x)[0])
+
+
+def test_a_value_that_changes_at_every_call_is_named_once():
+    from torchcells.engine.derive import RETRACES_IN_A_ROW
+
+    cell = Annealed()
+    values = [1.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 1)]
+    with pytest.warns(UserWarning, match=r"Annealed\(3→4\) was traced again at each of its last 8 calls .*"
+                                         r"attribute temperature of the cell changed every time; make it a buffer"):
+        _calls(cell, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _calls(cell, [2.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 1)])  # once per cell
+
+
+def test_a_value_that_changes_a_few_times_is_not_named():
+    from torchcells.engine.derive import RETRACES_IN_A_ROW
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _calls(Annealed(), [1.0, 0.5, 0.25] * RETRACES_IN_A_ROW)  # three values, each traced once
+        _calls(Annealed(), [1.0 + i for i in range(RETRACES_IN_A_ROW - 1)])  # fewer changes than the limit
+
+
+def _closure_forward():
+    gain = 1.0
+
+    def forward(self, x, h):
+        h = torch.tanh(gain * self.lin(torch.cat([x, h], -1)))
+        return h, h
+
+    def set_gain(value):
+        nonlocal gain
+        gain = value
+
+    return forward, set_gain
+
+
+def test_a_changed_closure_variable_of_the_forward_in_effect_is_seen():
+    forward, set_gain = _closure_forward()
+    torch.manual_seed(0)
+    cell = Reading().double()
+    cell.forward = types.MethodType(forward, cell)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    for gain in (1.0, 3.0):
+        set_gain(gain)
+        torch.testing.assert_close(tc.Recurrent(cell, engine="fused")(x)[0], tc.Recurrent(cell, engine="loop")(x)[0],
+                                   atol=1e-12, rtol=1e-10)
+
+
+def test_the_cache_keeps_no_cell_alive():
+    """An instance forward bound to the cell is keyed by identity, but held weakly: dropping the cell
+    frees it (the cache and the re-trace count keep no strong reference)."""
+    import gc
+    import weakref
+
+    cell = Reading()
+    cell.forward = types.MethodType(_other_forward, cell)
+    for batch in (1, 2):
+        tc.Recurrent(cell, engine="fused")(torch.randn(T, batch, I))
+    gone = weakref.ref(cell)
+    del cell
+    gc.collect()
+    assert gone() is None

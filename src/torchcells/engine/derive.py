@@ -15,17 +15,20 @@ an executor (:mod:`.executors`), which may plan them for itself on first use.
 from __future__ import annotations
 
 import operator
+import os
+import sys
 import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, fx, nn
 
 from ..cell import cell_name
 from ..graph import TRACING, CellProgram, TraceError, as_traced, cut_graph, drop_detach, fast_targets, trace_cell
+from .trace_key import StepKey, describe_change, step_key
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
 
@@ -58,38 +61,25 @@ class FusedKernels:
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
-# inputs, so two LSTMCell(64, 256) share one trace. The key holds everything the
-# trace may depend on: module types, their attributes (private ones too: a step that
-# reads ``self._gain`` bakes its value in; not nn.Module's own bookkeeping), parameter
-# shapes, training modes, and the step's shapes.
-_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+# inputs, so two LSTMCell(64, 256) share one trace. The key (:mod:`.trace_key`) holds
+# everything the trace may depend on: the structure, the step's shapes, and every Python
+# value the step's code can read (attributes, class attributes, globals, the forward in
+# effect). An entry is ``(kernels or the TraceError that stopped them, references to the
+# objects its key names by identity, its weight in graph nodes)``.
+_CACHE: "OrderedDict[tuple, tuple[Any, tuple, int]]" = OrderedDict()
 _CACHE_SIZE = 256
+#: the cache's bound in graph nodes, all entries together (:func:`_weight`): memory, not only a count
+_CACHE_NODES = 40_000
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_SIMPLE = (int, float, str, bool, type(None), torch.dtype, torch.device)
-#: the attributes every nn.Module has (its parameters, buffers, submodules, hooks): keyed
-#: through named_parameters/named_buffers/named_modules, not by the identity of their dicts
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+#: derivations in a row for one cell (none found in the cache) after which it is told why, once
+RETRACES_IN_A_ROW = 8
+#: per cell: the key of its last derivation and how many derivations in a row it has had since a hit
+_STREAKS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+_WARNED_RETRACES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-def _attribute_key(value: Any) -> Any:
-    if isinstance(value, _SIMPLE):
-        return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
-        return tuple(value)
-    return ("object", id(value))
-
-
-def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple:
-    from torch.utils._pytree import tree_flatten
-    leaves, spec = tree_flatten(state)
-    modules = tuple(
-        (name, type(m), m.training,
-         tuple(sorted((k, _attribute_key(v)) for k, v in vars(m).items() if k not in _MODULE_INTERNALS)),
-         tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)),
-         tuple((n, tuple(b.shape), b.dtype) for n, b in m.named_buffers(recurse=False)))
-        for name, m in cell.named_modules())
-    return (modules, tuple(x_t.shape), x_t.dtype, x_t.device,
-            tuple((tuple(t.shape), t.dtype) for t in leaves), str(spec), masked, _autocast_key(x_t.device.type))
+def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> StepKey:
+    return step_key(cell, x_t, state, masked, _autocast_key(x_t.device.type))
 
 
 def _autocast_key(device_type: str) -> Any:
@@ -107,31 +97,77 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
     key = _key(cell, x_t, state, masked)
     with TRACING:  # one derivation at a time (make_fx is not thread-safe); the cache under it too
-        found = _cached_or_built(key, cell, x_t, state, masked)
+        found, built = _cached_or_built(key, cell, x_t, state, masked)
+        changing = _count_retraces(cell, key, built)
+    if changing is not None:
+        warnings.warn(changing, stacklevel=_caller_level())
     if isinstance(found, TraceError):
         raise found
     return found
 
 
-def _cached_or_built(key: tuple, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
-    """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing."""
-    found = _CACHE.get(key)
-    if found is not None:
+def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple[Any, bool]:
+    """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing;
+    and whether it was built."""
+    entry = _CACHE.get(key)
+    if entry is not None and key.same_objects(entry[1]):
         _CACHE.move_to_end(key)
-    else:
-        try:
-            found = _build(cell, x_t, state, masked)
-        except TraceError as e:
-            found = e
-        except Exception as e:  # a failure of the derivation itself: fall back, say why
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
-        if isinstance(found, FusedKernels):
-            found.autocast = key[-1]
-        _CACHE[key] = found
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return found
+        return entry[0], False
+    try:
+        found: Any = _build(cell, x_t, state, masked)
+    except TraceError as e:
+        found = e
+    except Exception as e:  # a failure of the derivation itself: fall back, say why
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
+    if isinstance(found, FusedKernels):
+        found.autocast = key[2][-1]
+    _store(key, found)
+    return found, True
+
+
+def _store(key: StepKey, found: Any) -> None:
+    """Enter ``found`` under ``key``; the least recently used entries leave while the cache holds
+    more than :data:`_CACHE_SIZE` entries or :data:`_CACHE_NODES` nodes (the newest always stays)."""
+    _CACHE.pop(key, None)
+    _CACHE[tuple(key)] = (found, key.refs(), _weight(found))  # the plain tuple: no strong references
+    nodes = sum(entry[2] for entry in _CACHE.values())  # a few hundred entries, on a miss only
+    while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or nodes > _CACHE_NODES):
+        nodes -= _CACHE.popitem(last=False)[1][2]
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torchcells and torch: the user's call."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _count_retraces(cell: nn.Module, key: StepKey, built: bool) -> Optional[str]:
+    """Count ``cell``'s derivations in a row; at :data:`RETRACES_IN_A_ROW`, once per cell, what to
+    tell the user: a Python value the trace bakes in changes at every call (each call then pays a
+    trace, 40 ms or so, instead of reusing one)."""
+    streak = _STREAKS.get(cell)
+    if not built:
+        if streak is not None:
+            streak[1] = 0
+        return None
+    if streak is None:
+        _STREAKS[cell] = [tuple(key), 0]  # the plain tuple (a bound forward would keep the cell alive)
+        return None
+    last, streak[0] = streak[0], tuple(key)
+    streak[1] += 1
+    if streak[1] < RETRACES_IN_A_ROW or cell in _WARNED_RETRACES:
+        return None
+    _WARNED_RETRACES.add(cell)
+    changing = describe_change(last, streak[0])
+    advice = ("pad batches to a few sizes" if changing == "the batch size" else
+              "make it a buffer (register_buffer) or pass it to forward as a tensor, so the trace reads it "
+              "instead of baking it in")
+    return (f"{cell_name(cell)} was traced again at each of its last {streak[1]} calls of the fused engine "
+            f"because {changing} changed every time; {advice} (or run it with engine='loop')")
 
 
 def explain_fallback(cell: Any, error: TraceError) -> None:
@@ -191,8 +227,34 @@ def _build_with_grad(program: CellProgram, cell: nn.Module, x_t: Tensor, state: 
         gm.recompile()
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
-    return FusedKernels(program, masked, fw, bw, n_outputs, deferred, transposed, n_grads,
-                        tangent_meta, aten_graphs)
+    kernels = FusedKernels(program, masked, fw, bw, n_outputs, deferred, transposed, n_grads,
+                           tangent_meta, aten_graphs)
+    _slim(kernels)
+    return kernels
+
+
+def _graphs(kernels: FusedKernels) -> list[fx.Graph]:
+    """Every graph the kernels hold."""
+    program = kernels.program
+    modules = [kernels.forward, kernels.backward, program.const_fn, program.input_fn, program.step_fn,
+               program.fast_step_fn, *kernels.deferred.values()]
+    return [gm.graph for gm in modules] + list(kernels.aten_graphs)
+
+
+def _slim(kernels: FusedKernels) -> None:
+    """Drop what a cache entry does not need: the nodes' metadata (fake tensors, stack traces,
+    provenance), all but the aten graphs' shapes and dtypes (``val``), which a planner reads: 15 % of
+    an entry (416 -> 356 KB of Python heap for an LSTMCell step; the rest is the graphs' nodes)."""
+    for graph in _graphs(kernels):
+        keep = graph in kernels.aten_graphs
+        for node in graph.nodes:
+            val = node.meta.get("val") if keep else None
+            node.meta = {"val": val} if val is not None else {}
+
+
+def _weight(found: Any) -> int:
+    """A cache entry's weight: the nodes of its graphs (memory grows with them, ~2 KB a node)."""
+    return sum(len(g.nodes) for g in _graphs(found)) if isinstance(found, FusedKernels) else 1
 
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
