@@ -205,3 +205,21 @@ def test_second_order_eagerly_still_matches_the_loop():
         results.append(torch.autograd.grad(g.pow(2).sum(), [x, *model.parameters()]))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_compile_check_is_marked_as_torchs_decorator_marks_and_import_leaves_dynamo_alone():
+    """The mark is set by hand so that importing torchcells does not import torch._dynamo (0.85 s)."""
+    import subprocess
+    import sys
+
+    from torchcells.engine import ops
+
+    def probe():
+        return None
+
+    marked = torch._dynamo.assume_constant_result(probe)
+    mine = {k: v for k, v in vars(ops.compile_check).items() if k.startswith("_dynamo")}
+    assert mine == {k: v for k, v in vars(marked).items() if k.startswith("_dynamo")} != {}
+    done = subprocess.run([sys.executable, "-c", "import sys, torchcells; print('torch._dynamo' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -165,7 +165,16 @@ def kernels_for(call: Call) -> FusedKernels:
                             call.lengths is not None)
 
 
-@torch._dynamo.assume_constant_result
+def _assume_constant_result(fn: Any) -> Any:
+    """``torch.compiler.assume_constant_result`` without importing dynamo when this module loads
+    (``torch._dynamo`` costs 0.85 s of every ``import torchcells``; torch.compile imports it anyway
+    before it traces). Dynamo reads this mark when it meets the function; torch's decorator sets
+    exactly it (tested: tests/engine/test_compile.py)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def compile_check(cell: nn.Module, masked: bool, dtype: torch.dtype, device: torch.device) -> tuple[int, Optional[str]]:
     """Run by dynamo while it traces (its result is a constant of the graph): the cell's handle, and
     why the fused path cannot compile it, or ``None``. Where the cell declares its step's sizes
