@@ -382,6 +382,7 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor],
     for node in graph.nodes:
         if node.op == "call_function" and any(a in backward_nodes for a in node.all_input_nodes):
             backward_nodes.add(node)
+    _sizes_from_tangents(graph, backward_nodes, tangent_nodes)
     forward_outputs = results[:n_out]
     if any(isinstance(o, fx.Node) and o in backward_nodes for o in forward_outputs):
         raise TraceError("an output of the step depends on its own gradient")
@@ -398,6 +399,48 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor],
     fw = fx.GraphModule(root, cut_graph(graph, primal_nodes, forward_outputs + saved))
     bw = fx.GraphModule(root, cut_graph(graph, saved + tangent_nodes, results[n_out:]))
     return fw, bw, n_out
+
+
+def _sizes_from_tangents(graph: fx.Graph, backward_nodes: set[fx.Node], tangent_nodes: list[fx.Node]) -> None:
+    """In a batch-generic joint graph, the sizes (``SymInt`` nodes) the backward reads from the forward
+    are computed again in the backward, from a tangent's batch dim: a step saves tensors only (what
+    executors save between the passes), never numbers. Raises TraceError where a size is not a
+    function of a tangent's dims (the cell is then traced per ``B``)."""
+    def is_size(node: Any) -> bool:
+        return isinstance(node, fx.Node) and isinstance(node.meta.get("val"), torch.SymInt)
+
+    wanted = [a for n in list(backward_nodes) for a in n.all_input_nodes if a not in backward_nodes and is_size(a)]
+    if not wanted:
+        return
+    dims = {}  # a tangent dim's size expression -> (tangent, dim)
+    for t in tangent_nodes:
+        for d, size in enumerate(getattr(t.meta.get("val"), "shape", ())):
+            if isinstance(size, torch.SymInt):
+                dims.setdefault(size.node.expr, (t, d))
+    copies: dict[fx.Node, fx.Node] = {}
+    cursor = [tangent_nodes[-1]]  # new nodes go after the placeholders, in the order they are made
+
+    def copy(node: fx.Node) -> fx.Node:
+        if node in copies:
+            return copies[node]
+        expr = node.meta["val"].node.expr
+        if expr in dims:
+            target, args, kwargs = aten.sym_size.int, dims[expr], {}
+        elif node.op == "call_function" and node.target is not aten.sym_size.int:
+            target = node.target
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: copy(a) if is_size(a) else a)
+        else:
+            raise TraceError(f"the backward reads a size of the forward ({expr}) that no gradient's shape gives")
+        with graph.inserting_after(cursor[0]):
+            new = graph.call_function(target, tuple(args), dict(kwargs))
+        cursor[0] = new
+        new.meta["val"] = node.meta["val"]
+        backward_nodes.add(new)
+        copies[node] = new
+        return new
+
+    for n in [n for n in graph.nodes if n in backward_nodes]:
+        n.args, n.kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: copy(a) if a in wanted else a)
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:
