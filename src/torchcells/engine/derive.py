@@ -214,11 +214,10 @@ def _build_generic(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> An
     """The batch-generic kernels, or :class:`NotBatchGeneric` (a guard on ``B``, or any failure)."""
     try:
         kernels = _build(cell, x_t, state, masked, batch_generic=True)
+    except NotBatchGeneric as e:
+        return e
     except Exception as e:
         return NotBatchGeneric(f"the batch-generic trace failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
-    guards = batch_guards(kernels.program.step_fn) or batch_guards(kernels.program.input_fn)
-    if guards:
-        return NotBatchGeneric(f"the trace branches on the batch size ({guards[0]})")
     kernels.autocast = _autocast_key(x_t.device.type)
     return kernels
 
@@ -267,6 +266,9 @@ def _build_with_grad(program: CellProgram, cell: nn.Module, x_t: Tensor, state: 
             with mode:
                 args.append(torch.ones(_batch_size(step_fn, n_h, n_s), dtype=torch.bool, device=x_t.device))
     fw, bw, n_outputs = _derive(wrapper, args, mode)
+    guards = batch_guards(mode.shape_env) if mode is not None else []
+    if guards:  # every guard names the one symbol: the step's Python read the batch size
+        raise NotBatchGeneric(f"the trace branches on the batch size ({guards[0]})")
     n_grads = len(args)
     transposed: dict[int, bool] = {}
     deferred = _defer_weight_products(bw, range(n_h + n_s, n_h + n_s + n_c), transposed)

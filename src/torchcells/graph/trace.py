@@ -141,21 +141,11 @@ def _symbolic_inputs(tensors: list[Tensor], x: Tensor, leaves: list[Tensor]) -> 
     return mode, [[fake(t, False) for t in tensors], fake_x, *fake_leaves]
 
 
-def batch_guards(gm: fx.GraphModule) -> list[str]:
-    """The guards a batch-generic trace (one read of ``gm``'s placeholders' shape environment) put on
-    its batch symbol: Python that branched on ``B``. Empty: the graph holds for every ``B >= 2``."""
-    env = None
-    for node in gm.graph.nodes:
-        val = node.meta.get("val")
-        mode = getattr(val, "fake_mode", None)
-        if node.op == "placeholder" and mode is not None and mode.shape_env is not None:
-            env = mode.shape_env
-            break
-    if env is None:
-        return []
-    found = [str(g.expr) for g in env.guards]
-    found += [str(a.expr) for asserts in env.deferred_runtime_asserts.values() for a in asserts]
-    return found
+def batch_guards(shape_env: Any) -> list[str]:
+    """The guards a batch-generic trace put on its batch symbol (``shape_env`` is its fake mode's):
+    Python that branched on ``B`` (``if x.shape[0] % 2``). Empty: the graphs hold for every ``B >= 2``."""
+    found = [str(g.expr) for g in shape_env.guards]
+    return found + [str(a.expr) for asserts in shape_env.deferred_runtime_asserts.values() for a in asserts]
 
 
 class StateDtypeChange(TraceError):
