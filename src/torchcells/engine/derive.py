@@ -217,7 +217,8 @@ def _build_generic(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> An
     except NotBatchGeneric as e:
         return e
     except Exception as e:
-        return NotBatchGeneric(f"the batch-generic trace failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+        first_line = (str(e).splitlines() or [""])[0]
+        return NotBatchGeneric(f"the batch-generic trace failed: {type(e).__name__}: {first_line}")
     kernels.autocast = _autocast_key(x_t.device.type)
     return kernels
 
@@ -322,7 +323,7 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
 def _symbolic_mode(step_fn: fx.GraphModule) -> tuple[Any, Any]:
     """The fake mode of a batch-generic step graph and its batch symbol; ``(None, None)`` for a concrete one."""
     for node in _placeholders(step_fn):
-        val = node.meta.get("val")
+        val: Any = node.meta.get("val")
         for size in getattr(val, "shape", ()):
             if isinstance(size, torch.SymInt):
                 return val.fake_mode, size.node.expr
@@ -414,7 +415,7 @@ def _sizes_from_tangents(graph: fx.Graph, backward_nodes: set[fx.Node], tangent_
     wanted = [a for n in list(backward_nodes) for a in n.all_input_nodes if a not in backward_nodes and is_size(a)]
     if not wanted:
         return
-    dims = {}  # a tangent dim's size expression -> (tangent, dim)
+    dims: dict[Any, tuple[fx.Node, int]] = {}  # a tangent dim's size expression -> (tangent, dim)
     for t in tangent_nodes:
         for d, size in enumerate(getattr(t.meta.get("val"), "shape", ())):
             if isinstance(size, torch.SymInt):
@@ -426,6 +427,9 @@ def _sizes_from_tangents(graph: fx.Graph, backward_nodes: set[fx.Node], tangent_
         if node in copies:
             return copies[node]
         expr = node.meta["val"].node.expr
+        target: Any
+        args: Any
+        kwargs: Any
         if expr in dims:
             target, args, kwargs = aten.sym_size.int, dims[expr], {}
         elif node.op == "call_function" and node.target is not aten.sym_size.int:

@@ -39,7 +39,7 @@ def for_batch(kernels: "FusedKernels", batch: int) -> "FusedKernels":
     found = dataclasses.replace(
         kernels, batch_symbol=None, lowered={},
         tangent_meta=[(torch.Size(_ints(shape, values)), dtype) for shape, dtype in kernels.tangent_meta],
-        aten_graphs=tuple(_concrete_graph(g, values) for g in kernels.aten_graphs))
+        aten_graphs=(_concrete_graph(kernels.aten_graphs[0], values), _concrete_graph(kernels.aten_graphs[1], values)))
     found.by_batch = kept  # not used by the copy; the field is shared, not copied per B
     kept[batch] = found
     while len(kept) > KEPT:
