@@ -337,7 +337,9 @@ def test_the_cache_is_bounded_in_graph_nodes_and_its_slim_entries_still_run(monk
         kept = {k for n in graph.nodes for k in n.meta}
         assert kept <= ({"val"} if graph in kernels.aten_graphs else set()), kept
     monkeypatch.setattr(derive_module, "_CACHE_NODES", 2 * weight + 1)
-    for batch in (3, 4, 5, 2):
+    # one entry per structure (a batch-generic one serves every batch size): new hidden sizes
+    for batch, hidden in ((3, H + 1), (4, H + 2), (5, H + 3), (2, H)):
+        cell = tc.GRUCell(I, hidden).double()
         x = torch.randn(T, batch, I, dtype=torch.float64, requires_grad=True)
         for native in (True, False):
             out = run_fused(cell, x, cell.init_state(batch, dtype=torch.float64), native=native)[0]

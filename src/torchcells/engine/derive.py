@@ -14,6 +14,7 @@ an executor (:mod:`.executors`), which may plan them for itself on first use.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import sys
@@ -27,7 +28,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..cell import cell_name
-from ..graph import TRACING, CellProgram, TraceError, as_traced, cut_graph, drop_detach, fast_targets, trace_cell
+from ..graph import (TRACING, CellProgram, TraceError, as_traced, batch_guards, cut_graph, drop_detach, fast_targets,
+                     trace_cell)
 from .trace_key import StepKey, describe_change, step_key
 
 __all__ = ["FusedKernels", "explain_fallback", "fused_program"]
@@ -58,6 +60,10 @@ class FusedKernels:
     lowered: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: autocast's state when the step was traced (its casts are in the graphs), or None
     autocast: Any = None
+    #: the batch size's symbol where the graphs serve every ``B >= 2`` (:mod:`.specialize`), else None
+    batch_symbol: Any = None
+    #: per batch size, these kernels specialized to it (made on first use; a few kept)
+    by_batch: "OrderedDict[int, FusedKernels]" = field(default_factory=OrderedDict, repr=False, compare=False)
 
 
 # Kernels are shared by cells of the same structure: the graphs take parameters as
@@ -78,8 +84,12 @@ _STREAKS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictiona
 _WARNED_RETRACES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> StepKey:
-    return step_key(cell, x_t, state, masked, _autocast_key(x_t.device.type))
+def _key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool, batch_generic: bool = False) -> StepKey:
+    return step_key(cell, x_t, state, masked, _autocast_key(x_t.device.type), batch_generic)
+
+
+class NotBatchGeneric(TraceError):
+    """A batch-generic trace guarded on the batch size (or failed): the cell is traced per ``B``."""
 
 
 def _autocast_key(device_type: str) -> Any:
@@ -94,11 +104,27 @@ def _autocast_key(device_type: str) -> Any:
 
 
 def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
-    """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError."""
-    key = _key(cell, x_t, state, masked)
+    """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError.
+
+    At ``B >= 2`` the derivation is batch-generic: traced once with a symbolic batch size, it
+    serves every ``B >= 2``, each ``B`` getting a cheap specialization (:func:`.specialize.for_batch`).
+    A cell whose trace branches on ``B`` (a guard on the symbol) is derived per ``B`` instead, as
+    is every step at ``B < 2`` (torch specializes sizes 0 and 1, so the generic trace assumed
+    ``B >= 2`` and may have folded a test like ``B > 1`` without a guard)."""
+    from .specialize import for_batch
+
+    batch = x_t.shape[0] if x_t.dim() else 0
     with TRACING:  # one derivation at a time (make_fx is not thread-safe); the cache under it too
-        found, built = _cached_or_built(key, cell, x_t, state, masked)
+        found: Any = None
+        if batch >= 2:
+            key = _key(cell, x_t, state, masked, batch_generic=True)
+            found, built = _cached_or_built(key, cell, x_t, state, masked, batch_generic=True)
+        if found is None or isinstance(found, NotBatchGeneric):
+            key = _key(cell, x_t, state, masked)
+            found, built = _cached_or_built(key, cell, x_t, state, masked)
         changing = _count_retraces(cell, key, built)
+        if isinstance(found, FusedKernels) and found.batch_symbol is not None:
+            found = for_batch(found, batch)
     if changing is not None:
         warnings.warn(changing, stacklevel=_caller_level())
     if isinstance(found, TraceError):
@@ -106,22 +132,28 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     return found
 
 
-def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> tuple[Any, bool]:
+def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool,
+                     batch_generic: bool = False) -> tuple[Any, bool]:
     """The cache's entry for ``key`` (kernels or the TraceError that stopped them), built if missing;
-    and whether it was built."""
+    and whether it was built. A batch-generic derivation that fails for any reason is entered as
+    :class:`NotBatchGeneric` (the per-B derivation then says why, if it fails too)."""
     entry = _CACHE.get(key)
     if entry is not None and key.same_objects(entry[1]):
         _CACHE.move_to_end(key)
         return entry[0], False
+    if batch_generic:
+        found = _build_generic(cell, x_t, state, masked)
+        _store(key, found)
+        return found, not isinstance(found, NotBatchGeneric)
     try:
-        found: Any = _build(cell, x_t, state, masked)
+        found = _build(cell, x_t, state, masked)
     except TraceError as e:
         found = e
     except Exception as e:  # a failure of the derivation itself: fall back, say why
         first_line = str(e).splitlines()[0] if str(e) else ""
         found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
     if isinstance(found, FusedKernels):
-        found.autocast = key[2][-1]
+        found.autocast = key[2][6]  # the key's autocast item
     _store(key, found)
     return found, True
 
@@ -178,9 +210,23 @@ def explain_fallback(cell: Any, error: TraceError) -> None:
                       stacklevel=4)
 
 
-def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> FusedKernels:
+def _build_generic(cell: nn.Module, x_t: Tensor, state: Any, masked: bool) -> Any:
+    """The batch-generic kernels, or :class:`NotBatchGeneric` (a guard on ``B``, or any failure)."""
+    try:
+        kernels = _build(cell, x_t, state, masked, batch_generic=True)
+    except NotBatchGeneric as e:
+        return e
+    except Exception as e:
+        first_line = (str(e).splitlines() or [""])[0]
+        return NotBatchGeneric(f"the batch-generic trace failed: {type(e).__name__}: {first_line}")
+    kernels.autocast = _autocast_key(x_t.device.type)
+    return kernels
+
+
+def _build(cell: nn.Module, x_t: Tensor, state: Any, masked: bool, batch_generic: bool = False) -> FusedKernels:
     with torch.enable_grad():  # deriving the backward needs autograd, even when called under no_grad
-        program = trace_cell(cell, x_t, state)  # under the caller's autocast: its casts are recorded
+        # under the caller's autocast: its casts are recorded
+        program = trace_cell(cell, x_t, state, batch_generic=batch_generic)
         with as_traced(x_t.device.type):  # the rest re-traces and runs that graph: no second casting
             return _build_with_grad(program, cell, x_t, state, masked)
 
@@ -205,15 +251,25 @@ def _build_with_grad(program: CellProgram, cell: nn.Module, x_t: Tensor, state: 
         # inside the step's backward graph (one fused operation), not outside it
         return (y, *new)
 
-    leaves, _ = tree_flatten(state)
-    with torch.no_grad():
-        example_h = [torch.zeros(_shape(n), dtype=_dtype(n, x_t), device=x_t.device)
-                     for n in _placeholders(step_fn)[:n_h]]
-        consts = program.const_fn(*[p.detach() for p in program.params(cell)])
-    args = [t.detach().clone() for t in [*example_h, *[l.detach() for l in leaves], *consts]]
-    if masked:
-        args.append(torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device))
-    fw, bw, n_outputs = _derive(wrapper, args)
+    mode, symbol = _symbolic_mode(step_fn)
+    if mode is None:
+        leaves, _ = tree_flatten(state)
+        with torch.no_grad():
+            example_h = [torch.zeros(_shape(n), dtype=_dtype(n, x_t), device=x_t.device)
+                         for n in _placeholders(step_fn)[:n_h]]
+            consts = program.const_fn(*[p.detach() for p in program.params(cell)])
+        args = [t.detach().clone() for t in [*example_h, *[l.detach() for l in leaves], *consts]]
+        if masked:
+            args.append(torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device))
+    else:  # the step's own fake inputs, symbolic batch dim included
+        args = [n.meta["val"] for n in _placeholders(step_fn)]
+        if masked:
+            with mode:
+                args.append(torch.ones(_batch_size(step_fn, n_h, n_s), dtype=torch.bool, device=x_t.device))
+    fw, bw, n_outputs = _derive(wrapper, args, mode)
+    guards = batch_guards(mode.shape_env) if mode is not None else []
+    if guards:  # every guard names the one symbol: the step's Python read the batch size
+        raise NotBatchGeneric(f"the trace branches on the batch size ({guards[0]})")
     n_grads = len(args)
     transposed: dict[int, bool] = {}
     deferred = _defer_weight_products(bw, range(n_h + n_s, n_h + n_s + n_c), transposed)
@@ -228,7 +284,7 @@ def _build_with_grad(program: CellProgram, cell: nn.Module, x_t: Tensor, state: 
     fw_out = next(n for n in fw.graph.nodes if n.op == "output")
     tangent_meta = [(n.meta["val"].shape, n.meta["val"].dtype) for n in fw_out.args[0][:n_outputs]]
     kernels = FusedKernels(program, masked, fw, bw, n_outputs, deferred, transposed, n_grads,
-                           tangent_meta, aten_graphs)
+                           tangent_meta, aten_graphs, batch_symbol=symbol)
     _slim(kernels)
     return kernels
 
@@ -264,7 +320,27 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     return copy
 
 
-def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+def _symbolic_mode(step_fn: fx.GraphModule) -> tuple[Any, Any]:
+    """The fake mode of a batch-generic step graph and its batch symbol; ``(None, None)`` for a concrete one."""
+    for node in _placeholders(step_fn):
+        val: Any = node.meta.get("val")
+        for size in getattr(val, "shape", ()):
+            if isinstance(size, torch.SymInt):
+                return val.fake_mode, size.node.expr
+    return None, None
+
+
+def _batch_size(step_fn: fx.GraphModule, n_h: int, n_s: int) -> Any:
+    """The (symbolic) batch size: dim 0 of the first hoisted or state input that has a symbolic one."""
+    for node in _placeholders(step_fn)[:n_h + n_s]:
+        shape = node.meta["val"].shape
+        if len(shape) and isinstance(shape[0], torch.SymInt):
+            return shape[0]
+    raise TraceError("no input of the step has the batch size")
+
+
+def _derive(fn: Callable[..., tuple], args: list[Tensor],
+            mode: Any = None) -> tuple[fx.GraphModule, fx.GraphModule, int]:
     """Forward and backward graphs of one step, derived from ``fn`` by tracing its joint.
 
     ``fn``'s forward and ``torch.autograd.grad`` of it are traced together (``make_fx``,
@@ -289,12 +365,14 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModul
         grads = iter(torch.autograd.grad(outs, wrt, tangents, allow_unused=True))
         return (*outs, *[next(grads) if d else None for d in differentiable])
 
-    with torch.enable_grad():
+    with torch.enable_grad(), (mode if mode is not None else contextlib.nullcontext()):
         probe = fn(*[a.detach().requires_grad_(d) for a, d in zip(args, differentiable)])
         if any(not o.requires_grad for o in probe):
             raise TraceError("the step's outputs do not all depend on differentiable inputs")
         tangent_args = [torch.zeros_like(o) for o in probe]
-        graph = make_fx(joint, tracing_mode="fake")(*[a.detach() for a in args], *tangent_args).graph
+        # args already fake (a symbolic batch size): traced as they are, in their mode
+        trace = make_fx(joint) if mode is not None else make_fx(joint, tracing_mode="fake")
+        graph = trace(*[a.detach() for a in args], *tangent_args).graph
     n_out = counts["outputs"]
     for node in graph.nodes:
         if node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False):
@@ -307,6 +385,7 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModul
     for node in graph.nodes:
         if node.op == "call_function" and any(a in backward_nodes for a in node.all_input_nodes):
             backward_nodes.add(node)
+    _sizes_from_tangents(graph, backward_nodes, tangent_nodes)
     forward_outputs = results[:n_out]
     if any(isinstance(o, fx.Node) and o in backward_nodes for o in forward_outputs):
         raise TraceError("an output of the step depends on its own gradient")
@@ -323,6 +402,51 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor]) -> tuple[fx.GraphModul
     fw = fx.GraphModule(root, cut_graph(graph, primal_nodes, forward_outputs + saved))
     bw = fx.GraphModule(root, cut_graph(graph, saved + tangent_nodes, results[n_out:]))
     return fw, bw, n_out
+
+
+def _sizes_from_tangents(graph: fx.Graph, backward_nodes: set[fx.Node], tangent_nodes: list[fx.Node]) -> None:
+    """In a batch-generic joint graph, the sizes (``SymInt`` nodes) the backward reads from the forward
+    are computed again in the backward, from a tangent's batch dim: a step saves tensors only (what
+    executors save between the passes), never numbers. Raises TraceError where a size is not a
+    function of a tangent's dims (the cell is then traced per ``B``)."""
+    def is_size(node: Any) -> bool:
+        return isinstance(node, fx.Node) and isinstance(node.meta.get("val"), torch.SymInt)
+
+    wanted = [a for n in list(backward_nodes) for a in n.all_input_nodes if a not in backward_nodes and is_size(a)]
+    if not wanted:
+        return
+    dims: dict[Any, tuple[fx.Node, int]] = {}  # a tangent dim's size expression -> (tangent, dim)
+    for t in tangent_nodes:
+        for d, size in enumerate(getattr(t.meta.get("val"), "shape", ())):
+            if isinstance(size, torch.SymInt):
+                dims.setdefault(size.node.expr, (t, d))
+    copies: dict[fx.Node, fx.Node] = {}
+    cursor = [tangent_nodes[-1]]  # new nodes go after the placeholders, in the order they are made
+
+    def copy(node: fx.Node) -> fx.Node:
+        if node in copies:
+            return copies[node]
+        expr = node.meta["val"].node.expr
+        target: Any
+        args: Any
+        kwargs: Any
+        if expr in dims:
+            target, args, kwargs = aten.sym_size.int, dims[expr], {}
+        elif node.op == "call_function" and node.target is not aten.sym_size.int:
+            target = node.target
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: copy(a) if is_size(a) else a)
+        else:
+            raise TraceError(f"the backward reads a size of the forward ({expr}) that no gradient's shape gives")
+        with graph.inserting_after(cursor[0]):
+            new = graph.call_function(target, tuple(args), dict(kwargs))
+        cursor[0] = new
+        new.meta["val"] = node.meta["val"]
+        backward_nodes.add(new)
+        copies[node] = new
+        return new
+
+    for n in [n for n in graph.nodes if n in backward_nodes]:
+        n.args, n.kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: copy(a) if a in wanted else a)
 
 
 def _placeholders(gm: fx.GraphModule) -> list[fx.Node]:

@@ -84,8 +84,13 @@ def _reference(obj: Any) -> Callable[[], Any]:
         return lambda: obj
 
 
-def step_key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool, autocast: Any) -> StepKey:
-    """The key of ``cell``'s derivation for one step ``x_t`` ``(B, ...)`` and ``state``."""
+def step_key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool, autocast: Any,
+             batch_generic: bool = False) -> StepKey:
+    """The key of ``cell``'s derivation for one step ``x_t`` ``(B, ...)`` and ``state``.
+
+    ``batch_generic``: the key of a derivation traced with a symbolic batch size, which serves
+    every ``B >= 2``: the batch dim (dim 0 of ``x_t`` and of each state leaf whose dim 0 is
+    ``B``) is keyed as ``"B"``, and the key says it is generic (it never equals a per-B key)."""
     leaves, spec = tree_flatten(state)
     modules = list(cell.named_modules())
     structure = tuple(
@@ -95,11 +100,20 @@ def step_key(cell: nn.Module, x_t: Tensor, state: Any, masked: bool, autocast: A
         for name, m in modules)
     reader = _Reader(modules)
     reader.read()
-    shapes = (tuple(x_t.shape), x_t.dtype, x_t.device, tuple((tuple(t.shape), t.dtype) for t in leaves),
-              str(spec), masked, autocast)
+    shapes = (_batched(x_t, x_t, batch_generic), x_t.dtype, x_t.device,
+              tuple((_batched(t, x_t, batch_generic), t.dtype) for t in leaves), str(spec), masked, autocast,
+              batch_generic)
     key = StepKey((structure, tuple(reader.items), shapes))
     key.held = reader.held
     return key
+
+
+def _batched(t: Tensor, x_t: Tensor, batch_generic: bool) -> tuple:
+    """``t``'s shape, its batch dim as ``"B"`` in a batch-generic key."""
+    shape = tuple(t.shape)
+    if batch_generic and shape and x_t.dim() and shape[0] == x_t.shape[0]:
+        return ("B",) + shape[1:]
+    return shape
 
 
 class _Reader:

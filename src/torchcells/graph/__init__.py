@@ -6,7 +6,7 @@ cells through this package; it imports only :mod:`torchcells.cell` and torch.
 
 from .regions import CellProgram, trace_cell
 from .rewrite import cut_graph, drop_detach, fast_targets
-from .trace import TRACING, StateDtypeChange, TraceError, as_traced, op_name, trace_step
+from .trace import TRACING, StateDtypeChange, TraceError, as_traced, batch_guards, op_name, trace_step
 
-__all__ = ["TRACING", "CellProgram", "StateDtypeChange", "TraceError", "as_traced", "cut_graph", "drop_detach",
-           "fast_targets", "op_name", "trace_cell", "trace_step"]
+__all__ = ["TRACING", "CellProgram", "StateDtypeChange", "TraceError", "as_traced", "batch_guards", "cut_graph",
+           "drop_detach", "fast_targets", "op_name", "trace_cell", "trace_step"]

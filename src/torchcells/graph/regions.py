@@ -59,13 +59,13 @@ class CellProgram:
 
 
 
-def trace_cell(cell: nn.Module, x: Tensor, state: Any) -> CellProgram:
+def trace_cell(cell: nn.Module, x: Tensor, state: Any, *, batch_generic: bool = False) -> CellProgram:
     """Trace ``cell`` at the shapes of one step ``x`` ``(B, ...)`` and ``state``.
 
     Raises :class:`TraceError` when the step cannot be traced (data-dependent
     control flow, random operations, state that is not a tree of tensors).
     """
-    gm, names, spec = trace_step(cell, x, state)
+    gm, names, spec = trace_step(cell, x, state, batch_generic=batch_generic)
     return _split(gm, names, spec, spec.num_leaves)
 
 

@@ -24,7 +24,8 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from ..cell import cell_name, check_step
 
-__all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "as_traced", "op_name", "trace_step"]
+__all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "as_traced", "batch_guards", "op_name",
+           "trace_step"]
 
 #: held around every ``make_fx`` trace of the package (tracing is not thread-safe).
 TRACING = threading.RLock()
@@ -61,11 +62,14 @@ def op_name(node: fx.Node) -> str:
     return name.split(".")[0].rstrip("_")
 
 
-def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, list[str], TreeSpec]:
+def trace_step(cell: nn.Module, x: Tensor, state: Any, *,
+               batch_generic: bool = False) -> tuple[fx.GraphModule, list[str], TreeSpec]:
     """The whole step as one aten graph, unsplit: ``(graph_module, param_names, state_spec)``.
 
     The graph's placeholders are the parameters and buffers (``param_names`` order),
     ``x_t``, then the state's leaves; its output is ``(y_t, *new_state_leaves)``.
+    ``batch_generic``: the batch size is one symbol (:func:`_symbolic_inputs`), so the graph
+    serves every ``B >= 2`` unless the trace guarded on it (:func:`batch_guards` says).
     Raises :class:`TraceError` as :func:`trace_cell` does.
     """
     from torch.func import functional_call
@@ -95,14 +99,53 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any) -> tuple[fx.GraphModule, 
 
     try:
         with TRACING, torch.no_grad():
-            gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
-                                                   *[t.detach() for t in leaves])
+            if batch_generic:
+                mode, inputs = _symbolic_inputs(tensors, x, leaves)
+                with mode:
+                    gm = make_fx(step)(*inputs)
+            else:
+                gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
+                                                       *[t.detach() for t in leaves])
     except TraceError:
         raise
     except Exception as e:  # data-dependent control flow, unsupported ops, ...
         raise TraceError(f"tracing {type(cell).__name__}.forward failed: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return gm, names, spec
+
+
+def _symbolic_inputs(tensors: list[Tensor], x: Tensor, leaves: list[Tensor]) -> tuple[Any, list]:
+    """Fake inputs whose batch dim is one symbol ``B`` (dim 0 of ``x`` and of each leaf whose dim 0 is
+    ``x``'s), everything else static. One symbol for all: separate ones would collect guards that
+    they are equal (the cell's shape checks). No duck shaping: a hidden size equal to ``B`` stays a
+    number. Sizes 0 and 1 are specialized by torch, so ``B`` ranges over ``[2, inf)``: the engine
+    traces generically only at ``B >= 2`` and uses the graph only there."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(duck_shape=False))
+
+    def fake(t: Tensor, dynamic: bool) -> Tensor:
+        sizes = [DimDynamic.DYNAMIC if dynamic and i == 0 else DimDynamic.STATIC for i in range(t.dim())]
+        return mode.from_tensor(t.detach(), symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+    fake_x = fake(x, True)
+    batch = fake_x.shape[0]
+    fake_leaves = []
+    with mode:
+        for t in leaves:
+            if t.dim() and t.shape[0] == x.shape[0]:
+                fake_leaves.append(torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device=t.device))
+            else:
+                fake_leaves.append(fake(t, False))
+    return mode, [[fake(t, False) for t in tensors], fake_x, *fake_leaves]
+
+
+def batch_guards(shape_env: Any) -> list[str]:
+    """The guards a batch-generic trace put on its batch symbol (``shape_env`` is its fake mode's):
+    Python that branched on ``B`` (``if x.shape[0] % 2``). Empty: the graphs hold for every ``B >= 2``."""
+    found = [str(g.expr) for g in shape_env.guards]
+    return found + [str(a.expr) for asserts in shape_env.deferred_runtime_asserts.values() for a in asserts]
 
 
 class StateDtypeChange(TraceError):
