@@ -107,15 +107,17 @@ def test_a_cached_build_loads_without_cpp_extension(monkeypatch):
 
 
 def test_a_second_process_waits_for_the_build_lock_and_says_so(tmp_path, capsys):
-    lock = tmp_path / "runtime.lock"
+    lock, done = tmp_path / "runtime.lock", tmp_path / "done"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import fcntl, sys, time\n"
+                               "import fcntl, pathlib, sys, time\n"
                                f"f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
-                               "print('held', flush=True); time.sleep(1.5)\n"],
+                               "print('held', flush=True); time.sleep(1.5)\n"
+                               f"pathlib.Path({str(done)!r}).touch()\n"],  # written while still holding it
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with build._build_lock(lock):
-        assert holder.poll() is not None  # acquired only once the holder let go (it exited)
+        assert done.exists()  # acquired only once the holder let go (at its exit, after the mark)
+    holder.wait()
     assert build.WAITING in capsys.readouterr().err
     with build._build_lock(lock):  # free now: no waiting line
         pass
