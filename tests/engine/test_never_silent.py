@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import torchcells as tc
+from fixture_cells import UserLSTMCell
 from torchcells.engine.derive import _key
 
 T, B, I, H = 4, 3, 3, 4
@@ -333,3 +334,37 @@ def test_the_cache_keeps_no_cell_alive():
     del cell
     gc.collect()
     assert gone() is None
+
+
+def test_a_cell_retraced_at_every_call_leaves_a_bounded_store_of_graph_sources(monkeypatch):
+    """torch.fx keeps the source of every GraphModule it compiles and never frees it; a value that
+    changes at every call re-traces at every call. The derivation forgets the sources it no longer
+    uses and an evicted entry its own: the store stays bounded by the cache."""
+    import warnings
+    from collections import OrderedDict
+
+    from torch.fx import graph_module
+
+    from torchcells.engine import derive
+
+    class Annealed(UserLSTMCell):
+        temperature = 1.0
+
+        def forward(self, x, state):
+            y, s = super().forward(x, state)
+            return y / self.temperature, s
+
+    monkeypatch.setattr(derive, "_CACHE", OrderedDict())
+    monkeypatch.setattr(derive, "_CACHE_SIZE", 3)
+    cell = Annealed(3, 4)
+    layer, loop = tc.Recurrent(cell), tc.Recurrent(cell, engine="loop")
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    sizes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "changes at every call" notice
+        for i in range(12):
+            cell.temperature = 1.0 + i / 10
+            layer(x)[0].sum().backward()
+            sizes.append(len(graph_module._loader.eval_cache))
+    assert sizes[-1] == sizes[5], sizes  # flat once the cache is full and evicting
+    torch.testing.assert_close(layer(x)[0], loop(x)[0])  # evicting sources breaks nothing

@@ -141,21 +141,55 @@ def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, mas
     if entry is not None and key.same_objects(entry[1]):
         _CACHE.move_to_end(key)
         return entry[0], False
+    before = set(_fx_sources())
     if batch_generic:
         found = _build_generic(cell, x_t, state, masked)
-        _store(key, found)
-        return found, not isinstance(found, NotBatchGeneric)
-    try:
-        found = _build(cell, x_t, state, masked)
-    except TraceError as e:
-        found = e
-    except Exception as e:  # a failure of the derivation itself: fall back, say why
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
-    if isinstance(found, FusedKernels):
-        found.autocast = key[2][6]  # the key's autocast item
+    else:
+        try:
+            found = _build(cell, x_t, state, masked)
+        except TraceError as e:
+            found = e
+        except Exception as e:  # a failure of the derivation itself: fall back, say why
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            found = TraceError(f"deriving the fused step failed: {type(e).__name__}: {first_line}")
+        if isinstance(found, FusedKernels):
+            found.autocast = key[2][6]  # the key's autocast item
+    # the sources of graph modules this derivation compiled and no longer uses (every recompile
+    # makes a new one; make_fx's own) are forgotten now, those the entry keeps when it leaves
+    _forget_sources(set(_fx_sources()) - before - _sources_of(found))
     _store(key, found)
-    return found, True
+    return found, (not isinstance(found, NotBatchGeneric)) if batch_generic else True
+
+
+def _fx_sources() -> dict:
+    """torch.fx's store of the source of every GraphModule it compiled (it never frees one: a cell
+    re-traced at every call would grow it without bound)."""
+    from torch.fx import graph_module
+
+    return graph_module._loader.eval_cache
+
+
+def _sources_of(found: Any) -> set[str]:
+    """The keys of the sources the graph modules of a cache entry run from."""
+    if not isinstance(found, FusedKernels):
+        return set()
+    from .hoist import _REWRITTEN  # the hoisted part's copy, made on first use
+
+    program = found.program
+    modules = [found.forward, found.backward, program.const_fn, program.input_fn, program.step_fn,
+               program.fast_step_fn, *found.deferred.values()]
+    if program.input_fn in _REWRITTEN:
+        modules.append(_REWRITTEN[program.input_fn])
+    return {code.co_filename for gm in modules if (code := getattr(gm.forward, "__code__", None)) is not None}
+
+
+def _forget_sources(keys: set[str]) -> None:
+    import linecache
+
+    store = _fx_sources()
+    for key in keys:
+        store.pop(key, None)
+        linecache.cache.pop(key, None)
 
 
 def _store(key: StepKey, found: Any) -> None:
@@ -165,7 +199,9 @@ def _store(key: StepKey, found: Any) -> None:
     _CACHE[tuple(key)] = (found, key.refs(), _weight(found))  # the plain tuple: no strong references
     nodes = sum(entry[2] for entry in _CACHE.values())  # a few hundred entries, on a miss only
     while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or nodes > _CACHE_NODES):
-        nodes -= _CACHE.popitem(last=False)[1][2]
+        gone = _CACHE.popitem(last=False)[1]
+        nodes -= gone[2]
+        _forget_sources(_sources_of(gone[0]))
 
 
 def _caller_level() -> int:
