@@ -135,8 +135,9 @@ class SequenceNode(torch.autograd.Function):
             kernels, valid, steps, n_hoisted, n_saved, n_in = ctx.shape
             rest = ctx.saved_tensors[n_saved:]
             n_const = n_in - n_hoisted - n_s
-            grads = differentiable_grads(kernels, valid, steps, list(rest[:n_s]), list(rest[n_s:n_s + n_const]),
-                                         list(rest[n_s + n_const:]), d_ys, d_final, d_states)
+            grads = differentiable_grads(kernels, ctx.device_type, valid, steps, list(rest[:n_s]),
+                                         list(rest[n_s:n_s + n_const]), list(rest[n_s + n_const:]), d_ys, d_final,
+                                         d_states)
         else:
             grads = SequenceNode._first_order(ctx, d_ys, d_final, d_states)
         return (None,) * 8 + tuple(grads) + (None,) * (len(ctx.needs_input_grad) - 8 - len(grads))

@@ -29,12 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["differentiable_grads"]
 
 
-def differentiable_grads(kernels: "FusedKernels", valid: Optional[Tensor], steps: int, state: list[Tensor],
-                         consts: list[Tensor], source: list[Tensor], d_ys: Optional[Tensor],
+def differentiable_grads(kernels: "FusedKernels", device_type: str, valid: Optional[Tensor], steps: int,
+                         state: list[Tensor], consts: list[Tensor], source: list[Tensor], d_ys: Optional[Tensor],
                          d_final: list[Optional[Tensor]], d_states: list[Optional[Tensor]]) -> list[Optional[Tensor]]:
     """Gradients of ``(*hoisted, *state, *consts)`` with a graph of their own (see the module)."""
     program = kernels.program
-    device_type = (state or consts or source)[0].device.type if (state or consts or source) else "cpu"
     with torch.enable_grad(), as_traced(device_type):  # the graphs hold autocast's casts, and only those
         hoisted: list[Tensor] = []
         if program.n_hoisted:
