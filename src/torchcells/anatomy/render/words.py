@@ -119,7 +119,7 @@ def _recurrent(item: list[Layer], one: str) -> str:
     else:
         where = f"applied at each of the {fmt(la.steps or 0)} time steps"
     twin = torch_twin(la.cell)
-    what = f"{la.step_function}" + (f", the step of {twin}" if twin and twin[3:] not in la.step_function else "")
+    what = f"{la.step_function}" + (f", the step of {twin}" if twin else "")
     if len(item) == 2:
         text = (f"{name} is a bidirectional recurrent layer: two step functions ({what}), one per direction, each "
                 f"with weights of its own and each {where}: {fmt(sum(x.applications for x in item))} applications "
