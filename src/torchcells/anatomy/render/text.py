@@ -4,9 +4,11 @@ shapes, the layer count)."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Optional
 
 from ..kinds import LayerKind
+from .words import COLUMNS, block_name, fmt, words_text
 
 if TYPE_CHECKING:
     from ..records import Anatomy, Layer
@@ -16,21 +18,10 @@ __all__ = ["account", "anatomy_text", "block_name", "fmt", "gate_table", "key", 
 _ARROWS = {"forward": "→", "backward": "←"}
 
 
-def fmt(n: int) -> str:
-    """``15040`` → ``15,040``."""
-    return f"{n:,}"
-
-
 def shape_text(shape: object) -> str:
     if shape is None:
         return "?"
     return "(" + ", ".join(str(s) for s in shape) + ")"  # type: ignore[attr-defined]
-
-
-def block_name(layer: Layer) -> str:
-    """The name of the layer ``layer`` belongs to: a recurrent layer's block (both directions of a
-    bidirectional layer are one), else its own name."""
-    return layer.block if layer.kind is LayerKind.RECURRENT and layer.block else layer.name
 
 
 def layer_count(a: Anatomy) -> str:
@@ -83,9 +74,6 @@ def anatomy_text(a: Anatomy, *, gates: bool = True, words: bool = True) -> str:
 
 def key() -> str:
     """What the columns ``cell``, ``units`` and ``applications`` mean (:data:`.words.COLUMNS`)."""
-    import textwrap
-
-    from .words import COLUMNS
     return "\n".join(line for name, meaning in COLUMNS
                      for line in textwrap.wrap(f"{name}: {meaning}", 100, subsequent_indent="    "))
 
@@ -103,5 +91,4 @@ def gate_table(layer: Layer) -> str:
 
 def account(a: Anatomy, *, sequence: Optional[str] = None, examples: int = 0) -> str:
     """The model's cells in plain words (:func:`.words.words_text`): the words ``to_text()`` ends with."""
-    from .words import words_text
     return words_text(a, sequence=sequence, examples=examples)

@@ -18,17 +18,16 @@ import textwrap
 from typing import TYPE_CHECKING, Optional
 
 from ..kinds import LayerKind, torch_twin
-from .text import block_name, fmt
 
 if TYPE_CHECKING:
     from ..records import Anatomy, Layer
 
-__all__ = ["COLUMNS", "plain_words", "words_text"]
+__all__ = ["COLUMNS", "block_name", "fmt", "plain_words", "words_text"]
 
 #: the meaning of each column of the layer table: one meaning each, for every kind of layer.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("cell", "the function a layer repeats: a neuron, a convolution kernel, a pool window, or a recurrent step "
-             "function (LSTM, GRU, ...); \u2013 for a layer that is not made of cells (activation, reshape, "
+             "function (named by its kind); \u2013 for a layer that is not made of cells (activation, reshape, "
              "dropout, normalization, embedding)"),
     ("units", "how many copies of the cell work side by side in one application, each making one output "
               "feature: a dense layer's neurons, a convolution's kernels (one per output channel), a pool's "
@@ -36,6 +35,17 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("applications", "how often the layer's step function runs for one example: once per time step, per "
                      "output position, or per call"),
 )
+
+
+def fmt(n: int) -> str:
+    """``15040`` → ``15,040``."""
+    return f"{n:,}"
+
+
+def block_name(layer: Layer) -> str:
+    """The name of the layer ``layer`` belongs to: a recurrent layer's block (both directions of a
+    bidirectional layer are one), else its own name."""
+    return layer.block if layer.kind is LayerKind.RECURRENT and layer.block else layer.name
 
 
 def words_text(a: Anatomy, *, sequence: Optional[str] = None, examples: int = 0, width: int = 100) -> str:
