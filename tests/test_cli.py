@@ -16,7 +16,9 @@ def test_demo_prints_accuracy_and_the_cell_account(capsys, tmp_path):
     assert 0.1 < accuracy <= 1.0
     for sense in ("step function", "units", "applications"):
         assert sense in out
-    assert "1 GRUCell(8→16)" in out
+    words = " ".join(out[out.index("In plain words:"):].split())  # the words explain's table ends with
+    assert "one step function (GRUCell(8→16), the step of nn.GRUCell)" in words
+    assert "8 applications per image, all with the same weights" in words and "do not share weights" in words
 
 
 def test_no_command_prints_help(capsys):

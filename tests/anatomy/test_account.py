@@ -47,11 +47,13 @@ class Reader(nn.Module):
 
 
 def test_account_names_the_three_senses_with_the_numbers():
-    text = explain(Reader(), torch.randn(2, 8, 8)).account(sequence="image", examples=450)
-    assert "1 GRUCell(8→64) -- 'the cell' of PyTorch/Keras (nn.GRUCell)" in text
-    assert "64, each with 3 gate neurons (r, z, n)" in text
-    assert "8 per image" in text and "14,208 parameters" in text
-    assert "10 neuron cells" in text and "64 inputs" in text
+    text = " ".join(explain(Reader(), torch.randn(2, 8, 8)).account(sequence="image", examples=450).split())
+    assert "1 recurrent step function (GRUCell(8→64); \"the cell\" in PyTorch's sense) of 64 units" in text
+    assert "one step function (GRUCell(8→64), the step of nn.GRUCell)" in text
+    assert "8 applications per image, all with the same weights" in text
+    assert "Its 64 units do not share weights" in text and "(r, z, n)" in text
+    assert "14,208 parameters = 64 units × 222" in text
+    assert "10 neurons side by side, and the neurons do not share weights" in text
     assert "3,600 times" in text
 
 

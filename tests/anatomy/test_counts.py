@@ -154,15 +154,18 @@ def test_pooling_activation_dropout_norm_embedding_are_what_they_are():
                           nn.Unflatten(1, (4, 16)), nn.MaxPool1d(2), nn.Tanh())
     a = explain(model, torch.randint(0, 50, (3, 8)))
     kinds = [(la.name, la.cell, la.units, la.applications, la.parameters) for la in a.layers]
+    # only a layer made of cells names a cell and counts units (the pool: one window per channel)
     assert kinds == [
-        ("0", "embedding", 50, 8, 400),       # 8 lookups per example in a table of 50 rows
-        ("1", "normalization", 8, 8, 16),
-        ("2", "dropout", 64, 1, 0),
-        ("3", "reshape", 64, 1, 0),
-        ("4", "reshape", 64, 1, 0),
-        ("5", "pool", 4, 8, 0),                # 4 channels, 8 output positions each
-        ("6", "activation", 32, 1, 0),
+        ("0", "", 0, 8, 400),                 # 8 lookups per example in a table of 50 rows
+        ("1", "", 0, 8, 16),
+        ("2", "", 0, 1, 0),
+        ("3", "", 0, 1, 0),
+        ("4", "", 0, 1, 0),
+        ("5", "pool window", 4, 8, 0),        # 4 channels, 8 output positions each
+        ("6", "", 0, 1, 0),
     ]
+    assert [la.kind.value for la in a.layers] == ["embedding", "normalization", "dropout", "reshape", "reshape",
+                                                  "pool", "activation"]
 
 
 def test_batchnorm_counts_and_the_model_is_left_as_it_was():
@@ -170,7 +173,7 @@ def test_batchnorm_counts_and_the_model_is_left_as_it_was():
     model.train()
     before = model[1].running_mean.clone()
     a = explain(model, torch.randn(2, 1, 5, 5))
-    assert a.layers[1].cell == "normalization" and a.layers[1].parameters == 8
+    assert a.layers[1].kind == "normalization" and a.layers[1].cell == "" and a.layers[1].parameters == 8
     assert model.training and model[1].training
     assert torch.equal(model[1].running_mean, before)
 
@@ -189,8 +192,8 @@ def test_unknown_modules_are_opaque_and_own_parameters_are_counted():
     model = Scaled()
     a = explain(model, torch.randn(4, 1, 6))
     rows = {la.name: la for la in a.layers}
-    assert rows["(model)"].cell == "opaque" and rows["(model)"].parameters == 6
-    assert rows["attn"].cell == "opaque" and rows["attn"].parameters == total(model.attn)
+    assert rows["(model)"].kind == "opaque" and rows["(model)"].cell == "" and rows["(model)"].parameters == 6
+    assert rows["attn"].kind == "opaque" and rows["attn"].parameters == total(model.attn)
     assert rows["attn"].applications == 1
     assert rows["out"].cell == "neuron"
     assert a.total_parameters == total(model) == sum(la.parameters for la in a.layers)
@@ -263,7 +266,7 @@ def test_to_dict_is_json_and_sums_to_the_total():
     data = json.loads(json.dumps(a.to_dict()))
     assert data["total_parameters"] == 44 == sum(la["parameters"] for la in data["layers"])
     assert [(la["name"], la["cell"], la["units"], la["applications"]) for la in data["layers"]] == [
-        ("0", "neuron", 6, 1), ("1", "activation", 6, 1), ("2", "neuron", 2, 1)]
+        ("0", "neuron", 6, 1), ("1", "", 0, 1), ("2", "neuron", 2, 1)]
 
 
 def test_text_table_and_account_name_the_numbers():
@@ -275,12 +278,13 @@ def test_text_table_and_account_name_the_numbers():
     text = a.to_text()
     assert "rnn →" in text and "GRUCell(8→64)" in text and "14,208" in text and "14,858" in text
     assert "r     σ           0:64" in text
-    account = a.account(sequence="image", examples=450)
-    assert "1 GRUCell(8→64)" in account and "nn.GRUCell" in account
-    assert "64, each with 3 gate neurons (r, z, n)" in account
-    assert "8 per image" in account and "14,208 parameters" in account
-    assert "10 neuron cells" in account and "64 inputs" in account
+    account = " ".join(a.account(sequence="image", examples=450).split())
+    assert "one step function (GRUCell(8→64), the step of nn.GRUCell)" in account
+    assert "64 units do not share weights" in account and "(r, z, n)" in account
+    assert "8 applications per image" in account and "14,208 parameters = 64 units × 222" in account
+    assert "10 neurons side by side" in account and "its own 64 weights and a bias" in account
     assert "3,600 times" in account
+    assert text.rstrip().endswith(a.account().rstrip())  # to_text() ends with the same words
 
 
 def test_bad_input_gets_errors_that_say_what_was_expected():
@@ -306,7 +310,7 @@ def test_bad_input_gets_errors_that_say_what_was_expected():
 ])
 def test_pooling_is_one_window_per_channel_at_every_output_position(pool, x, channels, positions):
     (la,) = explain(pool, x).layers
-    assert (la.cell, la.units, la.applications, la.parameters, la.macs) == ("pool", channels, positions, 0, 0)
+    assert (la.cell, la.units, la.applications, la.parameters, la.macs) == ("pool window", channels, positions, 0, 0)
 
 
 def test_relu_rnn_gate_and_bidirectional_stack_inside():

@@ -164,11 +164,11 @@ def colour_counts(rows: list[bytes], ch: int, colours: dict[str, tuple[int, int,
 @needs_chromium
 def test_the_page_renders_in_headless_chromium(page, tmp_path):
     shot = tmp_path / "page.png"
-    done = chromium(f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri(), profile=tmp_path / "p1")
+    done = chromium(f"--screenshot={shot}", "--window-size=1200,3400", page.as_uri(), profile=tmp_path / "p1")
     assert shot.exists(), done.stderr[-2000:]
     assert console_lines(done.stderr) == []  # no errors or messages of any kind
     w, h, ch, rows = read_png(shot)
-    assert (w, h) == (1200, 2400)
+    assert (w, h) == (1200, 3400)
     counts = colour_counts(rows, ch, {"learned (yellow)": (255, 224, 138), "pointwise (pink)": (247, 193, 204),
                                       "state (blue)": (47, 109, 181)})
     assert counts["not white"] > 0.05 * w * h, counts        # not blank

@@ -13,6 +13,8 @@ import torchcells as tc
 from torchcells.cells.registry import ZOO, make_cell
 
 I, H, T, B = 6, 8, 5, 2
+_CODE_NAMES = {"getitem", "addmm", "mm", "bmm", "matmul", "linear", "convolution", "slice", "select", "amax",
+               "randn", "rand", "operation"}
 
 
 def example(name: str):
@@ -43,6 +45,13 @@ def test_zoo_cell_is_explained_and_drawn(name):
     operations = {"σ", "tanh", "+", "⊙", "relu", "exp", "−", "where", "1−", "concat", "amax", "mean"}
     assert any(label.endswith(" neurons") for label in labels) or labels & operations, labels
     assert any(label.endswith(" features") for label in labels)
+    # no code artefacts: operations in words or symbols, never aten's or Python's names
+    ops = re.findall(r'class="op"/>\s*<text[^>]*>([^<]*)<', svg)
+    states = re.findall(r'class="io"/>\s*<text[^>]*>([^<]*)<', svg)
+    assert not [op for op in ops if "_" in op or op in _CODE_NAMES], ops
+    assert not [s for s in states if "." in s or s in ("s0", "s1")], states
+    if rows[0]["gates"]:  # a gated cell, wrapped or not, shows its gates by name
+        assert "part " not in svg
 
 
 def test_docs_show_every_cell_drawn_as_the_code_draws_it_now():

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["CELL_KINDS", "CellKind", "LayerKind", "cell_kind_name", "gate_activations", "kind_of_class",
-           "torch_twin"]
+__all__ = ["CELL_KINDS", "CellKind", "LayerKind", "cell_kind_name", "gate_activations", "gate_names", "innermost",
+           "kind_of_class", "torch_twin"]
 
 
 class LayerKind(str, Enum):
@@ -110,3 +110,34 @@ def gate_activations(kind: str, count: int) -> tuple[str, ...]:
     """The activations of the ``count`` gates of a cell of ``kind`` (``""`` each where not known)."""
     row: Optional[CellKind] = CELL_KINDS.get(kind)
     return row.activations if row is not None else ("",) * count
+
+
+def _is_cell(obj: Any) -> bool:
+    return callable(getattr(obj, "init_state", None)) and callable(obj)
+
+
+def innermost(cell: Any) -> Any:
+    """The cell inside a chain of wrappers (``Zoneout(WeightDrop(LSTMCell))`` → the ``LSTMCell``): a wrapper
+    is a cell holding one cell as ``.cell`` (torchcells' ``CellWrapper``); any other cell is itself."""
+    seen = {id(cell)}
+    inner = getattr(cell, "cell", None)
+    while _is_cell(inner) and id(inner) not in seen:
+        cell, inner = inner, getattr(inner, "cell", None)
+        seen.add(id(cell))
+    return cell
+
+
+def gate_names(cell: Any) -> tuple[str, ...]:
+    """The gates of ``cell`` or of the cell it wraps (``GATES``, else its known kind's); for a cell made of
+    several cells (``StackedCell.cells``), theirs when all name the same gates; ``()`` when none is known."""
+    inner = innermost(cell)
+    cls = type(inner)
+    names = tuple(getattr(inner, "GATES", None) or ())
+    if not names:
+        row = CELL_KINDS.get(kind_of_class(cls.__name__, cls.__module__))
+        names = row.gates if row is not None else ()
+    parts = getattr(inner, "cells", None)
+    if not names and parts is not None and not _is_cell(parts):
+        each = {gate_names(part) for part in parts if _is_cell(part)}
+        names = next(iter(each)) if len(each) == 1 else ()
+    return names

@@ -2,6 +2,11 @@
 
 Counts are per example (one sequence): the batch is divided out. A row's
 ``parameters`` counts only parameters not already counted by an earlier row.
+
+Only a layer made of cells names one (``cell``) and counts ``units``: a neuron, a kernel,
+a pool window, a recurrent step function. Activations, reshapes, dropout, normalization,
+embeddings and opaque modules are functions of the layer as a whole: ``cell`` is ``""``
+and ``units`` is 0 (the renderers print "–").
 Recurrent layers and cells are read by :mod:`.rnn_rows`; everything else here.
 """
 
@@ -73,7 +78,7 @@ def opaque_row(ctx: Context, module: nn.Module, path: str, params: list[nn.Param
     """A module torchcells cannot see into: its parameters and how often it ran."""
     rec = ctx.calls.get(module)
     label = f"{type(module).__name__} ({what})" if what else type(module).__name__
-    return _base(ctx, module, path, params, cell="opaque", kind=LayerKind.OPAQUE, step_function=label, units=0,
+    return _base(ctx, module, path, params, cell="", kind=LayerKind.OPAQUE, step_function=label, units=0,
                  applications=rec.count if rec and not what else 0)
 
 
@@ -102,16 +107,15 @@ def map_module(ctx: Context, module: nn.Module, path: str) -> Optional[list[Laye
         positions = sum(ctx.per_example(s) for s in rec.outputs) if rec else 0
         channels = (rec.outputs[0][-dims - 1] if rec and rec.outputs and len(rec.outputs[0]) > dims else 0)
         window = getattr(module, "kernel_size", None) or getattr(module, "output_size", "")
-        return [_base(ctx, module, path, params, cell="pool", kind=LayerKind.POOL, units=channels,
+        return [_base(ctx, module, path, params, cell="pool window", kind=LayerKind.POOL, units=channels,
                       step_function=f"{type(module).__name__[:-2]} window {window}",
                       applications=positions // max(channels, 1))]
-    for kinds, cell in ((_NORM, "normalization"), (_DROPOUT, "dropout"), (_RESHAPE, "reshape")):
-        if isinstance(module, kinds):
-            return [_elementwise(ctx, module, path, params, cell)]
+    for classes, kind in ((_NORM, "normalization"), (_DROPOUT, "dropout"), (_RESHAPE, "reshape")):
+        if isinstance(module, classes):
+            return [_elementwise(ctx, module, path, params, kind)]
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         lookups = sum(ctx.per_example(s) for s in rec.inputs) if rec else 0
-        return [_base(ctx, module, path, params, cell="embedding", kind=LayerKind.EMBEDDING,
-                      units=module.num_embeddings,
+        return [_base(ctx, module, path, params, cell="", kind=LayerKind.EMBEDDING, units=0,
                       step_function=f"lookup of {module.num_embeddings} rows × {module.embedding_dim}",
                       applications=lookups)]
     if type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, nn.MultiheadAttention):
@@ -119,18 +123,19 @@ def map_module(ctx: Context, module: nn.Module, path: str) -> Optional[list[Laye
     return None
 
 
-def _elementwise(ctx: Context, module: nn.Module, path: str, params: list[nn.Parameter], cell: str) -> Layer:
-    """Activation, dropout, normalization, reshape: one function over each example's features."""
+def _elementwise(ctx: Context, module: nn.Module, path: str, params: list[nn.Parameter], kind: str) -> Layer:
+    """Activation, dropout, normalization, reshape: one function over each example's features, not made
+    of cells (no ``cell``, no ``units``). A normalization is applied once per normalized group of features."""
     rec = ctx.calls.get(module)
     features = ctx.per_example(rec.inputs[0]) if rec and rec.inputs else 0
-    if cell == "normalization":
+    if kind == "normalization":
         shape = getattr(module, "normalized_shape", None)
-        units = math.prod(shape) if shape else int(getattr(module, "num_features", 0)
+        group = math.prod(shape) if shape else int(getattr(module, "num_features", 0)
                                                   or getattr(module, "num_channels", 0) or features)
-        apps = sum(ctx.per_example(s) // max(units, 1) for s in rec.inputs) if rec else 0
+        apps = sum(ctx.per_example(s) // max(group, 1) for s in rec.inputs) if rec else 0
     else:
-        units, apps = features, rec.count if rec else 0
-    return _base(ctx, module, path, params, cell=cell, kind=LayerKind(cell), units=units, applications=apps,
+        apps = rec.count if rec else 0
+    return _base(ctx, module, path, params, cell="", kind=LayerKind(kind), units=0, applications=apps,
                  step_function=type(module).__name__)
 
 

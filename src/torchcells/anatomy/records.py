@@ -6,9 +6,14 @@ hand the records to those functions and hold no drawing of their own.
 
 Counts follow the three senses of "cell" (README.md, "What 'cell' means: three senses"):
 
-* ``units`` -- the neuron-like elements of one layer: hidden units of a recurrent
-  cell (the 1997 paper's "memory cells"), neurons of a dense layer, kernels of a
-  convolution, one pool window per channel;
+* ``cell`` -- what the layer repeats: ``"neuron"``, ``"kernel"``, ``"pool window"``, or a
+  recurrent cell's kind (``"LSTM"``, ``"GRU"``, a user cell's class; a wrapped cell is its inner
+  cell's kind); ``""`` for a layer not made of cells (activation, reshape, dropout,
+  normalization, embedding, opaque);
+* ``units`` -- how many copies of the cell work side by side in one application, each making
+  one output feature: hidden units of a recurrent cell (the 1997 paper's "memory cells"),
+  neurons of a dense layer, kernels of a convolution, one pool window per channel; 0 where
+  there is no cell;
 * ``step_function`` -- the function the layer applies (``LSTMCell(10→20)``,
   ``Neuron(64→1) ×10``): "the cell" in PyTorch's and Keras' sense;
 * ``applications`` -- how often that function runs for one example: time steps for
@@ -76,7 +81,7 @@ class Gate:
 
 @dataclass
 class Layer:
-    """One layer: a cell applied along an axis (a direction of a recurrent layer is a layer).
+    """One layer: a cell repeated -- across time, positions or width (a direction of a recurrent layer is a layer).
 
     ``kind`` is a :class:`~.kinds.LayerKind` (a plain string such as ``"dense"`` is turned
     into one). ``parameters`` counts each parameter once in the whole model: a parameter shared
@@ -183,14 +188,17 @@ class Anatomy:
 
     # -- conveniences: each hands the records to a function of .render -------------------
 
-    def to_text(self, *, gates: bool = True) -> str:
-        """A terminal table of the layers, then each recurrent layer's gates."""
+    def to_text(self, *, gates: bool = True, words: bool = True) -> str:
+        """A terminal table of the layers, a key to its columns, each recurrent layer's gates, then
+        the model in plain words (:meth:`account`; ``words=False`` leaves them out)."""
         from .render.text import anatomy_text
-        return anatomy_text(self, gates=gates)
+        return anatomy_text(self, gates=gates, words=words)
 
-    def account(self, *, sequence: str = "sequence", examples: int = 0) -> str:
-        """A few lines per layer: its cells in the three senses, with this model's numbers
-        (``sequence`` names one example, e.g. ``"image"``; ``examples`` adds a total over that many)."""
+    def account(self, *, sequence: Optional[str] = None, examples: int = 0) -> str:
+        """The model in plain words: how many step functions, units and applications, which repeats
+        share weights, and what that means for the parameter count; the words ``to_text()`` ends with
+        and the HTML page shows (``sequence`` names one example, e.g. ``"image"``, default
+        ``"sequence"`` or ``"example"``; ``examples`` adds a total over that many)."""
         from .render.text import account
         return account(self, sequence=sequence, examples=examples)
 

@@ -18,7 +18,7 @@ from .. import cells
 from ..cell import Cell, is_namedtuple, state_leaves
 from ..layers import Bidirectional, Stack
 from .context import Context, has_torch_names
-from .kinds import CELL_KINDS, LayerKind, cell_kind_name, gate_activations, kind_of_class
+from .kinds import CELL_KINDS, LayerKind, cell_kind_name, gate_activations, innermost, kind_of_class
 from .records import Gate, Layer, WeightRows
 
 __all__ = ["cell_kind", "cell_row", "gated_gates", "gated_macs", "recurrent_rows", "torch_rnn_rows", "traced_macs"]
@@ -113,15 +113,17 @@ def _steps(shape: Any, batch_first: bool, step_rank: int) -> int:
 
 
 def _cell_parts(ctx: Context, cell: nn.Module) -> dict[str, Any]:
-    """Facts about a cell module shared by the recurrent and step rows."""
-    kind = cell_kind(cell)
+    """Facts about a cell module shared by the recurrent and step rows. A wrapped cell (``Zoneout(LSTMCell)``)
+    is of its inner cell's kind, with its inner cell's gates."""
+    inner = innermost(cell)
+    kind = cell_kind(inner)
     H = int(getattr(cell, "hidden_size", 0) or 0)
     params = list(cell.parameters())
     gates: tuple[Gate, ...] = ()
-    names = getattr(cell, "GATES", None) or (CELL_KINDS[kind].gates if kind in CELL_KINDS else None)
-    if names and H:
-        named = {n: (ctx.name(p), tuple(p.shape)) for n, p in cell.named_parameters(recurse=False)}
-        gates = gated_gates(kind, H, tuple(names), named, getattr(cell, "nonlinearity", None))
+    names = getattr(inner, "GATES", None) or (CELL_KINDS[kind].gates if kind in CELL_KINDS else None)
+    if names and H and H == getattr(inner, "hidden_size", None):
+        named = {n: (ctx.name(p), tuple(p.shape)) for n, p in inner.named_parameters(recurse=False)}
+        gates = gated_gates(kind, H, tuple(names), named, getattr(inner, "nonlinearity", None))
     state: tuple[tuple[str, int], ...] = ()
     step_shape: Optional[tuple[int, ...]] = None
     try:

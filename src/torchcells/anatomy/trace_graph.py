@@ -28,12 +28,14 @@ from torch.utils._pytree import TreeSpec
 
 from ..cell import is_namedtuple
 from ..graph import trace_step
+from .kinds import gate_names
 
 _SEE_THROUGH = {"t", "transpose", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
                 "permute", "clone", "detach", "alias", "contiguous", "_to_copy", "to", "lift_fresh_copy",
                 "expand_as", "view_as", "flatten"}
 _PRODUCTS = {"mm", "addmm", "bmm", "matmul", "linear", "baddbmm", "convolution", "einsum", "addmv", "mv"}
 _SPLITS = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split"}
+_ROWS_OF = {"slice", "select", "narrow", "index_select"}
 _SECOND = {"sub": "−", "div": "÷"}
 _SYMBOLS = {"add": "+", "sub": "−", "mul": "⊙", "div": "÷", "sigmoid": "σ", "tanh": "tanh", "relu": "ReLU",
             "neg": "−x", "exp": "exp", "log": "log", "cat": "concat", "stack": "stack", "sum": "Σ",
@@ -42,7 +44,13 @@ _SYMBOLS = {"add": "+", "sub": "−", "mul": "⊙", "div": "÷", "sigmoid": "σ"
             "maximum": "max", "minimum": "min", "clamp": "clamp", "softmax": "softmax", "_softmax": "softmax",
             "log_sigmoid_forward": "log σ", "reciprocal": "1/x", "hardtanh": "hardtanh", "elu": "ELU",
             "leaky_relu": "LReLU", "sin": "sin", "cos": "cos", "square": "x²", "layer_norm": "norm",
-            "native_layer_norm": "norm", "dropout": "dropout", "slice": "slice", "select": "select"}
+            "native_layer_norm": "norm", "dropout": "dropout", "slice": "part of", "select": "one of",
+            "narrow": "part of", "amax": "max", "amin": "min", "max": "max", "min": "min",
+            "randn_like": "noise ε", "randn": "noise ε", "rand_like": "random", "rand": "random",
+            "bernoulli": "random mask", "mm": "·", "addmm": "· +", "bmm": "·", "matmul": "·", "linear": "·",
+            "convolution": "∗", "einsum": "·", "softsign": "softsign", "logsumexp": "log Σ exp",
+            "constant_pad_nd": "pad", "zeros_like": "0", "ones_like": "1", "full_like": "fill", "erf": "erf",
+            "heaviside": "step", "getitem": "one of", "sign": "sign", "floor": "floor", "round": "round", "mish": "Mish"}
 
 
 @dataclass
@@ -101,15 +109,39 @@ def trace_for_diagram(cell: nn.Module, step_shape: tuple[int, ...]) -> Traced:
     return Traced(gm, names, spec, _leaf_names(state))
 
 
-def _leaf_names(state: Any, prefix: str = "") -> list[str]:
+def _leaf_names(state: Any) -> list[str]:
+    """A name per state tensor, as a reader would say it: the field it sits in (``h``, ``c``), a wrapper's
+    inner state seen through (``MaskedState(cell=LSTMState(h, c), masks=(m, m))`` → ``h, c, mask1, mask2``),
+    a position numbered from 1 where a name repeats (a ``StackedCell``'s ``h1, c1, h2, c2``)."""
+    paths = _leaf_paths(state, ())
+    names = [_short_name(path) for path in paths]
+    if len(set(names)) < len(names):
+        names = [_short_name(path, numbered=True) for path in paths]
+    return names if len(set(names)) == len(names) else [f"s{i + 1}" for i in range(len(paths))]
+
+
+def _leaf_paths(state: Any, prefix: tuple) -> list[tuple]:
     if isinstance(state, torch.Tensor):
-        return [prefix or "h"]
-    out: list[str] = []
+        return [prefix]
     fields = type(state)._fields if is_namedtuple(state) else None
+    out: list[tuple] = []
     for i, part in enumerate(state):
-        name = fields[i] if fields else f"s{i}"
-        out += _leaf_names(part, f"{prefix}.{name}" if prefix else name)
+        out += _leaf_paths(part, prefix + ((fields[i],) if fields else (i,)))
     return out
+
+
+def _short_name(path: tuple, *, numbered: bool = False) -> str:
+    """``("cell", "h")`` → ``h``; ``("masks", 0)`` → ``mask1``; ``(0, "h")`` → ``h`` (``h1`` when ``numbered``)."""
+    named = [k for k, part in enumerate(path) if isinstance(part, str)]
+    if not named:
+        return "h" if not path else "s" + "".join(str(p + 1) for p in path)
+    last = named[-1]
+    base = path[last]
+    after = [str(p + 1) for p in path[last + 1:]]
+    if after and base.endswith("s") and len(base) > 2:
+        base = base[:-1]  # masks[0] → mask1
+    before = [str(p + 1) for p in path[:last] if isinstance(p, int)] if numbered else []
+    return base + "".join(after + before)
 
 
 def graph_macs(gm: fx.GraphModule) -> int:
@@ -135,11 +167,11 @@ def cell_graph(cell: nn.Module, step_shape: tuple[int, ...], *, gates: Optional[
                param_labels: Optional[dict[str, str]] = None) -> CellGraph:
     """The diagram graph of one application of ``cell``.
 
-    ``gates`` names the chunks of a split projection (default: the cell's ``GATES``);
+    ``gates`` names the chunks of a split projection (default: the cell's gates, a wrapped cell's included);
     ``param_labels`` renames parameters (e.g. to torch.nn's ``weight_ih_l0``).
     """
     traced = trace_for_diagram(cell, step_shape)
-    return read_graph(traced, gates=gates if gates is not None else tuple(getattr(cell, "GATES", ()) or ()),
+    return read_graph(traced, gates=gates if gates is not None else gate_names(cell),
                       param_labels=param_labels or {})
 
 
@@ -226,8 +258,8 @@ class _GraphReader:
         for a in node.args:
             if isinstance(a, (list, tuple)):
                 args += [b for b in a if isinstance(b, fx.Node)]
-        if name in _SEE_THROUGH and args:
-            self.rep[node] = self.rep.get(args[0])
+        if (name in _SEE_THROUGH or name in _ROWS_OF and isinstance(self.rep.get(args[0]), tuple)) and args:
+            self.rep[node] = self.rep.get(args[0])  # (rows of a parameter are still that parameter)
         elif name in _PRODUCTS and any(isinstance(self.rep.get(a), tuple) for a in args):
             self._projection(node, name, args)
         elif name in _SPLITS:
@@ -284,13 +316,15 @@ class _GraphReader:
         src = split.args[0]
         parts = split.meta.get("val")
         chunks = len(parts) if isinstance(parts, (list, tuple)) else len(split.users)
+        # a split into as many chunks as gates is one chunk per gate; into fewer (GRU's W_hr, W_hz of
+        # ``W_hh[:2H] h``), the first gates, in the cell's row order
+        gate = self.gates[k] if 0 < chunks <= len(self.gates) else f"part {k + 1} of {chunks}"
         projs = self._projections_behind(src)
         if projs:
-            gate = self.gates[k] if len(self.gates) == chunks else f"part {k + 1}"
             return self._gate(gate, projs, k, width)
         nid = f"{self._source(src)}#{k}"
         if nid not in self.nodes:
-            self.nodes[nid] = DNode(nid, "op", f"part {k + 1}", size=width)
+            self.nodes[nid] = DNode(nid, "op", gate, size=width)
             if (s := self._source(src)):
                 self.edges.append((s, nid))
         return nid
@@ -378,7 +412,16 @@ def _symbol(name: str, node: fx.Node) -> str:
     if name in ("add", "sub", "mul", "div", "ge", "gt", "le", "lt", "pow") and scalars:
         sym = {"mul": "×", "add": "+", "sub": "−"}.get(name, _SYMBOLS.get(name, name))
         return f"{sym}{_num(scalars[0])}"
-    return _SYMBOLS.get(name, name)
+    return _SYMBOLS.get(name) or _readable(name)
+
+
+def _readable(name: str) -> str:
+    """An operation torchcells has no symbol for, in words: ``aten.logical_and`` → ``logical and``
+    (no code artefacts such as ``getitem`` or underscores in a diagram)."""
+    words = name.replace("_", " ").split()
+    if words and words[-1] in ("like", "forward", "default"):
+        words = words[:-1]
+    return " ".join(words) or "operation"
 
 
 def _num(v: float) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from ...graph import TraceError
+from ..kinds import gate_names
 from ..trace_graph import CellGraph, DNode, cell_graph
 from .model_diagram import neuron_svg
 from .svg import COLORS, Canvas, text_width
@@ -47,9 +48,8 @@ def cell_svg(anatomy: Anatomy, name: Optional[str] = None) -> str:
                          f"or no step shape was recorded)")
     labels = _param_labels(layer)
     try:
-        graph = cell_graph(layer.trace_cell, layer.step_shape, gates=tuple(g.name for g in layer.gates
-                                                                            if g.name != "projection") or None,
-                           param_labels=labels)
+        gates = tuple(g.name for g in layer.gates if g.name != "projection") or gate_names(layer.trace_cell)
+        graph = cell_graph(layer.trace_cell, layer.step_shape, gates=gates, param_labels=labels)
     except TraceError as e:
         raise ValueError(f"Anatomy.to_svg('cell'): the step of {layer.step_function} (layer {layer.name}) cannot be "
                          f"traced, so its inside cannot be drawn: {e}") from e

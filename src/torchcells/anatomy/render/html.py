@@ -1,4 +1,5 @@
-"""One self-contained HTML page: glossary with the model's numbers, three diagrams, tables.
+"""One self-contained HTML page: glossary with the model's numbers, the model in plain words
+(:mod:`.words`, the same words ``to_text()`` ends with), three diagrams, tables.
 
 Everything is inline (styles and SVG); the page loads nothing and runs no script.
 """
@@ -14,6 +15,7 @@ from .diagrams import svg_kinds
 from .model_diagram import model_svg
 from .text import block_name, fmt, layer_count, shape_text
 from .unrolled import unrolled_svg
+from .words import COLUMNS, plain_words
 
 if TYPE_CHECKING:
     from ..records import Anatomy, Layer
@@ -45,7 +47,9 @@ def anatomy_html(a: Anatomy) -> str:
              f'<p class="summary">{fmt(a.total_parameters)} parameters in {layer_count(a)} · '
              f"{fmt(a.macs)} multiply-adds per example · input {escape(shape_text(a.input_shape))} → "
              f"output {escape(shape_text(a.output_shape))} (batch of {a.batch_size} in the example)</p>",
-             _glossary(a), '<h2 id="model">The model: input → layers → output</h2>',
+             _glossary(a), '<h2 id="words">In plain words</h2>',
+             "".join(f"<p>{escape(sentence)}</p>" for sentence in plain_words(a)),
+             '<h2 id="model">The model: input → layers → output</h2>',
              _figure(model_svg(a), "Each layer drawn with its cells in the sense that fits: neurons side by "
                      "side, kernels across positions, one cell repeated across time.")]
     if any(la.kind.in_time for la in a.layers):
@@ -113,9 +117,10 @@ def _glossary(a: Anatomy) -> str:
              f"reads one step <i>x<sub>t</sub></i> ({rec.input_size} features) and the state {escape(state)}, and "
              f"returns the output and the new state. It is one function with "
              f"{fmt(rec.parameters + rec.shared_parameters)} parameters."),
-            ("Unit: one element of the state (the 1997 LSTM paper's “memory cell”)",
-             f"The step function is made of <b>{rec.units} units</b>{escape(per_unit)}. "
-             f"An LSTM with 128 hidden units has 128 “memory cells” in the paper's sense."),
+            ("Unit: one element of the state",
+             f"The step function is made of <b>{rec.units} units</b>{escape(per_unit)}."
+             + (f" They are the 1997 LSTM paper's “memory cells”: this LSTM has {rec.units} of them."
+                if rec.cell == "LSTM" else "")),
             ("Application: one box of an unrolled diagram",
              f"For one sequence of {fmt(rec.steps or 0)} steps, <code>{escape(rec.name)}</code> applies its cell "
              f"<b>{fmt(rec.applications)} times</b>, always with the same weights. Over all its recurrent layers "
@@ -125,20 +130,23 @@ def _glossary(a: Anatomy) -> str:
     layer_text = []
     if rec is not None:
         layer_text.append(f"<code>{escape(rec.name)}</code> is its cell applied across time ({fmt(rec.applications)} "
-                          f"steps)")
+                          f"steps), the steps sharing one set of weights")
     if dense is not None:
         layer_text.append(f"<code>{escape(dense.name)}</code> is {dense.units} neuron cells side by side, each a "
-                          f"weighted sum of {dense.input_size} inputs plus a bias")
+                          f"weighted sum of {dense.input_size} inputs plus a bias with weights of its own")
     if conv is not None:
-        layer_text.append(f"<code>{escape(conv.name)}</code> is {conv.units} kernel cells, each applied at "
-                          f"{fmt(conv.applications)} positions")
+        layer_text.append(f"<code>{escape(conv.name)}</code> is {conv.units} kernel cells, each with weights of its "
+                          f"own and each applied at {fmt(conv.applications)} positions, which share them")
     if layer_text:
-        items.append(("Layer: a cell applied along an axis", "; ".join(layer_text) + "."))
+        items.append(("Layer: one cell repeated; the repeats share weights or not", "; ".join(layer_text) + "."))
+    items += [(f"Column “{name}”", escape(meaning)) for name, meaning in COLUMNS]
     between = " → ".join(f"<code>{escape(block_name(la))}</code>" for la in _unique_blocks(a))
     items.append(("Between the input layer and the output layer",
                   f"The input {escape(shape_text(a.input_shape))} flows through {between} to the output "
                   f"{escape(shape_text(a.output_shape))}. In the model diagram below, the yellow shapes inside "
-                  f"each layer are its cells."))
+                  f"each layer are its cells: circles are neurons and squares kernels, side by side with weights "
+                  f"of their own; boxes labelled t1, t2, … are time steps, one cell applied again with the same "
+                  f"weights."))
     body = "".join(f"<dt>{t}</dt><dd>{d}</dd>" for t, d in items)
     return f'<h2 id="glossary">What is a cell, what is a layer — in this model</h2><dl class="glossary">{body}</dl>'
 
@@ -175,8 +183,9 @@ def _layers_table(a: Anatomy) -> str:
         arrow = {"forward": " →", "backward": " ←"}.get(la.direction or "", "") if recurrent else ""
         state = ", ".join(f"{n} {s}" for n, s in la.state) or "–"
         shared = f" (+{fmt(la.shared_parameters)} shared)" if la.shared_parameters else ""
-        rows.append(f"<tr><td><code>{escape(la.name)}</code>{arrow}</td><td>{escape(la.cell)}</td>"
-                    f"<td>{escape(la.kind.value)}</td><td>{escape(la.step_function)}</td><td class=n>{fmt(la.units)}</td>"
+        units = fmt(la.units) if la.cell else "–"
+        rows.append(f"<tr><td><code>{escape(la.name)}</code>{arrow}</td><td>{escape(la.cell or '–')}</td>"
+                    f"<td>{escape(la.kind.value)}</td><td>{escape(la.step_function)}</td><td class=n>{units}</td>"
                     f"<td class=n>{fmt(la.applications)}</td><td>{escape(state)}</td>"
                     f"<td class=n>{fmt(la.parameters)}{shared}</td><td class=n>{fmt(la.macs_per_application)}</td>"
                     f"<td class=n>{fmt(la.macs)}</td></tr>")

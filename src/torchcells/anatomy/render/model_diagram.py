@@ -53,14 +53,17 @@ def model_svg(anatomy: Anatomy) -> str:
     items = _items(anatomy)
     gap = 34.0
     heights = [_height(i) for i in items]
-    width = _X * 2 + _W + 170
-    height = 70 + 40 + sum(heights) + (gap + 16) * (len(items) + 1) + 20
+    width = _X * 2 + _W + 220
+    height = 86 + 40 + sum(heights) + (gap + 16) * (len(items) + 1) + 20
     title = f"{anatomy.model}: {fmt(anatomy.total_parameters)} parameters in {layer_count(anatomy)}"
     c = Canvas(width, height, title=title)
     c.text(16, 18, title, size=14, anchor="start", weight="bold")
-    c.text(16, 38, "data flows down; yellow = learned cells, numbers on the right = parameters", size=11,
+    c.text(16, 36, "data flows down; numbers on the right = parameters; yellow = learned cells:", size=11,
            anchor="start", color=COLORS["muted"])
-    y = 60.0
+    c.text(16, 51, "○ neurons and □ kernels: units side by side, each with weights of its own; "
+           "boxes t1 → t2 → …: time steps, one cell applied again with the same weights", size=11, anchor="start",
+           color=COLORS["muted"])
+    y = 76.0
     _io(c, y, f"input {shape_text(anatomy.input_shape)}")
     y += 13
     groups: dict[str, list[float]] = {}
@@ -131,7 +134,8 @@ def _layer(c: Canvas, item: list[Layer], y: float, h: float) -> None:
 
 
 def _time_row(c: Canvas, item: list[Layer], y: float) -> None:
-    """Small boxes for the applications across time, arrows along them; two rows when bidirectional."""
+    """The applications across time: wide boxes labelled with their step (``t1``, ``t2``, …; never the
+    circles and squares that stand for units), arrows along them; two rows when bidirectional."""
     la = item[0]
     steps = shown_steps(min(la.steps or 0, 10_000_000))
     x0 = _X + 300
@@ -142,11 +146,12 @@ def _time_row(c: Canvas, item: list[Layer], y: float) -> None:
         xs = [x0 + i * 52 for i in range(len(steps))]
         for x, t in zip(xs, steps):
             if t is None:
-                c.text(x + 13, cy, "⋯", size=13, color=COLORS["muted"])
+                c.text(x + 16, cy, "⋯", size=13, color=COLORS["muted"])
             else:
-                c.rect(x, cy - 8, 26, 16, fill=COLORS["learned"], stroke=COLORS["learned_edge"], rx=3)
+                c.rect(x, cy - 8, 32, 16, fill=COLORS["learned"], stroke=color, rx=8, cls="step")
+                c.text(x + 16, cy, f"t{t}", size=9, color=color)
         for xa, xb in zip(xs, xs[1:]):
-            a, b = xa + 27, xb - 1
+            a, b = xa + 33, xb - 1
             if backward:
                 a, b = b, a
             c.line(a, cy, b, cy, color=color, width=1.5, arrow=True)
@@ -164,9 +169,9 @@ def _width_row(c: Canvas, la: Layer, cy: float, *, circles: bool) -> None:
         if k is None:
             c.text(x + 8, cy, "⋯", size=13, color=COLORS["muted"])
         elif circles:
-            c.ellipse(x + 8, cy, 8, 8, fill=COLORS["learned"], stroke=COLORS["learned_edge"])
+            c.ellipse(x + 8, cy, 8, 8, fill=COLORS["learned"], stroke=COLORS["learned_edge"], cls="unit")
         else:
-            c.rect(x, cy - 8, 16, 16, fill=COLORS["learned"], stroke=COLORS["learned_edge"], rx=2)
+            c.rect(x, cy - 8, 16, 16, fill=COLORS["learned"], stroke=COLORS["learned_edge"], rx=2, cls="unit")
     c.text(x0 + len(shown) * 26 + 8, cy, f"×{n}", size=11, anchor="start")
 
 
