@@ -111,15 +111,34 @@ def test_weight_drop_uses_one_mask_for_the_batch_and_every_step():
     inner = lstm()
     cell = tc.WeightDrop(inner, 0.5)
     x = torch.randn(T, B, I, dtype=DT)
-    state = cell.init_state(B, dtype=DT)  # draws the mask
+    out, _ = tc.Recurrent(cell)(x, cell.init_state(B, dtype=DT))  # the call draws the mask
     mask = cell.mask_weight_hh.clone()
     assert mask.shape == inner.weight_hh.shape and set(mask.unique().tolist()) == {0.0, 2.0}
-    out, _ = tc.Recurrent(cell)(x, state)
     reference = lstm()
     with torch.no_grad():
         reference.weight_hh.mul_(mask)
     torch.testing.assert_close(out, tc.Recurrent(reference)(x)[0], **TOL)
-    assert torch.equal(cell.mask_weight_hh, mask), "a given state continues its sequence and its mask"
+
+
+def test_weight_drop_draws_a_new_mask_at_every_call_even_with_a_carried_state():
+    """AWD-LSTM drops the weights anew at every forward call; truncated BPTT carries the state."""
+    torch.manual_seed(14)
+    cell = tc.WeightDrop(lstm(), 0.5)
+    layer = tc.Recurrent(cell)
+    x = torch.randn(T, B, I, dtype=DT)
+    _, state = layer(x)
+    first = cell.mask_weight_hh.clone()
+    out, _ = layer(x, state)                   # the next batch continues the sequence
+    second = cell.mask_weight_hh.clone()
+    assert not torch.equal(first, second), "a carried state must not keep the previous call's mask"
+    zeros = tc.LSTMState(*(torch.zeros(B, H, dtype=DT) for _ in range(2)))
+    reference = lstm()
+    with torch.no_grad():
+        reference.weight_hh.mul_(second)
+    torch.testing.assert_close(out, tc.Recurrent(reference)(x, state)[0], **TOL)  # the call used the new mask
+    cell.eval()
+    layer(x, zeros)
+    assert torch.equal(cell.mask_weight_hh, second), "eval draws nothing"
 
 
 def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_parameter(reference_loop):
@@ -161,7 +180,7 @@ def test_weight_drop_in_eval_and_with_p_zero_is_the_wrapped_cell(loop):
 def test_weight_drop_on_other_weights():
     torch.manual_seed(8)
     cell = tc.WeightDrop(tc.IndRNNCell(I, H).double(), 0.5, weights=("weight_hh", "weight_ih"))
-    cell.init_state(1, dtype=DT)
+    cell.resample()
     assert cell.mask_weight_ih.shape == (H, I) and cell.mask_weight_hh.shape == (H,)
     assert "weights=['weight_hh', 'weight_ih']" in repr(cell)
 

@@ -45,7 +45,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ class SLSTMCell(StepCell):
     """One sLSTM step: exponential input gate, normalized and stabilized memory."""
 
     GATES = ("i", "f", "z", "o")
+    STATE_ROLE_NAMES = ("hidden", "memory", "normalizer", "stabilizer")
     input_size: int
     hidden_size: int
 
@@ -102,6 +103,16 @@ class SLSTMCell(StepCell):
         return SLSTMState(zeros(), zeros(), zeros(), no_input_yet)
 
     def step(self, x: Tensor, state: SLSTMState) -> tuple[Tensor, SLSTMState]:
+        return self._step(x, state, None)
+
+    def candidate_step(self, x: Tensor, state: SLSTMState, drop: Callable[[Tensor], Tensor]
+                       ) -> tuple[Tensor, SLSTMState]:
+        """The step with ``drop`` on the cell input: ``c_t = f'_t ⊙ c_{t−1} + i'_t ⊙ drop(z_t)``
+        (the normalizer still counts the input gate: a dropped input writes zero)."""
+        return self._step(x, state, drop)
+
+    def _step(self, x: Tensor, state: SLSTMState, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, SLSTMState]:
         h, c, n, m = state
         gates = F.linear(x, self.weight_ih, self.bias) + F.linear(h, self.weight_hh)
         i_pre, f_pre, z_pre, o_pre = gates.chunk(4, -1)
@@ -110,7 +121,10 @@ class SLSTMCell(StepCell):
         m_new = torch.where(decayed > i_pre, decayed, i_pre)  # max (torch.maximum's backward works in place)
         i = torch.exp(i_pre - m_new)
         f = torch.exp(decayed - m_new)
-        c = f * c + i * torch.tanh(z_pre)
+        z = torch.tanh(z_pre)
+        if drop is not None:
+            z = drop(z)
+        c = f * c + i * z
         n = f * n + i
         h = torch.sigmoid(o_pre) * (c / n)
         return h, SLSTMState(h, c, n, m_new)
