@@ -27,6 +27,15 @@ not gate by gate. Parameters: ``weight_ih`` ``(GH, I)``, ``weight_hh`` ``(GH, H)
 also ``norm_c``, ``nn.LayerNorm(H)``), gains 1 and shifts 0 at the start. Departure
 from the paper: no separate bias ``b``; the shifts ``β_1 + β_2`` are that bias.
 
+Defaults against the reference implementation (haste's ``LayerNormLSTM``, LMNT,
+``frameworks/pytorch/layer_norm_lstm.py``): haste adds a forget-gate bias of ``1.0`` by
+default (``forget_bias=1.0``), initializes each gate's input kernel Glorot-uniform and each
+gate's recurrent kernel orthogonal, with a separate bias (zeros) after the norms and no
+shifts inside them. Here the forget shift starts at ``0`` and the weights are torch's
+uniform ``±1/√H``, so the cell starts as torch's cells do; for haste's start, add the forget
+bias to ``cell.norm_ih.bias[H:2H]`` (the forget rows) and re-initialize the weights with
+``nn.init.xavier_uniform_`` / ``nn.init.orthogonal_`` per gate block.
+
 Shapes: ``x`` ``(B, I)``; state ``LSTMState(h, c)`` ``(B, H)`` each, or ``h`` ``(B, H)``
 for the GRU; output ``h``.
 
@@ -47,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._gated import GatedCell
-from .lstm import LSTMState
+from .lstm import LSTMState, _candidate
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell"]
 
@@ -102,10 +111,7 @@ class LayerNormLSTMCell(_LayerNormCell):
               ) -> tuple[Tensor, LSTMState]:
         a, b = self._normalized(x, h)
         i, f, g, o = (a + b).chunk(4, -1)
-        g = torch.tanh(g)
-        if drop is not None:
-            g = drop(g)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * g
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _candidate(g, drop)
         h = torch.sigmoid(o) * torch.tanh(self.norm_c(c))
         return h, LSTMState(h, c)
 

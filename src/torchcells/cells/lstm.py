@@ -60,6 +60,11 @@ from ._common import optional_parameter
 from ._gated import GatedCell
 
 
+def _candidate(g: Tensor, drop: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+    """``tanh(g)``, with ``drop`` applied if given (candidate dropout)."""
+    return torch.tanh(g) if drop is None else drop(torch.tanh(g))
+
+
 class LSTMState(NamedTuple):
     """An LSTM's state in torch's order: hidden ``h`` then memory ``c``."""
 
@@ -142,10 +147,7 @@ class LSTMCell(GatedCell):
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
         if not (self.peepholes or self.coupled):
             i, f, g, o = gates.chunk(4, -1)
-            g = torch.tanh(g)
-            if drop is not None:
-                g = drop(g)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * g
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * _candidate(g, drop)
             h = torch.sigmoid(o) * torch.tanh(c)
         else:
             h, c = self._variant_step(gates, c, drop)
@@ -167,10 +169,7 @@ class LSTMCell(GatedCell):
             gate_in = 1 - f
         else:
             gate_in = torch.sigmoid(i + self.weight_ci * c if self.weight_ci is not None else i)
-        g = torch.tanh(g)
-        if drop is not None:
-            g = drop(g)
-        c = f * c + gate_in * g
+        c = f * c + gate_in * _candidate(g, drop)
         if self.weight_co is not None:
             o = o + self.weight_co * c
         return torch.sigmoid(o) * torch.tanh(c), c
