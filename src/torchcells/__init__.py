@@ -7,7 +7,7 @@ how the package is built.
 
 from .anatomy import Anatomy, explain
 from .cell import Cell, PairState, State, map_state
-from .cells import (ConvGRUCell, ConvLSTMCell, ElmanCell, GaussianCell, GRUCell, IndRNNCell, KernelCell,
+from .cells import (CandidateDropout, ConvGRUCell, ConvLSTMCell, ElmanCell, GaussianCell, GRUCell, IndRNNCell, KernelCell,
                     LayerNormGRUCell, LayerNormLSTMCell, LIFCell, LSTMCell, LSTMState, MaskedState, MGUCell,
                     MinGRUCell, MinLSTMCell, Neuron, NoisyInput, PoolCell, RecurrentDropout, Residual, SLSTMCell,
                     SLSTMState, StackedCell, VariationalDropout, WeightDrop, Zoneout)
@@ -18,7 +18,7 @@ from .layers import GRU, LSTM, RNN, Bidirectional, BidirectionalState, Recurrent
 __version__ = "0.1.0"
 
 __all__ = [
-    "Anatomy", "Bidirectional", "BidirectionalState", "Cell", "ConvGRUCell", "ConvLSTMCell", "ElmanCell", "GRU",
+    "Anatomy", "Bidirectional", "BidirectionalState", "CandidateDropout", "Cell", "ConvGRUCell", "ConvLSTMCell", "ElmanCell", "GRU",
     "GRUCell", "GaussianCell", "IndRNNCell", "KernelCell", "LIFCell", "LSTM", "LSTMCell", "LSTMState",
     "LayerNormGRUCell", "LayerNormLSTMCell", "MGUCell", "MaskedState", "MinGRUCell", "MinLSTMCell", "Neuron",
     "NoisyInput", "PairState", "PoolCell", "RNN", "Recurrent", "RecurrentDropout", "Residual", "SLSTMCell",

@@ -34,9 +34,18 @@ overrides the ones it has, and the engine and anatomy read these names only):
 * ``output_size`` -- features of ``y`` per step (default ``hidden_size``);
 * ``GATES`` -- names of the gates, in the order of the rows they own (default ``()``);
 * ``scan_coefficients(x)`` -- the step is linear in the state; enables the parallel scan;
-* ``torch_kernel()`` -- the cell is one of torch's own recurrences; enables its kernel.
+* ``torch_kernel()`` -- the cell is one of torch's own recurrences; enables its kernel;
+* ``state_roles()`` -- what each state tensor is (:data:`STATE_ROLES`), so that the
+  wrappers know what they may touch: zoneout never averages a stabilizer, recurrent
+  dropout masks only what feeds the recurrent products (default: not declared);
+* ``feedback_step(x, state, fed)`` -- one step whose recurrent products read ``fed``
+  in place of ``h_{t−1}`` while the carried state stays whole (``RecurrentDropout``);
+* ``candidate_step(x, state, drop)`` -- one step with ``drop`` applied to the candidate
+  written into the memory (``CandidateDropout``);
+* ``begin_call()`` -- called by a layer once at the start of each call, before any
+  step (``WeightDrop`` draws its mask there); a no-op by default.
 
-:func:`declares` tells whether a cell has a hook of the last two kinds. A module that
+:func:`declares` tells whether a cell has one of :data:`OPTIONAL_HOOKS`. A module that
 is not a ``Cell`` (any module with ``forward(x, state)`` and ``init_state``) may define
 them by the same names; without them it declares none.
 """
@@ -52,8 +61,23 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "OPTIONAL_HOOKS", "State", "TorchKernelForm", "at_least_float32", "cell_name", "check_input", "check_state",
+__all__ = ["Cell", "OPTIONAL_HOOKS", "STATE_ROLES", "State", "TorchKernelForm", "at_least_float32", "cell_name", "check_input", "check_state",
            "declares", "is_namedtuple", "map_state", "state_leaves"]
+
+
+#: What a state tensor can be, as a cell declares it in ``state_roles()`` (one role per
+#: tensor, in :func:`state_leaves` order):
+#:
+#: * ``"hidden"`` -- ``h_{t−1}`` read by the step only through its recurrent products and
+#:   recomputed at every step (an LSTM's or an Elman cell's ``h``);
+#: * ``"memory"`` -- carried on: the step reads it other than through a product (an LSTM's
+#:   ``c``; a GRU's ``h``, which is both fed back and carried);
+#: * ``"normalizer"`` -- a memory that sums the input gates (an sLSTM's ``n``);
+#: * ``"stabilizer"`` -- the log scale of the memories and normalizers beside it in the
+#:   same state (an sLSTM's ``m``: the true memory is ``c·e^m``); never averaged;
+#: * ``"other"`` -- anything else (a mask, a window of past inputs, a running sum): no
+#:   wrapper touches it.
+STATE_ROLES = ("hidden", "memory", "normalizer", "stabilizer", "other")
 
 
 def is_namedtuple(obj: Any) -> bool:
@@ -283,6 +307,33 @@ class Cell(nn.Module):
         instance's options leave torch's function. Not declared here (``None``)."""
         return None
 
+    #: the roles of the state's tensors (:data:`STATE_ROLES`), ``None``: not declared
+    STATE_ROLE_NAMES: Optional[tuple[str, ...]] = None
+
+    def state_roles(self) -> Optional[tuple[str, ...]]:
+        """Optional: the role of each state tensor, in :func:`state_leaves` order (:data:`STATE_ROLES`);
+        ``None``: not declared. Defaults to the class's ``STATE_ROLE_NAMES``."""
+        return self.STATE_ROLE_NAMES
+
+    def feedback_step(self, x: Tensor, state: Any, fed: Tensor) -> tuple[Tensor, Any]:
+        """Optional: one step (batched, already checked) in which every recurrent product reads
+        ``fed`` (shaped like ``h``) instead of ``h_{t−1}``; what the step carries on (a GRU's
+        ``(1 − z) ⊙ n + z ⊙ h_{t−1}``) reads the state. ``forward(x, s)`` is
+        ``feedback_step(x, s, h)``. Recurrent dropout (Gal & Ghahramani 2016) passes a masked
+        ``h``. Not declared here: see :func:`declares`."""
+        raise NotImplementedError(f"{self.short_name()} does not declare feedback_step()")
+
+    def candidate_step(self, x: Tensor, state: Any, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Any]:
+        """Optional: one step (batched, already checked) with ``drop`` applied to the candidate,
+        the new content written into the memory (an LSTM's ``g`` in ``c = f ⊙ c + i ⊙ drop(g)``,
+        a GRU's ``n``). ``forward(x, s)`` is ``candidate_step(x, s, identity)``. Not declared
+        here: see :func:`declares`."""
+        raise NotImplementedError(f"{self.short_name()} does not declare candidate_step()")
+
+    def begin_call(self) -> None:
+        """Called by a layer once at the start of each call, before any step; does nothing
+        here. A wrapper passes it on to the cell it wraps."""
+
     def short_name(self) -> str:
         """``LSTMCell(8→16)``: the name used in error messages and diagrams."""
         name = type(self).__name__
@@ -300,7 +351,7 @@ class Cell(nn.Module):
 
 
 #: the optional hooks :func:`declares` knows: methods whose default declares nothing.
-OPTIONAL_HOOKS = ("scan_coefficients", "torch_kernel")
+OPTIONAL_HOOKS = ("scan_coefficients", "torch_kernel", "feedback_step", "candidate_step")
 
 
 def declares(cell: Any, hook: str) -> bool:

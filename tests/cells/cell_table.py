@@ -283,6 +283,39 @@ def ref_recurrent_dropout(cell, p, x, state):
     return h, ((h, c), (m_h,))
 
 
+def unprefixed(p: dict, prefix: str = "cell.") -> dict:
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+
+def ref_recurrent_dropout_gru(cell, p, x, state):
+    """Gal & Ghahramani on a GRU: the recurrent products read ``m ⊙ h``; the update carries ``h`` unmasked."""
+    h, (m_h,) = state
+    q, n = unprefixed(p), cell.hidden_size
+    gi, gh = lin(x, q["weight_ih"], q["bias_ih"]), lin(h * m_h, q["weight_hh"], q["bias_hh"])
+    r, z = torch.sigmoid(gi[:, :n] + gh[:, :n]), torch.sigmoid(gi[:, n:2 * n] + gh[:, n:2 * n])
+    cand = torch.tanh(gi[:, 2 * n:] + r * gh[:, 2 * n:])
+    h = (1 - z) * cand + z * h
+    return h, (h, (m_h,))
+
+
+def ref_candidate_dropout_eval(cell, p, x, state):
+    h, c = lstm_ref(p, x, state[0], state[1], "cell.")
+    return h, (h, c)
+
+
+def ref_zoneout_slstm_eval(cell, p, x, state):
+    """Zoneout's expectation taken of the sLSTM's true memory ``c·e^m`` and normalizer ``n·e^m``,
+    stored against ``max(m_{t−1}, m̃_t)``; ``h`` averaged plainly."""
+    h, c, n, m = state
+    _, (h_new, c_new, n_new, m_new) = ref_slstm(cell.cell, unprefixed(p), x, state)
+    top = torch.maximum(m, m_new)
+
+    def mean(old, new):
+        return (cell.p_c * old * torch.exp(m) + (1 - cell.p_c) * new * torch.exp(m_new)) * torch.exp(-top)
+    h = cell.p_h * h + (1 - cell.p_h) * h_new
+    return h, (h, mean(c, c_new), mean(n, n_new), top)
+
+
 def ref_weight_drop(cell, p, x, state):
     h, c = state
     h, c = lstm_ref(p, x, h, c, "cell.", w_hh=p["cell.weight_hh"] * cell.mask_weight_hh)
@@ -401,8 +434,14 @@ ROWS = [
             ref_variational, state=drawn_state),
     CellRow("recurrent-dropout", lambda i, h: tc.RecurrentDropout(tc.LSTMCell(i, h), 0.4), ref_recurrent_dropout,
             state=drawn_state),
+    CellRow("recurrent-dropout-gru", lambda i, h: tc.RecurrentDropout(tc.GRUCell(i, h), 0.4),
+            ref_recurrent_dropout_gru, state=drawn_state),
+    CellRow("candidate-dropout", lambda i, h: tc.CandidateDropout(tc.LSTMCell(i, h), 0.3), ref_candidate_dropout_eval,
+            random=True),
     CellRow("weight-drop", lambda i, h: tc.WeightDrop(tc.LSTMCell(i, h), 0.4), ref_weight_drop),
     CellRow("zoneout", lambda i, h: tc.Zoneout(tc.LSTMCell(i, h), (0.3, 0.2)), ref_zoneout_eval, random=True),
+    CellRow("zoneout-slstm", lambda i, h: tc.Zoneout(tc.SLSTMCell(i, h), (0.3, 0.2)), ref_zoneout_slstm_eval,
+            random=True, state=slstm_state),
     CellRow("residual", lambda i, h: tc.Residual(tc.GRUCell(i, i)), ref_residual, output=same_as_input),
     CellRow("stacked", lambda i, h: tc.StackedCell([tc.GRUCell(i, h), tc.LSTMCell(h, h)]), ref_stacked),
 ]

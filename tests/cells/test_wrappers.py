@@ -111,15 +111,34 @@ def test_weight_drop_uses_one_mask_for_the_batch_and_every_step():
     inner = lstm()
     cell = tc.WeightDrop(inner, 0.5)
     x = torch.randn(T, B, I, dtype=DT)
-    state = cell.init_state(B, dtype=DT)  # draws the mask
+    out, _ = tc.Recurrent(cell)(x, cell.init_state(B, dtype=DT))  # the call draws the mask
     mask = cell.mask_weight_hh.clone()
     assert mask.shape == inner.weight_hh.shape and set(mask.unique().tolist()) == {0.0, 2.0}
-    out, _ = tc.Recurrent(cell)(x, state)
     reference = lstm()
     with torch.no_grad():
         reference.weight_hh.mul_(mask)
     torch.testing.assert_close(out, tc.Recurrent(reference)(x)[0], **TOL)
-    assert torch.equal(cell.mask_weight_hh, mask), "a given state continues its sequence and its mask"
+
+
+def test_weight_drop_draws_a_new_mask_at_every_call_even_with_a_carried_state():
+    """AWD-LSTM drops the weights anew at every forward call; truncated BPTT carries the state."""
+    torch.manual_seed(14)
+    cell = tc.WeightDrop(lstm(), 0.5)
+    layer = tc.Recurrent(cell)
+    x = torch.randn(T, B, I, dtype=DT)
+    _, state = layer(x)
+    first = cell.mask_weight_hh.clone()
+    out, _ = layer(x, state)                   # the next batch continues the sequence
+    second = cell.mask_weight_hh.clone()
+    assert not torch.equal(first, second), "a carried state must not keep the previous call's mask"
+    zeros = tc.LSTMState(*(torch.zeros(B, H, dtype=DT) for _ in range(2)))
+    reference = lstm()
+    with torch.no_grad():
+        reference.weight_hh.mul_(second)
+    torch.testing.assert_close(out, tc.Recurrent(reference)(x, state)[0], **TOL)  # the call used the new mask
+    cell.eval()
+    layer(x, zeros)
+    assert torch.equal(cell.mask_weight_hh, second), "eval draws nothing"
 
 
 def test_weight_drop_draws_a_new_mask_per_sequence_and_never_touches_the_parameter(reference_loop):
@@ -161,7 +180,7 @@ def test_weight_drop_in_eval_and_with_p_zero_is_the_wrapped_cell(loop):
 def test_weight_drop_on_other_weights():
     torch.manual_seed(8)
     cell = tc.WeightDrop(tc.IndRNNCell(I, H).double(), 0.5, weights=("weight_hh", "weight_ih"))
-    cell.init_state(1, dtype=DT)
+    cell.resample()
     assert cell.mask_weight_ih.shape == (H, I) and cell.mask_weight_hh.shape == (H,)
     assert "weights=['weight_hh', 'weight_ih']" in repr(cell)
 
@@ -281,3 +300,153 @@ def test_random_wrappers_under_checkpointing_give_the_same_gradients(make):
     torch.testing.assert_close(out1, out2, **TOL)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, **TOL)
+
+
+# ---------------------------------------------------------------- issue 13: the wrappers as their papers define them
+def remembering_gru(h: int = H) -> tc.GRUCell:
+    """A GRU whose update gates hold (z ≈ 1): h_t ≈ h_{t−1} whatever the input."""
+    torch.manual_seed(15)
+    cell = tc.GRUCell(I, h).double()
+    with torch.no_grad():
+        cell.bias_ih[h:2 * h] = 8.0
+    return cell
+
+
+def test_recurrent_dropout_never_masks_a_grus_carried_state():
+    """Gal & Ghahramani mask only what feeds W_hh: a GRU's h_t = (1 − z) n + z h_{t−1} mixes the
+    unmasked h, so its state stays in [−1, 1] and a holding unit keeps its value."""
+    cell = tc.RecurrentDropout(remembering_gru(), 0.5)
+    x = torch.randn(60, B, I, dtype=DT)
+    h0 = torch.rand(B, H, dtype=DT) * 1.6 - 0.8
+    start = cell.init_state(B, dtype=DT)
+    out, final = tc.Recurrent(cell)(x, tc.MaskedState(h0, start.masks))
+    assert (start.masks[0] == 0).any() and out.abs().max() <= 1.0
+    torch.testing.assert_close(final.cell, h0, atol=0.05, rtol=0)  # the memory is kept, dropped units too
+
+
+def test_recurrent_dropout_keeps_a_default_grus_state_bounded_over_200_steps():
+    torch.manual_seed(16)
+    cell = tc.RecurrentDropout(tc.GRUCell(I, H).double(), 0.5)
+    out, _ = tc.Recurrent(cell)(torch.randn(200, 64, I, dtype=DT) * 3)
+    assert out.abs().max() <= 1.0
+
+
+BOUNDED_BY_ONE = {"elman", "lstm", "lstm-peephole", "lstm-cifg", "gru", "gru-reset-before", "mgu", "ln-lstm", "ln-gru",
+                  "slstm", "conv-lstm", "conv-gru"}
+REFUSED = {"indrnn", "mingru", "minlstm", "lif", "neuron", "noisy-input", "gaussian", "kernel", "pool"}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED_BY_ONE | REFUSED))
+def test_recurrent_dropout_on_every_zoo_cell_is_bounded_or_refused(name):
+    from torchcells.cells.registry import ZOO, make_cell
+    assert ZOO[name].kind != "wrapper"
+    torch.manual_seed(17)
+    inner = make_cell(name, 3, 4).double()
+    if name in REFUSED:
+        with pytest.raises(ValueError, match=r"RecurrentDropout: .*(no state|carries its h|declare)"):
+            tc.RecurrentDropout(inner, 0.5)
+        return
+    cell = tc.RecurrentDropout(inner, 0.5)
+    shape = (3, 8, 8) if name.startswith("conv") else (3,)
+    out, final = tc.Recurrent(cell)(torch.randn(200, 4, *shape, dtype=DT) * 3)
+    assert out.abs().max() <= 1.0 and all(torch.isfinite(t).all() for t in state_leaves(final))
+    # the memory of a cell whose memory is not h (an LSTM's c) is never masked either
+    if hasattr(final.cell, "c"):
+        state = cell.init_state(4, dtype=DT)
+        x = torch.randn(4, *shape, dtype=DT)
+        c0 = torch.randn_like(state.cell.c)
+        _, new = cell(x, tc.MaskedState(state.cell._replace(c=c0), state.masks))
+        _, plain = inner(x, state.cell._replace(c=c0, h=state.cell.h * state.masks[0]))
+        torch.testing.assert_close(new.cell.c, plain.c, **TOL)
+
+
+def test_zoneout_in_eval_never_averages_the_slstm_stabilizer():
+    """Averaging m with its initial −∞ left it at −∞ and the cell forgot everything at every step."""
+    torch.manual_seed(18)
+    inner = tc.SLSTMCell(I, H, forget_bias=6.0).double()  # forget gates open: the memory should last
+    cell = tc.Zoneout(inner, 0.3).eval()
+    x = torch.zeros(300, 2, I, dtype=DT)
+    x[0] = torch.randn(2, I, dtype=DT) * 3
+    _, final = tc.Recurrent(cell)(x)
+    assert all(torch.isfinite(t).all() for t in final)
+    assert (final.n > 10).all(), "the normalizer sums the input gates of many remembered steps"
+    other = x.clone()
+    other[0] = -other[0]
+    _, final2 = tc.Recurrent(cell)(other)
+    assert (final.c / final.n - final2.c / final2.n).abs().max() > 1e-3, "the first input is still remembered"
+
+
+def test_zoneout_in_training_keeps_or_updates_an_slstm_memory_whole():
+    """A zoned-out unit keeps c, n and m together (its true memory c·e^m, n·e^m), never m alone."""
+    torch.manual_seed(19)
+    inner = tc.SLSTMCell(I, H).double()
+    cell = tc.Zoneout(inner, (0.0, 0.5))
+    start = tc.SLSTMState(torch.rand(B, H, dtype=DT) - 0.5, torch.randn(B, H, dtype=DT),
+                          torch.rand(B, H, dtype=DT) + 1, -torch.rand(B, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    _, new = cell(x, start)
+    _, fresh = inner(x, start)
+    kept = new.m == start.m
+    assert kept.any() and (~kept).any()
+    for name in ("c", "n", "m"):
+        torch.testing.assert_close(getattr(new, name), torch.where(kept, getattr(start, name), getattr(fresh, name)))
+
+
+def test_zoneout_leaves_tensors_of_role_other_alone():
+    cell = tc.Zoneout(tc.KernelCell(I, H, kernel_size=3).double(), 0.5).eval()
+    window = torch.randn(B, I, 2, dtype=DT)
+    x = torch.randn(B, I, dtype=DT)
+    assert torch.equal(cell(x, window)[1], cell.cell(x, window)[1]), "a window of inputs is not a memory"
+
+
+# ---------------------------------------------------------------- CandidateDropout (Semeniuta et al. 2016)
+def test_candidate_dropout_drops_the_lstm_candidate_with_a_new_mask_every_step():
+    torch.manual_seed(20)
+    inner = lstm()
+    cell = tc.CandidateDropout(inner, 0.5)
+    state = tc.LSTMState(torch.randn(B, H, dtype=DT), torch.randn(B, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    _, kept = inner.candidate_step(x, state, lambda g: 2 * g)
+    _, dropped = inner.candidate_step(x, state, torch.zeros_like)
+    gates = torch.nn.functional.linear(x, inner.weight_ih, inner.bias_ih) + \
+        torch.nn.functional.linear(state.h, inner.weight_hh, inner.bias_hh)
+    torch.testing.assert_close(dropped.c, torch.sigmoid(gates[:, H:2 * H]) * state.c, **TOL)  # f ⊙ c: nothing lost
+    masks = []
+    for _ in range(2):
+        _, new = cell(x, state)
+        is_kept = (new.c - kept.c).abs() < 1e-12
+        assert torch.equal(is_kept | ((new.c - dropped.c).abs() < 1e-12), torch.ones_like(is_kept))
+        masks.append(is_kept)
+    assert not torch.equal(masks[0], masks[1]), "a new mask at every step"
+    assert torch.equal(cell.eval()(x, state)[1].c, inner(x, state)[1].c)
+
+
+def test_candidate_dropout_keeps_a_holding_grus_memory():
+    cell = tc.CandidateDropout(remembering_gru(), 0.5)
+    h0 = torch.rand(B, H, dtype=DT) * 1.6 - 0.8
+    with pytest.warns(UserWarning, match="random"):
+        out, final = tc.Recurrent(cell)(torch.randn(60, B, I, dtype=DT), h0)
+    assert out.abs().max() <= 1.0
+    torch.testing.assert_close(final, h0, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gru-reset-before", "mgu", "ln-lstm", "ln-gru", "slstm", "mingru", "minlstm",
+                                  "lstm-peephole", "lstm-cifg"])
+def test_candidate_step_with_the_identity_is_the_step(name):
+    from torchcells.cells.registry import make_cell
+    torch.manual_seed(21)
+    cell = make_cell(name, I, H).double()
+    state = cell.init_state(B, dtype=DT)
+    if name == "slstm":
+        state = state._replace(m=torch.zeros(B, H, dtype=DT), n=torch.ones(B, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    for got, want in zip(state_leaves(cell.candidate_step(x, state, lambda v: v)), state_leaves(cell(x, state))):
+        torch.testing.assert_close(got, want, **TOL)
+    y, _ = cell.candidate_step(x, state, lambda v: v * 0)
+    assert not torch.allclose(y, cell(x, state)[0]), "the candidate was dropped"
+
+
+@pytest.mark.parametrize("make", [lambda: tc.ElmanCell(I, H), lambda: tc.IndRNNCell(I, H), lambda: tc.Neuron(I, H)])
+def test_candidate_dropout_refuses_a_cell_without_a_candidate(make):
+    with pytest.raises(ValueError, match=r"CandidateDropout: \w+.* does not declare candidate_step"):
+        tc.CandidateDropout(make())

@@ -4,6 +4,7 @@ from .elman import ElmanCell
 from .gru import GRUCell
 from .lstm import LSTMCell, LSTMState
 from .minimal import MinGRUCell, MinLSTMCell
+from .candidate import CandidateDropout
 from .compose import Residual, StackedCell
 from .conv import ConvGRUCell, ConvLSTMCell
 from .dropout import MaskedState, RecurrentDropout, VariationalDropout, WeightDrop
@@ -18,7 +19,7 @@ from .spiking import LIFCell
 from .zoneout import Zoneout
 
 __all__ = ["ElmanCell", "GRUCell", "LSTMCell", "LSTMState", "MinGRUCell", "MinLSTMCell"]
-__all__ += ["ConvGRUCell", "ConvLSTMCell", "GaussianCell", "IndRNNCell", "KernelCell", "LIFCell",
+__all__ += ["CandidateDropout", "ConvGRUCell", "ConvLSTMCell", "GaussianCell", "IndRNNCell", "KernelCell", "LIFCell",
             "LayerNormGRUCell", "LayerNormLSTMCell", "MGUCell", "MaskedState", "Neuron", "NoisyInput", "PoolCell",
             "RecurrentDropout", "Residual", "SLSTMCell", "SLSTMState", "StackedCell", "VariationalDropout",
             "WeightDrop", "Zoneout"]

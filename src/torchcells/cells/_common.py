@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from ..cell import Cell, cell_name, check_state, map_state
 
-__all__ = ["StepCell", "cell_name", "check_probability", "check_size", "optional_parameter", "output_size"]
+__all__ = ["StepCell", "cell_name", "check_probability", "check_size", "optional_parameter", "output_size",
+           "roles_of", "state_template_of"]
 
 
 def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
@@ -47,6 +48,27 @@ def output_size(cell: nn.Module) -> Optional[int]:
     """Features of a cell's output ``y``: ``output_size`` if it has one, else ``hidden_size``."""
     size = getattr(cell, "output_size", None)
     return size if size is not None else getattr(cell, "hidden_size", None)
+
+
+def roles_of(cell: Any) -> Optional[tuple[str, ...]]:
+    """The roles ``cell`` declares for its state tensors (``state_roles()``), or ``None``."""
+    declared = getattr(cell, "state_roles", None)
+    return tuple(declared()) if callable(declared) and declared() is not None else None
+
+
+def state_template_of(cell: Any, batch_size: int = 1) -> Any:
+    """``cell``'s state structure and shapes on the meta device (no memory, no random draws)."""
+    template = getattr(cell, "state_template", None)
+    if callable(template):
+        return template(batch_size, None)
+    return cell.init_state(batch_size, device="meta")
+
+
+def begin_call_of(cell: Any) -> None:
+    """Tell ``cell`` (any module) that a layer call starts: its ``begin_call()``, if it has one."""
+    hook = getattr(cell, "begin_call", None)
+    if callable(hook):
+        hook()
 
 
 class StepCell(Cell):
@@ -100,6 +122,13 @@ class CellWrapper(StepCell):
 
     def short_name(self) -> str:
         return f"{type(self).__name__}({cell_name(self.cell)})"
+
+    def state_roles(self) -> Optional[tuple[str, ...]]:
+        """The wrapped cell's roles (a wrapper whose state is the cell's)."""
+        return roles_of(self.cell)
+
+    def begin_call(self) -> None:
+        begin_call_of(self.cell)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
         return self.cell.init_state(batch_size, device=device, dtype=dtype)

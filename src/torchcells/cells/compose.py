@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from ._common import CellWrapper, StepCell, cell_name, output_size
+from ._common import CellWrapper, StepCell, begin_call_of, cell_name, output_size, roles_of
 
 __all__ = ["Residual", "StackedCell"]
 
@@ -66,6 +66,15 @@ class StackedCell(StepCell):
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> tuple:
         return tuple(c.init_state(batch_size, device=device, dtype=dtype) for c in self.cells)
+
+    def state_roles(self) -> Optional[tuple[str, ...]]:
+        """The cells' roles one after another (``None`` if one cell declares none)."""
+        parts = [roles_of(c) for c in self.cells]
+        return None if any(p is None for p in parts) else tuple(r for p in parts for r in (p or ()))
+
+    def begin_call(self) -> None:
+        for c in self.cells:
+            begin_call_of(c)
 
     def state_template(self, batch_size: int, dtype: Optional[torch.dtype]) -> tuple:
         parts = []

@@ -110,6 +110,7 @@ class ConvLSTMCell(_ConvCell):
     """One ConvLSTM step (Shi et al. 2015, without peepholes)."""
 
     GATES = ("i", "f", "g", "o")
+    STATE_ROLE_NAMES = ("hidden", "memory")
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> LSTMState:
         return LSTMState(self._map(batch_size, device, dtype), self._map(batch_size, device, dtype))
@@ -127,17 +128,22 @@ class ConvGRUCell(_ConvCell):
     """One ConvGRU step (Ballas et al. 2016: reset before the recurrent convolution)."""
 
     GATES = ("r", "z", "n")
+    STATE_ROLE_NAMES = ("memory",)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:
         return self._map(batch_size, device, dtype)
 
     def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.feedback_step(x, h, h)
+
+    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with the recurrent convolutions reading ``fed``; ``h_t`` mixes in the state's ``h``."""
         C = self.hidden_size
         w, b = self.weight_hh, self.bias_hh
         i_r, i_z, i_n = self._conv(x, self.weight_ih, self.bias_ih).chunk(3, 1)
-        h_r, h_z = self._conv(h, w[:2 * C], None if b is None else b[:2 * C]).chunk(2, 1)
+        h_r, h_z = self._conv(fed, w[:2 * C], None if b is None else b[:2 * C]).chunk(2, 1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + self._conv(r * h, w[2 * C:], None if b is None else b[2 * C:]))
+        n = torch.tanh(i_n + self._conv(r * fed, w[2 * C:], None if b is None else b[2 * C:]))
         h = n + z * (h - n)
         return h, h

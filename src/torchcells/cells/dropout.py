@@ -1,4 +1,4 @@
-"""Dropout for recurrent cells: one mask per sequence (variational, recurrent) and DropConnect.
+"""Dropout for recurrent cells: one mask per sequence (variational, recurrent) and DropConnect per call.
 
 A cell sees one step at a time, but these regularizers need one random mask for a
 whole sequence (Gal & Ghahramani 2016: dropping different units at every step
@@ -15,10 +15,10 @@ sequence with the same mask. Masks are scaled by ``1/(1−p)`` (inverted dropout
 
 :class:`WeightDrop` drops weights, not units (DropConnect, Wan et al. 2013), as the
 AWD-LSTM does (Merity et al. 2017): one mask on the recurrent weight matrix, shared by
-the whole batch and every step. A mask per sequence would be a weight matrix per
-sequence, so this mask is not in the state: it is a (non-persistent) buffer of the
-wrapper, drawn anew whenever ``init_state`` makes a fresh state, or by
-:meth:`WeightDrop.resample`. Buffers are inputs of the fused engine's trace, never
+the whole batch and every step of a call. A mask per sequence would be a weight matrix
+per sequence, so this mask is not in the state: it is a (non-persistent) buffer of the
+wrapper, drawn anew at every layer call in training (AWD-LSTM's rule: a state carried
+across batches gets a new mask with each batch), or by :meth:`WeightDrop.resample`. Buffers are inputs of the fused engine's trace, never
 baked into it, so every engine reads the current mask. The dropped weight is passed to
 the wrapped cell for the call (``torch.func.functional_call``); the parameter itself
 is never replaced, so none of torch's "weights are not part of a single contiguous
@@ -28,11 +28,12 @@ In eval mode every wrapper is the wrapped cell exactly: no mask is applied.
 
 .. math::
     \\text{VariationalDropout:}\\quad y_t &= m^{\\text{out}} \\odot F(m^{\\text{in}} \\odot x_t, s_{t-1})_y \\\\
-    \\text{RecurrentDropout:}\\quad (y_t, s_t) &= F(x_t, s_{t-1} \\text{ with } h_{t-1} \\to m^h \\odot h_{t-1}) \\\\
+    \\text{RecurrentDropout:}\\quad (y_t, s_t) &= F(x_t, s_{t-1})
+        \\text{ with its recurrent products reading } m^h \\odot h_{t-1} \\\\
     \\text{WeightDrop:}\\quad (y_t, s_t) &= F_{W_{hh} \\to M \\odot W_{hh}}(x_t, s_{t-1})
 
-with masks :math:`m \\sim \\mathrm{Bernoulli}(1-p)/(1-p)`, drawn once per sequence
-(``m`` per sequence and unit; ``M`` per weight, shared by the batch).
+with masks :math:`m \\sim \\mathrm{Bernoulli}(1-p)/(1-p)`: ``m`` once per sequence and
+unit, ``M`` once per layer call and weight, shared by the batch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ._common import CellWrapper, cell_name, check_probability, get_path, h_path, set_path
+from ..cell import declares
+from ._common import (CellWrapper, cell_name, check_probability, get_path, h_path, leaf_paths, roles_of, set_path,
+                      state_template_of)
 
 __all__ = ["MaskedState", "RecurrentDropout", "VariationalDropout", "WeightDrop"]
 
@@ -104,6 +107,10 @@ class VariationalDropout(CellWrapper):
     def state_template(self, batch_size: int, dtype: Optional[torch.dtype]) -> MaskedState:
         return MaskedState(super().state_template(batch_size, dtype), self._masks(batch_size, "meta", dtype, False))
 
+    def state_roles(self) -> Optional[tuple[str, ...]]:
+        inner = roles_of(self.cell)
+        return None if inner is None else inner + ("other", "other")
+
     def step(self, x: Tensor, state: MaskedState) -> tuple[Tensor, MaskedState]:
         inner, (m_in, m_out) = state
         if self.training:
@@ -118,13 +125,31 @@ class VariationalDropout(CellWrapper):
 
 
 class RecurrentDropout(CellWrapper):
-    """Dropout on the hidden state fed back, one mask per sequence (Gal & Ghahramani 2016).
+    """Dropout on what feeds the recurrent products, one mask per sequence (Gal & Ghahramani 2016).
 
-    At each step the cell reads ``m ⊙ h_{t−1}`` instead of ``h_{t−1}`` (``h`` is the state's
-    field ``h``, or the state itself when it is one tensor; in a nested state, such as a
-    wrapped cell's, the ``h`` found by following ``h`` fields, else first parts); the state it returns, and
-    hence the final state, is unmasked. Only ``h`` is masked: an LSTM's memory ``c`` is
-    not (dropping it would erase memories; Semeniuta et al. 2016).
+    Gal & Ghahramani's variational RNN drops units of ``h_{t−1}`` where they enter the
+    recurrent weights, with one mask for the whole sequence; Keras's ``recurrent_dropout``
+    is this method. Only the products read the masked ``m ⊙ h_{t−1}``: what the cell
+    carries on from step to step is never masked (masking it would erase a dropped unit's
+    memory for the whole sequence and scale a kept one by ``1/(1−p)`` at every step):
+
+    * a cell whose ``h`` feeds only its products (LSTM, sLSTM, Elman, layer-normalized
+      and convolutional LSTM; its ``state_roles()`` says ``"hidden"``) reads a state whose
+      ``h`` is masked; its memory ``c`` is not touched;
+    * a cell that also carries ``h`` on (GRU, MGU, layer-normalized and convolutional
+      GRU) declares ``feedback_step(x, state, fed)``: its products read ``fed = m ⊙ h``,
+      its update ``h_t = … + z_t ⊙ h_{t−1}`` the unmasked ``h``;
+    * any other cell is refused (ValueError): an IndRNN (its only recurrence is each
+      unit's own memory), minGRU/minLSTM (no recurrent product), a cell without state or
+      without declared roles.
+
+    ``h`` is the state's field ``h``, or the state itself when it is one tensor (in a
+    nested state the ``h`` found by following ``h`` fields, else first parts). The state
+    returned, and hence the final state, is unmasked; the mask, drawn by ``init_state``
+    once per sequence, rides in the state so that every engine runs the wrapper (nothing
+    random happens inside a step). This is not Semeniuta et al.'s "recurrent dropout
+    without memory loss", which drops the candidate at every step: see
+    :class:`~torchcells.CandidateDropout`.
 
     State: ``MaskedState(cell=<the cell's state>, masks=(m_h,))``, ``m_h`` shaped like ``h``.
     """
@@ -132,6 +157,7 @@ class RecurrentDropout(CellWrapper):
     def __init__(self, cell: nn.Module, p: float = 0.25) -> None:
         super().__init__(cell)
         self.p = check_probability("RecurrentDropout", "p", p)
+        self.through_hook = _feedback_route(cell)
 
     def _h_mask(self, inner: Any, training: bool) -> Tensor:
         h = get_path(inner, h_path(inner))
@@ -145,29 +171,66 @@ class RecurrentDropout(CellWrapper):
         inner = super().state_template(batch_size, dtype)
         return MaskedState(inner, (self._h_mask(inner, False),))
 
+    def state_roles(self) -> Optional[tuple[str, ...]]:
+        inner = roles_of(self.cell)
+        return None if inner is None else inner + ("other",)
+
     def step(self, x: Tensor, state: MaskedState) -> tuple[Tensor, MaskedState]:
         inner, masks = state
-        if self.training:
+        if not self.training:
+            y, inner = self.cell(x, inner)
+        elif self.through_hook:
+            y, inner = self.cell.feedback_step(x, inner, get_path(inner, h_path(inner)) * masks[0])
+        else:  # h feeds only the products: mask it in the state the cell reads
             path = h_path(inner)
-            inner = set_path(inner, path, get_path(inner, path) * masks[0])
-        y, inner = self.cell(x, inner)
+            y, inner = self.cell(x, set_path(inner, path, get_path(inner, path) * masks[0]))
         return y, MaskedState(inner, masks)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
+def _feedback_route(cell: nn.Module) -> bool:
+    """How recurrent dropout reaches ``cell``'s products: ``True`` through its ``feedback_step``,
+    ``False`` by masking its ``h`` in the state (declared ``"hidden"``); else a ValueError."""
+    template = state_template_of(cell)
+    paths = leaf_paths(template)
+    name = cell_name(cell)
+    if not paths:
+        raise ValueError(f"RecurrentDropout: {name} has no state, so nothing is fed back to mask")
+    if declares(cell, "feedback_step"):
+        return True
+    roles = roles_of(cell)
+    if roles is None:
+        raise ValueError(f"RecurrentDropout: {name} does not declare what its state tensors are (state_roles()), "
+                         f"so which of them only feed the recurrent products is unknown; declare "
+                         f"STATE_ROLE_NAMES (an h read only by the products is 'hidden') or feedback_step()")
+    role = roles[paths.index(h_path(template))]
+    if role != "hidden":
+        raise ValueError(f"RecurrentDropout: {name} carries its h on from step to step (state role {role!r}) and "
+                         f"declares no feedback_step(): masking h would erase memories (Gal & Ghahramani mask "
+                         f"only what feeds the recurrent weights); expected a cell whose h only feeds its "
+                         f"recurrent products (LSTM, sLSTM, Elman) or one with feedback_step() (GRU, MGU); for "
+                         f"a wrapper, wrap the cell inside it instead")
+    return False
+
+
 class WeightDrop(CellWrapper):
-    """DropConnect on the cell's recurrent weights: one mask per weight, per sequence, shared by the batch.
+    """DropConnect on the cell's recurrent weights: one mask per weight and layer call, shared by the batch.
 
     Args:
         cell: the cell to wrap.
         p: drop probability of each weight.
         weights: names of the cell's parameters to drop (default ``("weight_hh",)``).
 
-    A new mask is drawn whenever ``init_state`` makes a fresh state in training mode
-    (so once per layer call that starts from zeros), by :meth:`resample`, or on the
-    first training step if none was drawn. The state is the wrapped cell's.
+    A new mask is drawn at every layer call in training (``Recurrent`` calls
+    :meth:`begin_call` before the first step), whether the call starts from a fresh state
+    or continues one (truncated backpropagation through time, a state carried across
+    batches): as AWD-LSTM's ``WeightDrop``, which drops the weights anew at every forward
+    call of the wrapped LSTM (Merity et al. 2017, ``weight_drop.py``). All steps and all
+    sequences of one call share the mask. Stepping the cell by hand, call
+    :meth:`resample` where a call would start (a first training step without a mask draws
+    one). The state is the wrapped cell's.
     """
 
     def __init__(self, cell: nn.Module, p: float = 0.5, *, weights: Sequence[str] = ("weight_hh",)) -> None:
@@ -194,10 +257,11 @@ class WeightDrop(CellWrapper):
             w = params[name]
             setattr(self, self._mask_name(name), _mask(tuple(w.shape), self.p, True, w.device, w.dtype))
 
-    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
-        if self.training and (device is None or torch.device(device).type != "meta"):
+    def begin_call(self) -> None:
+        """A layer call starts: in training, draw new masks (:meth:`resample`)."""
+        if self.training and self.p > 0.0:
             self.resample()
-        return self.cell.init_state(batch_size, device=device, dtype=dtype)
+        super().begin_call()
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         if not self.training or self.p == 0.0:

@@ -32,6 +32,7 @@ class ElmanCell(GatedCell):
     """``h_t = tanh|relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; torch.nn.RNNCell's parameters."""
 
     GATES = ("h",)
+    STATE_ROLE_NAMES = ("hidden",)  # h_{t−1} only feeds W_hh h_{t−1}
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None) -> None:

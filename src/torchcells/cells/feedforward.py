@@ -46,6 +46,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 class _Stateless(StepCell):
+    STATE_ROLE_NAMES: tuple[str, ...] = ()  # no state
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> tuple:
         return ()
 

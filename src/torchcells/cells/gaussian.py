@@ -49,6 +49,7 @@ class GaussianCell(StepCell):
     """A sample ``z = μ + σ ε`` of a Gaussian whose ``μ``, ``log σ²`` are linear in the input."""
 
     GATES = ("mean", "logvar")
+    STATE_ROLE_NAMES: tuple[str, ...] = ("other",)  # a running sum of KL terms
     input_size: int
     hidden_size: int
     bias: Optional[Tensor]

@@ -31,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -45,6 +45,7 @@ class GRUCell(GatedCell):
     """One GRU step (reset-after, torch.nn.GRUCell's parameters)."""
 
     GATES = ("r", "z", "n")
+    STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on (h_t mixes in h_{t−1})
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  reset_after: bool = True, device=None, dtype=None) -> None:
@@ -58,29 +59,48 @@ class GRUCell(GatedCell):
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
+        return self._step(x, h, h, None)
+
+    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with the recurrent products reading ``fed``; ``h_t`` mixes in the state's ``h``."""
+        return self._step(x, h, fed, None)
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate: ``h_t = (1 − z_t) ⊙ drop(n_t) + z_t ⊙ h_{t−1}``."""
+        return self._step(x, h, h, drop)
+
+    def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, Tensor]:
+        """One step: ``fed`` (``h`` unless recurrent dropout masks it) into the recurrent products,
+        ``drop`` (if any) on the candidate ``n``, the state's ``h`` in the update."""
         if not self.reset_after:
-            return self._reset_before(x, h)
+            return self._reset_before(x, h, fed, drop)
         gi = F.linear(x, self.weight_ih, self.bias_ih)
-        gh = F.linear(h, self.weight_hh, self.bias_hh)
+        gh = F.linear(fed, self.weight_hh, self.bias_hh)
         i_r, i_z, i_n = gi.chunk(3, -1)
         h_r, h_z, h_n = gh.chunk(3, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
+        if drop is not None:
+            n = drop(n)
         h = n + z * (h - n)
         return h, h
 
-    def _reset_before(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def _reset_before(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+                      ) -> tuple[Tensor, Tensor]:
         """Cho et al.'s form: the reset gate scales ``h`` before the candidate's recurrent product."""
         H = self.hidden_size
         gi = F.linear(x, self.weight_ih, self.bias_ih)
         w_hh, b_hh = self.weight_hh, self.bias_hh
-        gh = F.linear(h, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
+        gh = F.linear(fed, w_hh[:2 * H], None if b_hh is None else b_hh[:2 * H])
         i_r, i_z, i_n = gi.chunk(3, -1)
         h_r, h_z = gh.chunk(2, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + F.linear(r * h, w_hh[2 * H:], None if b_hh is None else b_hh[2 * H:]))
+        n = torch.tanh(i_n + F.linear(r * fed, w_hh[2 * H:], None if b_hh is None else b_hh[2 * H:]))
+        if drop is not None:
+            n = drop(n)
         h = n + z * (h - n)
         return h, h
 

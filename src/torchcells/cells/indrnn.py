@@ -40,6 +40,7 @@ class IndRNNCell(StepCell):
     """One IndRNN step: ``h_t = relu|tanh(W_ih x_t + b_ih + u ⊙ h_{t−1})``."""
 
     GATES = ("h",)
+    STATE_ROLE_NAMES = ("memory",)  # h_{t−1} only feeds u ⊙ h_{t−1}: the unit's own memory
     input_size: int
     hidden_size: int
     bias_ih: Optional[Tensor]

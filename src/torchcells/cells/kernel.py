@@ -45,6 +45,7 @@ __all__ = ["KernelCell", "PoolCell"]
 
 
 class _WindowCell(StepCell):
+    STATE_ROLE_NAMES: tuple[str, ...] = ("other",)  # the last inputs, not a memory
     input_size: int
     kernel_size: int
     _fill = 0.0

@@ -27,6 +27,15 @@ not gate by gate. Parameters: ``weight_ih`` ``(GH, I)``, ``weight_hh`` ``(GH, H)
 also ``norm_c``, ``nn.LayerNorm(H)``), gains 1 and shifts 0 at the start. Departure
 from the paper: no separate bias ``b``; the shifts ``β_1 + β_2`` are that bias.
 
+Defaults against the reference implementation (haste's ``LayerNormLSTM``, LMNT,
+``frameworks/pytorch/layer_norm_lstm.py``): haste adds a forget-gate bias of ``1.0`` by
+default (``forget_bias=1.0``), initializes each gate's input kernel Glorot-uniform and each
+gate's recurrent kernel orthogonal, with a separate bias (zeros) after the norms and no
+shifts inside them. Here the forget shift starts at ``0`` and the weights are torch's
+uniform ``±1/√H``, so the cell starts as torch's cells do; for haste's start, add the forget
+bias to ``cell.norm_ih.bias[H:2H]`` (the forget rows) and re-initialize the weights with
+``nn.init.xavier_uniform_`` / ``nn.init.orthogonal_`` per gate block.
+
 Shapes: ``x`` ``(B, I)``; state ``LSTMState(h, c)`` ``(B, H)`` each, or ``h`` ``(B, H)``
 for the GRU; output ``h``.
 
@@ -40,14 +49,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._gated import GatedCell
-from .lstm import LSTMState
+from .lstm import LSTMState, _candidate
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell"]
 
@@ -74,6 +83,7 @@ class LayerNormLSTMCell(_LayerNormCell):
 
     GATES = ("i", "f", "g", "o")
     STATE_FIELDS = ("h", "c")
+    STATE_ROLE_NAMES = ("hidden", "memory")
 
     def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -90,9 +100,18 @@ class LayerNormLSTMCell(_LayerNormCell):
 
     def forward(self, x: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         h, c = self._prepare(x, state)
+        return self._step(x, h, c, None)
+
+    def candidate_step(self, x: Tensor, state: LSTMState, drop: Callable[[Tensor], Tensor]
+                       ) -> tuple[Tensor, LSTMState]:
+        """The step with ``drop`` on the candidate: ``c_t = σ(f_t) ⊙ c_{t−1} + σ(i_t) ⊙ drop(tanh g_t)``."""
+        return self._step(x, state[0], state[1], drop)
+
+    def _step(self, x: Tensor, h: Tensor, c: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, LSTMState]:
         a, b = self._normalized(x, h)
         i, f, g, o = (a + b).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * _candidate(g, drop)
         h = torch.sigmoid(o) * torch.tanh(self.norm_c(c))
         return h, LSTMState(h, c)
 
@@ -101,6 +120,7 @@ class LayerNormGRUCell(_LayerNormCell):
     """One layer-normalized GRU step (reset-after, as torch's GRU)."""
 
     GATES = ("r", "z", "n")
+    STATE_ROLE_NAMES = ("memory",)
 
     def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,
                  dtype: Optional[torch.dtype] = None) -> None:
@@ -109,11 +129,25 @@ class LayerNormGRUCell(_LayerNormCell):
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
-        a, b = self._normalized(x, h)
+        return self._step(x, h, h, None)
+
+    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with the recurrent product reading ``fed``; ``h_t`` mixes in the state's ``h``."""
+        return self._step(x, h, fed, None)
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate ``n_t``."""
+        return self._step(x, h, h, drop)
+
+    def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, Tensor]:
+        a, b = self._normalized(x, fed)
         a_r, a_z, a_n = a.chunk(3, -1)
         b_r, b_z, b_n = b.chunk(3, -1)
         r = torch.sigmoid(a_r + b_r)
         z = torch.sigmoid(a_z + b_z)
         n = torch.tanh(a_n + r * b_n)
+        if drop is not None:
+            n = drop(n)
         h = n + z * (h - n)
         return h, h

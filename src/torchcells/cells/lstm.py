@@ -8,10 +8,12 @@
     c_t &= f_t \\odot c_{t-1} + i_t \\odot g_t \\\\
     h_t &= o_t \\odot \\tanh(c_t) \\quad(\\text{projected: } h_t = W_{hr}(o_t \\odot \\tanh(c_t)))
 
-Gates in torch's order ``GATES = ("i", "f", "g", "o")``: gate ``k`` is rows
-``k·H … (k+1)·H − 1`` of ``weight_ih`` ``(4H, I)``, ``weight_hh`` ``(4H, R)`` and both
-biases. Each of the ``H`` units ("memory cells" in the 1997 paper) has four gate
-neurons. With ``proj_size = P > 0`` (Sak et al. 2014, as in nn.LSTM) the output and
+Rows in torch's order ``GATES = ("i", "f", "g", "o")``: the input, forget and output
+gates and the candidate ``g`` (the cell input, a ``tanh`` unit, not a gate); block ``k`` is
+rows ``k·H … (k+1)·H − 1`` of ``weight_ih`` ``(4H, I)``, ``weight_hh`` ``(4H, R)`` and both
+biases. Each of the ``H`` units ("memory cells" in the 1997 paper) has three gate neurons
+and one candidate neuron. The 1997 cell had the input and output gates only; the forget
+gate is Gers et al.'s (2000), and torch's LSTM (this default) has it. With ``proj_size = P > 0`` (Sak et al. 2014, as in nn.LSTM) the output and
 ``h`` have ``P`` features, ``weight_hr`` is ``(P, H)`` and ``R = P``; otherwise ``R = H``.
 
 Options (keyword-only; the defaults are torch.nn.LSTMCell exactly, same parameters,
@@ -47,7 +49,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -56,6 +58,11 @@ import torch.nn.functional as F
 from ..cell import TorchKernelForm
 from ._common import optional_parameter
 from ._gated import GatedCell
+
+
+def _candidate(g: Tensor, drop: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+    """``tanh(g)``, with ``drop`` applied if given (candidate dropout)."""
+    return torch.tanh(g) if drop is None else drop(torch.tanh(g))
 
 
 class LSTMState(NamedTuple):
@@ -70,6 +77,7 @@ class LSTMCell(GatedCell):
 
     GATES = ("i", "f", "g", "o")
     STATE_FIELDS = ("h", "c")
+    STATE_ROLE_NAMES = ("hidden", "memory")  # h_{t−1} only feeds the recurrent products
     weight_hr: Optional[Tensor]
     weight_ci: Optional[Tensor]
     weight_cf: Optional[Tensor]
@@ -127,18 +135,28 @@ class LSTMCell(GatedCell):
 
     def forward(self, x: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         h, c = self._prepare(x, state)
+        return self._step(x, h, c, None)
+
+    def candidate_step(self, x: Tensor, state: LSTMState, drop: Callable[[Tensor], Tensor]
+                       ) -> tuple[Tensor, LSTMState]:
+        """The step with ``drop`` on the candidate: ``c_t = f_t ⊙ c_{t−1} + i_t ⊙ drop(g_t)``."""
+        return self._step(x, state[0], state[1], drop)
+
+    def _step(self, x: Tensor, h: Tensor, c: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, LSTMState]:
         gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
         if not (self.peepholes or self.coupled):
             i, f, g, o = gates.chunk(4, -1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * _candidate(g, drop)
             h = torch.sigmoid(o) * torch.tanh(c)
         else:
-            h, c = self._variant_step(gates, c)
+            h, c = self._variant_step(gates, c, drop)
         if self.weight_hr is not None:
             h = F.linear(h, self.weight_hr)
         return h, LSTMState(h, c)
 
-    def _variant_step(self, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def _variant_step(self, gates: Tensor, c: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+                      ) -> tuple[Tensor, Tensor]:
         """The step with peepholes and/or a coupled input gate (``h`` before projection, ``c``)."""
         if self.coupled:
             f, g, o = gates.chunk(3, -1)
@@ -151,7 +169,7 @@ class LSTMCell(GatedCell):
             gate_in = 1 - f
         else:
             gate_in = torch.sigmoid(i + self.weight_ci * c if self.weight_ci is not None else i)
-        c = f * c + gate_in * torch.tanh(g)
+        c = f * c + gate_in * _candidate(g, drop)
         if self.weight_co is not None:
             o = o + self.weight_co * c
         return torch.sigmoid(o) * torch.tanh(c), c

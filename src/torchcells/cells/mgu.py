@@ -24,7 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ class MGUCell(GatedCell):
     """One MGU step: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ tanh(W_ih x_t + W_hh (f_t ⊙ h_{t−1}) + b)``."""
 
     GATES = ("f", "h")
+    STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
@@ -47,10 +48,24 @@ class MGUCell(GatedCell):
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
+        return self._step(x, h, h, None)
+
+    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with both recurrent products reading ``fed``; ``h_t`` mixes in the state's ``h``."""
+        return self._step(x, h, fed, None)
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ drop(h̃_t)``."""
+        return self._step(x, h, h, drop)
+
+    def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, Tensor]:
         H = self.hidden_size
         w_hh, b_hh = self.weight_hh, self.bias_hh
         i_f, i_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
-        f = torch.sigmoid(i_f + F.linear(h, w_hh[:H], None if b_hh is None else b_hh[:H]))
-        candidate = torch.tanh(i_h + F.linear(f * h, w_hh[H:], None if b_hh is None else b_hh[H:]))
+        f = torch.sigmoid(i_f + F.linear(fed, w_hh[:H], None if b_hh is None else b_hh[:H]))
+        candidate = torch.tanh(i_h + F.linear(f * fed, w_hh[H:], None if b_hh is None else b_hh[H:]))
+        if drop is not None:
+            candidate = drop(candidate)
         h = h + f * (candidate - h)
         return h, h

@@ -55,7 +55,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -87,6 +87,8 @@ def log_g(v: Tensor) -> Tensor:
 class _MinimalCell(GatedCell):
     """Shared layout of the minimal cells: one stacked ``weight_ih`` (and ``bias_ih``), state ``h``."""
 
+    STATE_ROLE_NAMES = ("memory",)  # carried on; nothing reads it through a product
+
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
                  device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__(input_size, hidden_size, bias=bias, recurrent=False, device=device, dtype=dtype)
@@ -107,6 +109,13 @@ class MinGRUCell(_MinimalCell):
         k_z, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
         z = torch.sigmoid(k_z)
         h = (1 - z) * h + z * g(k_h)
+        return h, h
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate: ``h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ drop(h̃_t)``."""
+        k_z, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
+        z = torch.sigmoid(k_z)
+        h = (1 - z) * h + z * drop(g(k_h))
         return h, h
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,6 +154,13 @@ class MinLSTMCell(_MinimalCell):
         # without the 0/0 that f / (f + i) reaches when both σ underflow (k ≤ −90 in float32)
         d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
         h = torch.sigmoid(d) * h + torch.sigmoid(-d) * g(k_h)
+        return h, h
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate: ``h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ drop(h̃_t)``."""
+        k_f, k_i, k_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+        h = torch.sigmoid(d) * h + torch.sigmoid(-d) * drop(g(k_h))
         return h, h
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:

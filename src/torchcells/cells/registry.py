@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from torch import nn
 
+from .candidate import CandidateDropout
 from .compose import Residual, StackedCell
 from .conv import ConvGRUCell, ConvLSTMCell
 from .dropout import RecurrentDropout, VariationalDropout, WeightDrop
@@ -164,12 +165,15 @@ _ENTRIES = [
              "one dropout mask per sequence on inputs and outputs (Gal 2016)",
              "MaskedState(cell's, masks (B, I), (B, H))", "P(cell)", _AS_CELL),
     ZooEntry("recurrent-dropout", "wrapper", _wrapping(RecurrentDropout),
-             "one dropout mask per sequence on the h fed back (Gal 2016)",
+             "one dropout mask per sequence on the h the recurrent products read (Gal 2016)",
              "MaskedState(cell's, mask like h)", "P(cell)", _AS_CELL),
+    ZooEntry("candidate-dropout", "wrapper", _wrapping(CandidateDropout),
+             "dropout on the candidate update, a new mask per step (Semeniuta 2016)",
+             "the cell's", "P(cell)", "loop in training, as the cell in eval"),
     ZooEntry("weight-drop", "wrapper", _wrapping(WeightDrop),
-             "DropConnect on the recurrent weights, one mask per sequence (AWD-LSTM, Merity 2017)",
+             "DropConnect on the recurrent weights, a new mask per layer call (AWD-LSTM, Merity 2017)",
              "the cell's", "P(cell)", _AS_CELL),
-    ZooEntry("zoneout", "wrapper", _wrapping(Zoneout), "units keep their last h (p_h) and c (p_c) at random",
+    ZooEntry("zoneout", "wrapper", _wrapping(Zoneout), "units keep their last h (p_h) and memory (p_c) at random",
              "the cell's", "P(cell)", "loop in training, as the cell in eval"),
     ZooEntry("residual", "wrapper", _residual, "y = x + cell(x); needs H = I", "the cell's", "P(cell)", _AS_CELL),
     ZooEntry("stacked", "wrapper", _stacked, "cells run one after another in each step, itself a cell",

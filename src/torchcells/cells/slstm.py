@@ -23,7 +23,19 @@ Gates in xLSTM's order ``GATES = ("i", "f", "z", "o")``: rows ``k·H … (k+1)·
 ``weight_ih`` ``(4H, I)``, ``weight_hh`` ``(4H, H)`` and ``bias`` ``(4H,)``. Weights are
 uniform in ``±1/√H``; the bias too, plus ``forget_bias`` (default 1) on the forget rows.
 ``forget="sigmoid"`` (default) or ``"exp"`` picks the forget gate's activation (the paper
-allows both). Departures from the paper: one head (a full ``W_hh``; xLSTM's sLSTM
+allows both). The rows ``z`` are the cell input (the candidate), not a gate.
+
+Initialization against the reference implementation (NX-AI's ``xlstm``,
+``xlstm/blocks/slstm/cell.py``, ``sLSTMCellBase.reset_parameters``): there the recurrent
+weights start at zeros or uniform ``±1/√H`` (``recurrent_weight_init``), the input gate's,
+cell input's and output gate's biases at 0, and the forget gate's bias by ``bias_init``:
+``"powerlaw_blockdependent"`` (the setting of their language-model examples) spreads the
+units of a head from ``+5`` down to ``−7`` (``5 − 12·(k/(d−1))^{0.3+1.3r}`` for unit ``k`` of
+``d``, ``r`` the block's depth), ``"small_init"`` from 3 to 6 (linspace); their input
+projections are separate layers with a "small init" (normal, std ``√(2/(5·d))``). Here all
+weights and biases are uniform ``±1/√H`` with ``forget_bias`` (default 1) added to every
+forget row: one cell, not a block stack, so no depth-dependent schedule; set
+``cell.bias.data[H:2H]`` to reproduce one. Departures from the paper: one head (a full ``W_hh``; xLSTM's sLSTM
 makes it block-diagonal over heads) and no output projection or layer around it.
 
 The initial state is ``h = c = n = 0`` and ``m = −∞``: ``m`` is the log of the largest
@@ -45,7 +57,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +81,7 @@ class SLSTMCell(StepCell):
     """One sLSTM step: exponential input gate, normalized and stabilized memory."""
 
     GATES = ("i", "f", "z", "o")
+    STATE_ROLE_NAMES = ("hidden", "memory", "normalizer", "stabilizer")
     input_size: int
     hidden_size: int
 
@@ -102,6 +115,16 @@ class SLSTMCell(StepCell):
         return SLSTMState(zeros(), zeros(), zeros(), no_input_yet)
 
     def step(self, x: Tensor, state: SLSTMState) -> tuple[Tensor, SLSTMState]:
+        return self._step(x, state, None)
+
+    def candidate_step(self, x: Tensor, state: SLSTMState, drop: Callable[[Tensor], Tensor]
+                       ) -> tuple[Tensor, SLSTMState]:
+        """The step with ``drop`` on the cell input: ``c_t = f'_t ⊙ c_{t−1} + i'_t ⊙ drop(z_t)``
+        (the normalizer still counts the input gate: a dropped input writes zero)."""
+        return self._step(x, state, drop)
+
+    def _step(self, x: Tensor, state: SLSTMState, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, SLSTMState]:
         h, c, n, m = state
         gates = F.linear(x, self.weight_ih, self.bias) + F.linear(h, self.weight_hh)
         i_pre, f_pre, z_pre, o_pre = gates.chunk(4, -1)
@@ -110,7 +133,7 @@ class SLSTMCell(StepCell):
         m_new = torch.where(decayed > i_pre, decayed, i_pre)  # max (torch.maximum's backward works in place)
         i = torch.exp(i_pre - m_new)
         f = torch.exp(decayed - m_new)
-        c = f * c + i * torch.tanh(z_pre)
+        c = f * c + i * (torch.tanh(z_pre) if drop is None else drop(torch.tanh(z_pre)))
         n = f * n + i
         h = torch.sigmoid(o_pre) * (c / n)
         return h, SLSTMState(h, c, n, m_new)

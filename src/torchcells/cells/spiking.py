@@ -55,6 +55,7 @@ def spike(u: Tensor, slope: float) -> Tensor:
 
 class LIFCell(StepCell):
     """One leaky integrate-and-fire step: spikes out, membrane potential as the state."""
+    STATE_ROLE_NAMES: tuple[str, ...] = ("memory",)  # the membrane potential, carried on
 
     input_size: int
     hidden_size: int

@@ -118,6 +118,9 @@ class Recurrent(nn.Module):
         lens = check_lengths(owner, lengths, steps, batch)
         if unbatched and lengths is not None:
             raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
+        begin_call = getattr(self.cell, "begin_call", None)
+        if callable(begin_call):  # a call starts: a wrapper that draws per call (WeightDrop) does it now
+            begin_call()
         if state is None:
             state = self.cell.init_state(batch, device=x.device, dtype=x.dtype)
         else:
