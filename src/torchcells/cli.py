@@ -50,6 +50,25 @@ def _shape_arg(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _output_paths(html: str, svg: str) -> None:
+    """``--html`` a file path, ``--svg`` a folder path, each writable: ValueError in one line otherwise."""
+    import os
+
+    for option, path, folder in (("--html", html, False), ("--svg", svg, True)):
+        if not path:
+            continue
+        p = Path(path)
+        if not folder and p.is_dir():
+            raise ValueError(f"{option} {path} is a folder; it should be the path of the page to write")
+        if folder and p.exists() and not p.is_dir():
+            raise ValueError(f"{option} {path} is a file; it should be the folder to write the diagrams in")
+        here = p if folder else p.parent
+        while not here.exists() and here != here.parent:
+            here = here.parent
+        if not here.is_dir() or not os.access(here, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: cannot write in {here}")
+
+
 def _explain(args: argparse.Namespace) -> int:
     import json
 
@@ -57,6 +76,7 @@ def _explain(args: argparse.Namespace) -> int:
     from .cli_spec import build
 
     try:
+        _output_paths(args.html, args.svg)
         shape = _shape_arg(args.input_shape) if args.input_shape else None
         model, example = build(args.spec, seq_len=args.seq_len, batch=args.batch, input_shape=shape)
         anatomy = explain(model, example)
@@ -64,20 +84,26 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"torchcells explain: {e}", file=sys.stderr)
         return 2
     print(json.dumps(anatomy.to_dict(), indent=1) if args.json else anatomy.to_text())
-    if args.html:
-        print(f"wrote {anatomy.save_html(args.html)}", file=sys.stderr)
-    if args.svg:
-        from pathlib import Path
-
-        from .files import write_atomic
-        for kind in anatomy.svg_kinds():
-            try:
-                path = write_atomic(Path(args.svg) / f"{kind}.svg", anatomy.to_svg(kind))
-            except ValueError as e:
-                print(f"torchcells explain: no {kind}.svg: {e}", file=sys.stderr)
-                continue
-            print(f"wrote {path}", file=sys.stderr)
+    try:
+        _write_explained(anatomy, args.html, args.svg)
+    except OSError as e:
+        print(f"torchcells explain: cannot write {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _write_explained(anatomy, html: str, svg: str) -> None:
+    from .files import write_atomic
+
+    if html:
+        print(f"wrote {anatomy.save_html(html)}", file=sys.stderr)
+    for kind in anatomy.svg_kinds() if svg else ():
+        try:
+            path = write_atomic(Path(svg) / f"{kind}.svg", anatomy.to_svg(kind))
+        except ValueError as e:
+            print(f"torchcells explain: no {kind}.svg: {e}", file=sys.stderr)
+            continue
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -206,8 +232,15 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (and where to read the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchcells", description="Write a cell, get a layer.")
+    parser = _Parser(prog="torchcells", description="Write a cell, get a layer.")
     parser.add_argument("--version", action="version", version=f"torchcells {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="train a recurrent layer on handwritten digits and show its cells")
