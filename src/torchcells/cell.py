@@ -170,6 +170,15 @@ def check_input(owner: str, x: Any, *, ranks: tuple[int, ...], features: Optiona
         raise ValueError(f"{owner}: {arg} has {x.shape[-1]} features per step, expected {features}")
 
 
+def step_pair(owner: str, returned: Any) -> tuple[Any, Any]:
+    """``(y, new_state)`` from what a cell's ``forward`` returned; ``TypeError`` naming ``owner`` unless a pair."""
+    if not isinstance(returned, tuple) or len(returned) != 2:
+        what = f"a tensor of shape {tuple(returned.shape)}" if isinstance(returned, Tensor) else \
+            f"a {type(returned).__name__}" + (f" of {len(returned)}" if isinstance(returned, (tuple, list)) else "")
+        raise TypeError(f"{owner}: forward should return a pair (y, state), got {what}")
+    return returned
+
+
 def check_step(owner: str, x: Tensor, state: Any, y: Any, new: Any) -> None:
     """What one step returned, against what it was given: ``y`` a tensor with the batch of
     ``x`` first; ``new`` a state with the leaves of ``state``, each of the same shape

@@ -9,12 +9,17 @@
     cnn:channels=1,size=28,filters=8,kernel=3,classes=10  Conv2d, ReLU, MaxPool2d, Flatten, Linear
 
 or ``package.module:factory``: ``factory()`` returns a module, or a pair ``(module,
-example_input)``; a lone module needs ``--input-shape``.
+example_input)``; a lone module needs ``--input-shape``. The current folder is on the import
+path (as with ``python -m``); a module that fails to import, a factory that needs arguments or
+raises, are each a ``ValueError`` in one line.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import sys
 from typing import Any, Callable, Optional
 
 import torch
@@ -127,14 +132,19 @@ def _import(spec: str, input_shape: Optional[tuple[int, ...]]) -> tuple[nn.Modul
     module_name, colon, attr = spec.partition(":")
     if not colon or not attr or "=" in spec:
         raise ValueError(f"unknown SPEC {spec!r}: {GRAMMAR}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"SPEC {spec!r}: cannot import {module_name!r} ({e}); {GRAMMAR}") from e
-    factory = getattr(module, attr, None)
+    factory = getattr(_load(spec, module_name), attr, None)
     if not callable(factory):
         raise ValueError(f"SPEC {spec!r}: {module_name} has no callable {attr!r}")
-    made = factory()
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as e:
+        raise ValueError(f"SPEC {spec!r}: {attr}() should need no arguments, but {e}") from None
+    except ValueError:
+        pass                                         # no signature to read (a builtin): just call it
+    try:
+        made = factory()
+    except Exception as e:
+        raise ValueError(f"SPEC {spec!r}: {attr}() raised {type(e).__name__}: {_first_line(e)}") from e
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
         return made[0], made[1]
     if not isinstance(made, nn.Module):
@@ -144,3 +154,24 @@ def _import(spec: str, input_shape: Optional[tuple[int, ...]]) -> tuple[nn.Modul
         raise ValueError(f"SPEC {spec!r}: {attr}() returned a module without an example input; give its shape "
                          f"with --input-shape (e.g. --input-shape 5,1,10), or return (module, example_input)")
     return made, torch.randn(*input_shape)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+
+
+def _load(spec: str, module_name: str) -> Any:
+    """Import ``module_name`` with the current folder on the import path (as ``python -m`` has it)."""
+    added = "" not in sys.path and os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"SPEC {spec!r}: cannot import {module_name!r} ({e}); {GRAMMAR}") from e
+    except Exception as e:                            # a SyntaxError, or an error raised while importing
+        raise ValueError(f"SPEC {spec!r}: importing {module_name!r} raised {type(e).__name__}: "
+                         f"{_first_line(e)}") from e
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())

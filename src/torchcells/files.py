@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Union
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "write_atomic_together"]
 
 
 def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
@@ -22,8 +22,31 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
     Missing folders are created. The file gets the permissions a plain ``open`` would give
     it (``0666`` less the umask), not the temporary file's private ``0600``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic_together({path: data})[0]
+
+
+def write_atomic_together(files: Mapping[Union[str, Path], Union[str, bytes]]) -> list[Path]:
+    """Write several files, each atomically, and all of them or none: every temporary file is
+    written and flushed first, then they are put in place one right after another (no write,
+    no flush in between). An error before that leaves every old file as it was."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.append((_temporary(path, data), path))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    return [path for _, path in written]
+
+
+def _temporary(path: Path, data: Union[str, bytes]) -> str:
+    """A temporary file beside ``path`` holding ``data``, flushed to disk, with a plain file's permissions."""
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -34,9 +57,7 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> Path:
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
-    return path
+    return tmp

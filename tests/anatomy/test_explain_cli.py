@@ -104,3 +104,53 @@ def test_seq_len_must_be_positive():
     with pytest.raises(ValueError, match="--seq-len and --batch should be at least 1, got 0 and 1"):
         build("lstm", seq_len=0)
     assert torch.is_tensor(build("lstm")[1])
+
+
+FACTORIES = """
+import torch
+
+def pair():
+    return torch.nn.GRU(3, 4), torch.randn(5, 1, 3)
+
+def raises():
+    raise RuntimeError("the weights file is missing")
+
+def needs(size):
+    return torch.nn.Linear(size, size)
+"""
+
+EXPLAIN_CASES = [
+    (["my_factories:raises"], "SPEC 'my_factories:raises': raises() raised RuntimeError: the weights file is missing"),
+    (["my_factories:needs"], "SPEC 'my_factories:needs': needs() should need no arguments, but missing a required "
+                             "argument: 'size'"),
+    (["broken_import:make"], "SPEC 'broken_import:make': importing 'broken_import' raised RuntimeError: no GPU here"),
+    (["bad_syntax:make"], "SPEC 'bad_syntax:make': importing 'bad_syntax' raised SyntaxError"),
+    (["my_factories:pair", "--html", "."], "--html . is a folder; it should be the path of the page to write"),
+    (["my_factories:pair", "--svg", "notes.txt"], "--svg notes.txt is a file; it should be the folder"),
+    (["my_factories:pair", "--html", "notes.txt/page.html"], "--html notes.txt/page.html: cannot write in notes.txt"),
+]
+
+
+@pytest.mark.parametrize("argv, message", EXPLAIN_CASES, ids=[" ".join(a) for a, _ in EXPLAIN_CASES])
+def test_a_bad_factory_or_output_path_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    (tmp_path / "my_factories.py").write_text(FACTORIES)
+    (tmp_path / "broken_import.py").write_text("raise RuntimeError('no GPU here')\n")
+    (tmp_path / "bad_syntax.py").write_text("def make(:\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchcells explain: ") and message in lines[0], captured.err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_current_folder_is_on_the_import_path(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "here_only.py").write_text(FACTORIES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["explain", "here_only:pair"]) == 0
+    assert "GRU" in capsys.readouterr().out
+    assert str(tmp_path) not in sys.path                     # added for the import only

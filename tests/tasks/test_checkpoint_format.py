@@ -1,6 +1,7 @@
 """The checkpoint format: tensors in safetensors, structure in JSON, atomic writes."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -57,3 +58,31 @@ def test_a_safetensors_file_without_our_metadata_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / CHECKPOINT))
     with pytest.raises(CheckpointError, match="not a torchcells training checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_config_json_is_never_an_epoch_behind_the_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"model/w": torch.zeros(2)}, {"epochs_done": 1})
+    real_fsync, calls = os.fsync, []
+
+    def fail_on_the_second_file(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fail_on_the_second_file)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, {"model/w": torch.ones(2)}, {"epochs_done": 2})
+    saved = json.loads((tmp_path / "config.json").read_text())["epochs_done"]
+    assert load_checkpoint(tmp_path).meta["epochs_done"] == saved == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, "config.json"]
+
+
+def test_config_json_is_standard_json(tmp_path):
+    history = [{"epoch": 1, "test_loss": float("inf"), "train_loss": float("nan")}]
+    save_checkpoint(tmp_path, {"model/w": torch.zeros(2)}, {"epochs_done": 1, "history": history})
+
+    def refuse(token):
+        raise ValueError(f"not standard JSON: {token}")
+    config = json.loads((tmp_path / "config.json").read_text(), parse_constant=refuse)
+    assert config["history"] == [{"epoch": 1, "test_loss": None, "train_loss": None}]
+    assert load_checkpoint(tmp_path).meta["history"] == config["history"]

@@ -33,6 +33,9 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
         if lengths.dim() != 1:
             raise ValueError(f"{owner}: lengths should be 1-D with one length per sequence, "
                              f"got shape {tuple(lengths.shape)}")
+        if lengths.device.type == "meta":
+            raise ValueError(f"{owner}: lengths should hold values (on the CPU or the input's device), "
+                             f"got a tensor on the meta device, which has none")
         lens = lengths.detach().to("cpu", torch.int64)
         if torch.compiler.is_compiling():
             return _checked_in_graph(owner, lens, steps, batch)
@@ -47,6 +50,10 @@ def check_lengths(owner: str, lengths: Any, steps: int, batch: int) -> Optional[
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{owner}: lengths should hold ints, got {v!r} ({type(v).__name__})")
             ints.append(int(v))
+        if any(not -2**63 <= v < 2**63 for v in ints):
+            big = next(v for v in ints if not -2**63 <= v < 2**63)
+            raise ValueError(f"{owner}: lengths should be " + (f"<= the number of steps ({steps})" if big > 0 else
+                                                                ">= 0") + f", got {big}")
         lens = torch.tensor(ints, dtype=torch.int64).reshape(-1)
     if lens.numel() != batch:
         raise ValueError(f"{owner}: lengths has {lens.numel()} entries, expected one per sequence "

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell, State, cell_name, check_step, map_state
+from ..cell import Cell, State, cell_name, check_step, map_state, step_pair
 from .call import Call, Result, bracket, expand
 
 
@@ -36,14 +36,14 @@ def unroll_call(call: Call) -> Result:
     cell, x, state, valid = call.cell, call.x, call.state, call.valid
     if call.steps == 0:
         # No step to take: learn the output's shape from a zero-row call.
-        y, _ = cell(x.new_zeros((0,) + tuple(x.shape[2:])), map_state(lambda s: s[:0], state))
+        y, _ = step_pair(cell_name(cell), cell(x.new_zeros((0,) + tuple(x.shape[2:])), map_state(lambda s: s[:0], state)))
         outputs = y.new_zeros((0, call.batch) + tuple(y.shape[1:]))
         states = map_state(lambda s: s.new_zeros((0,) + tuple(s.shape)), state) if call.all_states else None
         return outputs, state, states
     ys: list[Tensor] = []
     history: list[State] = []
     for t in range(call.steps):
-        y, new = cell(x[t], state)
+        y, new = cell(x[t], state) if t else step_pair(cell_name(cell), cell(x[t], state))
         if t == 0:
             check_step(cell_name(cell), x[0], state, y, new)
         if valid is None:

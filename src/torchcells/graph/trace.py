@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from ..cell import cell_name, check_step
+from ..cell import cell_name, check_step, step_pair
 
 __all__ = ["RANDOM_OPS", "TRACING", "StateDtypeChange", "TraceError", "as_traced", "batch_guards", "op_name",
            "trace_step"]
@@ -86,8 +86,9 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any, *,
 
     def step(params: list[Tensor], x_t: Tensor, *state_leaves: Tensor):
         given = tree_unflatten(list(state_leaves), spec)
-        y, new = functional_call(stand_in, dict(zip(names, params)), (x_t, given))
+        returned = functional_call(stand_in, dict(zip(names, params)), (x_t, given))
         try:
+            y, new = step_pair(cell_name(cell), returned)
             check_step(cell_name(cell), x_t, given, y, new)
         except (TypeError, ValueError) as e:
             raise TraceError(str(e)) from None

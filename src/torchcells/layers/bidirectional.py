@@ -89,6 +89,11 @@ class Bidirectional(nn.Module):
         bwd = self.backward_layer(x, state[1], lengths=lengths, all_states=all_states)
         merge = _MERGES[self.merge] if isinstance(self.merge, str) else self.merge
         out = merge(fwd[0], bwd[0])
+        if not isinstance(out, Tensor) or out.shape[:-1] != fwd[0].shape[:-1]:
+            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise (ValueError if isinstance(out, Tensor) else TypeError)(
+                f"{self.short_name()}: merge should return a tensor of shape {tuple(fwd[0].shape[:-1])} + "
+                f"(features,) from the two directions' outputs {tuple(fwd[0].shape)}, got {got}")
         final = BidirectionalState(fwd[1], bwd[1])
         if all_states:
             return out, final, BidirectionalState(fwd[2], bwd[2])

@@ -126,13 +126,16 @@ class Recurrent(nn.Module):
         else:
             expected = self.cell.init_state(batch, device="meta", dtype=x.dtype)
             state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
-        if self.checkpoint_steps is not None:
-            outputs, final, states = run_chunked(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                                 all_states=all_states, engine=self.engine,
-                                                 chunk=self.checkpoint_steps)
-        else:
-            outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                         all_states=all_states, engine=self.engine)
+        try:
+            if self.checkpoint_steps is not None:
+                outputs, final, states = run_chunked(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                                     all_states=all_states, engine=self.engine,
+                                                     chunk=self.checkpoint_steps)
+            else:
+                outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
+                                             all_states=all_states, engine=self.engine)
+        except (TypeError, ValueError) as e:
+            raise _named(owner, cell_name(self.cell), e) from None
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -151,6 +154,15 @@ class Recurrent(nn.Module):
         if self.checkpoint_steps is not None:
             opts.append(f"checkpoint_steps={self.checkpoint_steps}")
         return ", ".join(opts)
+
+
+def _named(owner: str, cell: str, error: Exception) -> Exception:
+    """``error`` from the engine about what the cell's ``forward`` returned, said as the layer's
+    (``Recurrent(GRUCell(8→16)): the cell's forward returned ...``); any other error as it came."""
+    message = str(error)
+    if type(error) not in (TypeError, ValueError) or not message.startswith(f"{cell}: forward "):
+        return error
+    return type(error)(f"{owner}: the cell's {message[len(cell) + 2:]}").with_traceback(error.__traceback__)
 
 
 def _unsqueeze_state(owner: str, state: Any) -> Any:

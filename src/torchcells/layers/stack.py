@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.lengths import Lengths
+
+
+def _takes_lengths(layer: nn.Module) -> bool:
+    """``layer.forward`` accepts the keywords ``lengths`` and ``all_states`` (or any keyword)."""
+    try:
+        params = inspect.signature(layer.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True                      # no signature to read: let the call decide
+    names = {p.name for p in params}
+    return any(p.kind is p.VAR_KEYWORD for p in params) or {"lengths", "all_states"} <= names
 
 
 class Stack(nn.Module):
@@ -39,6 +50,10 @@ class Stack(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"Stack: dropout should be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
+        for i, layer in enumerate(self.layers):
+            if not _takes_lengths(layer):
+                raise TypeError(f"Stack: layers[{i}] should be a recurrent layer (Recurrent, Bidirectional, Stack, or a "
+                                f"module with forward(x, state, *, lengths, all_states)), got {type(layer).__name__}")
         firsts = {bool(getattr(layer, "batch_first", False)) for layer in self.layers}
         if len(firsts) > 1:
             raise ValueError("Stack: every layer should have the same batch_first, got a mix")

@@ -14,23 +14,30 @@ over processes, which gives the one-process gradient of the global mean.
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .base import SequenceModel, Split, Task, TaskError, check_cell
-from .checkpoint import (CHECKPOINT, CONFIG, Checkpoint, CheckpointError, load_checkpoint, pack, rng_states,
-                         save_checkpoint, set_rng_states, unpack)
+from .checkpoint import (CHECKPOINT, CONFIG, Checkpoint, CheckpointError, check_adam, check_contents, check_count,
+                         load_checkpoint, pack, rng_states, save_checkpoint, set_rng_states, unpack)
 from .distributed import World, join, shard
 from .registry import get_task
+from .rundir import check_ours, hold
 
 __all__ = ["TrainConfig", "TrainResult", "resolve_config", "train"]
 
 EVAL_BATCH = 512
+MAX_LR = 1.0
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -64,11 +71,56 @@ def resolve_config(task: str, cell: str, **given: Any) -> TrainConfig:
     for name in ("hidden", "epochs", "batch_size", "layers"):
         if getattr(config, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} should be at least 1, got {getattr(config, name)}")
-    if config.lr <= 0:
-        raise TaskError(f"--lr should be > 0, got {config.lr}")
+    if not (math.isfinite(config.lr) and 0 < config.lr <= MAX_LR):
+        raise TaskError(f"--lr should be a number > 0 and <= {MAX_LR:g} (Adam moves every weight by about "
+                        f"--lr per step), got {config.lr!r}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise TaskError(f"--seed should be a whole number from 0 to {MAX_SEED}, got {config.seed}")
     if config.limit is not None and config.limit < 1:
         raise TaskError(f"--limit should be at least 1, got {config.limit}")
     return config
+
+
+def estimate_parameters(task: Task, config: TrainConfig) -> int:
+    """The parameter count of ``config``'s model, without building it.
+
+    The count is a polynomial of degree 2 in ``hidden`` for each layer count and grows linearly
+    with ``layers``: it is read off models of 8, 16 and 24 units with 1 and 2 layers (built
+    here, tiny) and evaluated at the size asked."""
+    sizes = (8, 16, 24)
+    counts = {(n, h): sum(p.numel() for p in task.build(config.cell, hidden=h, layers=n,
+                                                        bidirectional=config.bidirectional).parameters())
+              for n in (1, 2) for h in sizes}
+
+    def at(n: int) -> Fraction:        # Lagrange's polynomial through the three sizes, at config.hidden
+        total = Fraction(0)
+        for i, hi in enumerate(sizes):
+            term = Fraction(counts[n, hi])
+            for hj in sizes[:i] + sizes[i + 1:]:
+                term *= Fraction(config.hidden - hj, hi - hj)
+            total += term
+        return total
+    return int(at(1) + (config.layers - 1) * (at(2) - at(1)))
+
+
+def check_fits(task: Task, config: TrainConfig) -> None:
+    """:class:`TaskError` if the model of ``config`` cannot fit in this machine's memory: training
+    holds four float32 copies of its parameters (weights, gradients, Adam's two moments)."""
+    parameters = estimate_parameters(task, config)
+    needed = 16 * parameters
+    available = _memory_bytes()
+    if needed > available:
+        raise TaskError(f"--hidden {config.hidden} with --layers {config.layers} makes a {config.cell} model of about "
+                        f"{float(parameters):.3g} parameters: {needed / 1e9:.3g} GB with gradients and Adam's "
+                        f"moments, more than this machine's {available / 1e9:.3g} GB of memory")
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (a large number where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
 
 
 @dataclass
@@ -102,7 +154,8 @@ def train(config: TrainConfig, *, out: Optional[Path] = None, resume: bool = Fal
     """Train ``config`` (in every process of a torchrun group, if any) and return the result.
 
     With ``out``, a checkpoint is written after every epoch (rank 0) and a plot at the end;
-    an ``out`` that already holds a checkpoint is refused unless ``resume``. With
+    an ``out`` that already holds a checkpoint is refused unless ``resume``, and so is one
+    holding files this tool did not write (:mod:`.rundir`); the run holds ``out``'s lock. With
     ``resume``, training continues from ``out``'s checkpoint, which must have been made
     with the same configuration (``epochs`` aside) and number of processes.
     Raises :class:`TaskError` / :class:`CheckpointError` before writing anything.
@@ -119,23 +172,46 @@ def train(config: TrainConfig, *, out: Optional[Path] = None, resume: bool = Fal
 def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool, progress: bool,
            plot: bool, on_epoch: Optional[Callable[[dict[str, float]], None]]) -> TrainResult:
     task = get_task(config.task)
+    checkpoint = _check_before_start(task, config, world, out, resume)
+    with _holding(out, world):
+        return _run(task, config, world, out, checkpoint, progress, plot, on_epoch)
+
+
+def _check_before_start(task: Task, config: TrainConfig, world: World, out: Optional[Path],
+                        resume: bool) -> Optional[Checkpoint]:
+    """Everything that can be refused before a file is made: the folder, the checkpoint to resume, the size."""
     if resume and out is None:
         raise TaskError("--resume needs --out DIR, the folder of the checkpoint to continue")
-    checkpoint = _checkpoint_to_resume(config, world, out) if resume else None
-    if out is not None and not resume and (Path(out) / CHECKPOINT).exists():
-        raise TaskError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise TaskError(f"--out {out} is a file; it should be a folder (new or holding a checkpoint)")
+    checkpoint = _checkpoint_to_resume(config, world, out) if resume else None
+    if out is not None and not resume:
+        if (Path(out) / CHECKPOINT).exists():
+            raise TaskError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+        check_ours(Path(out))
     if world.size > config.batch_size:
         raise TaskError(f"--batch-size {config.batch_size} is the global batch; it should be at least the "
                         f"number of processes ({world.size})")
+    check_fits(task, config)
+    return checkpoint
 
-    if out is not None and world.main:
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TaskError(f"cannot make the folder --out {out}: {e.strerror or e}") from None
 
+@contextmanager
+def _holding(out: Optional[Path], world: World) -> Iterator[None]:
+    """Rank 0 holds ``out`` (made, locked, cleared of a killed run's leftovers) while the run lasts."""
+    if out is None or not world.main:
+        yield
+        return
+    with hold(Path(out)):
+        yield
+
+
+class _LossNotFinite(ArithmeticError):
+    """The training loss of a step was NaN or infinite (raised before the optimizer step)."""
+
+
+def _run(task: Task, config: TrainConfig, world: World, out: Optional[Path], checkpoint: Optional[Checkpoint],
+         progress: bool, plot: bool, on_epoch: Optional[Callable[[dict[str, float]], None]]) -> TrainResult:
     torch.manual_seed(config.seed)
     train_split, held_out = task.load(config.seed)
     train_split, held_out = train_split.head(config.limit), held_out.head(config.limit)
@@ -144,16 +220,16 @@ def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if world.rank:
         torch.manual_seed(config.seed + 1_000_003 * world.rank)   # each process its own dropout masks
+    steps_per_epoch = -(-len(train_split) // config.batch_size)
     history: list[dict[str, float]] = []
     step_loss: list[float] = []
     if checkpoint is not None:
-        history, step_loss = _restore(checkpoint, model, optimizer, world)
+        history, step_loss = _restore(checkpoint, model, optimizer, world, steps_per_epoch, Path(str(out)))
     trained: nn.Module = model
     if world.size > 1:
         trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[world.device] if world.device.type == "cuda" else None)
 
-    steps_per_epoch = -(-len(train_split) // config.batch_size)
     from tqdm.auto import tqdm
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=len(history) * steps_per_epoch,
                desc=f"{task.name} {config.cell}", unit="step", dynamic_ncols=True,
@@ -163,7 +239,12 @@ def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool,
     try:
         for epoch in range(len(history), config.epochs):
             start = time.perf_counter()
-            totals = _train_epoch(task, trained, optimizer, train_split, config, epoch, world, step_loss, bar)
+            try:
+                totals = _train_epoch(task, trained, optimizer, train_split, config, epoch, world, step_loss, bar)
+            except _LossNotFinite as e:
+                kept = f"{out} keeps the checkpoint of epoch {len(history)}" if out is not None and history \
+                    else "nothing was saved"
+                raise TaskError(f"{e}; training stopped, {kept} (try a smaller --lr)") from None
             test = evaluate(task, model, held_out, world)
             spent += time.perf_counter() - start
             row = {"epoch": epoch + 1, "train_loss": totals[0], "train_metric": totals[1],
@@ -207,6 +288,9 @@ def _train_epoch(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
         batch = data.take(mine).to(world.device)
         sums = task.sums(model, batch)
         totals = world.sum(torch.tensor([sums.loss.item(), sums.metric, float(sums.count)], dtype=torch.float64))
+        if not math.isfinite(totals[0].item()):
+            raise _LossNotFinite(f"the training loss became {totals[0].item()} at step {len(step_loss) + 1} "
+                                 f"(epoch {epoch + 1})")
         optimizer.zero_grad(set_to_none=True)
         (sums.loss * (world.size / totals[2].item())).backward()
         optimizer.step()
@@ -253,7 +337,11 @@ def _save(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.opt
 def _checkpoint_to_resume(config: TrainConfig, world: World, out: Optional[Path]) -> Checkpoint:
     assert out is not None
     checkpoint = load_checkpoint(Path(out))
-    saved = checkpoint.meta.get("config", {})
+    saved = checkpoint.meta.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the checkpoint in {out} should hold its configuration, got {str(saved)[:60]}")
+    for key, minimum in (("world_size", 1), ("epochs_done", 0)):
+        check_count(checkpoint.meta, key, minimum, f"the checkpoint in {out}")
     ours = config.fixed()
     differs = [f"{k} (checkpoint {saved.get(k)!r}, now {v!r})" for k, v in ours.items() if saved.get(k) != v]
     if differs:
@@ -267,8 +355,11 @@ def _checkpoint_to_resume(config: TrainConfig, world: World, out: Optional[Path]
     return checkpoint
 
 
-def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-             world: World) -> tuple[list[dict[str, float]], list[float]]:
+def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
+             steps_per_epoch: int, out: Path) -> tuple[list[dict[str, float]], list[float]]:
+    """Load ``checkpoint`` into ``model`` and ``optimizer`` after checking everything in it fits them."""
+    where = f"the checkpoint in {out}"
+    done, _ = check_contents(checkpoint, steps_per_epoch=steps_per_epoch, where=where)
     weights = checkpoint.group("model")
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -279,9 +370,11 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
         if weights[k].shape != v.shape or weights[k].dtype != v.dtype:
             raise CheckpointError(f"the checkpoint's {k} is {tuple(weights[k].shape)} {weights[k].dtype}, "
                                   f"the model's {tuple(v.shape)} {v.dtype}")
+    state = unpack(checkpoint.meta.get("optimizer"), checkpoint.tensors)
+    check_adam(state, list(model.parameters()), done * steps_per_epoch, where)
     try:
         model.load_state_dict(weights)
-        optimizer.load_state_dict(unpack(checkpoint.meta["optimizer"], checkpoint.tensors))
+        optimizer.load_state_dict(state)
         rng = {name.split("/")[0]: t for name, t in checkpoint.group("rng").items()
                if name.endswith(f"/{world.rank}")}
         set_rng_states(rng)
@@ -290,6 +383,6 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"the checkpoint's optimizer or generator state does not fit: {first}") from None
-    history = list(checkpoint.meta.get("history", []))
+    history = [{k: float("nan") if v is None else v for k, v in row.items()} for row in checkpoint.meta["history"]]
     step_loss = checkpoint.tensors.get("history/step_loss", torch.zeros(0)).tolist()
     return history, step_loss

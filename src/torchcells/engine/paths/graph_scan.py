@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ...cell import cell_name, check_step, state_leaves
+from ...cell import cell_name, check_step, state_leaves, step_pair
 from ..call import Call, Path, Result, expand
 from ..modes import is_exporting
 
@@ -68,7 +68,7 @@ def scan_over_time(call: Call) -> Result:
 
     def step(carry: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         x_t, state = inputs[0], tree_unflatten(list(carry), spec)
-        y, new = cell(x_t, state)
+        y, new = step_pair(owner, cell(x_t, state))
         check_step(owner, x_t, state, y, new)
         new_leaves = tree_flatten(new)[0]
         if valid is not None:
