@@ -130,6 +130,9 @@ def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool,
         raise TaskError(f"--batch-size {config.batch_size} is the global batch; it should be at least the "
                         f"number of processes ({world.size})")
 
+    if out is not None and plot and world.main:
+        from .plot import require_plots
+        require_plots()                      # before anything is written or trained
     if out is not None and world.main:
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
