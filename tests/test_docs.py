@@ -143,3 +143,26 @@ def test_the_cell_or_layer_page_renders_in_headless_chromium(site, tmp_path):
     counts = colour_counts(rows, ch, {"learned (yellow)": (255, 224, 138), "pointwise (pink)": (247, 193, 204)})
     assert counts["learned (yellow)"] > 2_000 and counts["pointwise (pink)"] > 500, counts   # the diagrams drew
     assert "Cell or layer?" in dom.stdout and dom.stdout.count("<img") >= 5
+
+
+# the public API whose docstrings carry Args and Returns (the API reference renders them as tables)
+DOCUMENTED = ("Cell", "map_state", "Recurrent", "Stack", "Bidirectional", "LSTM", "GRU", "RNN", "ElmanCell",
+              "LSTMCell", "GRUCell", "explain", "export_onnx", "unroll")
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_the_public_api_documents_its_arguments(name):
+    import inspect
+
+    import torchcells
+
+    obj = getattr(torchcells, name)
+    doc = inspect.getdoc(obj) or ""
+    assert "Args:" in doc, name
+    if not isinstance(obj, type) or name in ("Cell", "LSTM", "GRU", "RNN", "ElmanCell", "LSTMCell", "GRUCell"):
+        assert "Returns:" in doc, name
+    target = obj.__init__ if isinstance(obj, type) else obj
+    documented = re.findall(r"^ {4}\*{0,2}(\w+):", doc, flags=re.M)
+    for param in inspect.signature(target).parameters:
+        if param not in ("self", "args", "kwargs"):
+            assert param in documented, (name, param)
