@@ -6,14 +6,15 @@ PY     := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	@# tasks: the demo's and the training tasks' data and plots; docs: the site test_docs.py builds
+	$(PY) -m pip install --quiet -e ".[tasks,test,docs]"
 	@# The native runtime (C++, built once and cached); without a compiler the Python loop runs.
 	$(PY) -m torchcells.engine.native
 	touch $(STAMP)
@@ -24,5 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The documentation site (MkDocs + Material + mkdocstrings) into site/; warnings are errors.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

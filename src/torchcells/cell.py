@@ -89,6 +89,14 @@ def map_state(fn: Callable[..., Tensor], state: Any, *others: Any) -> Any:
 
     NamedTuple types are kept, so ``map_state(lambda t: t[:2], LSTMState(h, c))``
     is an ``LSTMState``.
+
+    Args:
+        fn: called with one leaf of ``state`` (and the matching leaves of ``others``).
+        state: a tensor or a (nested) tuple / NamedTuple of tensors.
+        *others: states of the same structure, read leaf by leaf beside ``state``.
+
+    Returns:
+        A state of ``state``'s structure holding ``fn``'s results.
     """
     if isinstance(state, Tensor):
         return fn(state, *others)
@@ -249,9 +257,13 @@ class Cell(nn.Module):
     ``forward``. ``init_state`` defaults to zeros of shape ``(B, hidden_size)``;
     override it for any other state (e.g. a NamedTuple of two tensors).
 
-    Attributes:
+    Args:
         input_size: ``I``, features of ``x`` per step (``None`` if any size is fine).
-        hidden_size: ``H``, the number of units.
+        hidden_size: ``H``, the number of units (``None`` for a cell whose state is not ``(B, H)``).
+
+    Returns:
+        ``forward(x, state)`` returns ``(y, new_state)``: ``y`` ``(B, output_size)`` and a state of the
+        structure ``init_state`` makes.
 
     The optional hooks below (``output_size``, ``GATES``, ``scan_coefficients``,
     ``torch_kernel``) have defaults that declare nothing; a cell overrides what it has.

@@ -29,7 +29,19 @@ from ._gated import GatedCell
 
 
 class ElmanCell(GatedCell):
-    """``h_t = tanh|relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; torch.nn.RNNCell's parameters."""
+    """``h_t = tanh|relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; torch.nn.RNNCell's parameters.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the biases ``bias_ih`` and ``bias_hh``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
+    """
 
     GATES = ("h",)
     STATE_ROLE_NAMES = ("hidden",)  # h_{t−1} only feeds W_hh h_{t−1}

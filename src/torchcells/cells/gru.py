@@ -42,7 +42,22 @@ from ._gated import GatedCell
 
 
 class GRUCell(GatedCell):
-    """One GRU step (reset-after, torch.nn.GRUCell's parameters)."""
+    """One GRU step (reset-after, torch.nn.GRUCell's parameters).
+
+    Equations: docs/zoo/gru.md (``GATES = ("r", "z", "n")``).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the biases ``bias_ih`` and ``bias_hh``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+        reset_after: ``True`` (torch's, cuDNN's) applies the reset gate after the recurrent product;
+            ``False`` before it, as Cho et al. 2014.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
+    """
 
     GATES = ("r", "z", "n")
     STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on (h_t mixes in h_{t−1})

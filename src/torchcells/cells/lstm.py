@@ -73,7 +73,26 @@ class LSTMState(NamedTuple):
 
 
 class LSTMCell(GatedCell):
-    """One LSTM step; torch.nn.LSTMCell's parameters (plus nn.LSTM's ``proj_size``)."""
+    """One LSTM step; torch.nn.LSTMCell's parameters (plus nn.LSTM's ``proj_size``).
+
+    Equations, the options' papers and the gate rows: docs/zoo/lstm.md (``GATES = ("i", "f", "g", "o")``,
+    gate ``j`` is rows ``j·H … (j+1)·H − 1`` of ``weight_ih``, ``weight_hh`` and both biases).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the biases ``bias_ih`` and ``bias_hh``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+        proj_size: ``P > 0`` projects ``h`` to ``P`` features (``weight_hr``), as nn.LSTM.
+        peepholes: the gates also read ``c`` (Gers & Schmidhuber 2000).
+        coupled: no input gate, ``i_t = 1 − f_t`` (CIFG, Greff et al. 2017).
+        forget_bias: added to the forget rows of ``bias_ih`` at initialization.
+
+    Returns:
+        ``forward(x, state)`` returns ``(h_t, LSTMState(h_t, c_t))``: ``x`` ``(B, I)``, ``h`` ``(B, H)``
+        (``(B, P)`` projected), ``c`` ``(B, H)``.
+    """
 
     GATES = ("i", "f", "g", "o")
     STATE_FIELDS = ("h", "c")

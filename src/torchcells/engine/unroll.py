@@ -19,13 +19,17 @@ def unroll(cell: Cell, x: Tensor, state: State, *, lengths: Optional[Tensor] = N
     """Run ``cell`` over ``x`` ``(T, B, ...)`` from ``state``; time-major, already validated.
 
     Args:
+        cell: the step function.
+        x: the inputs, time-major.
+        state: the state before the first step.
         lengths: ``(B,)`` int64 valid lengths (any order) or ``None`` for full length.
         reverse: read each sequence from its own last valid step back to step 0.
         all_states: also return every step's state, each leaf stacked to ``(T, B, ...)``.
 
-    Returns ``(outputs (T, B, ...), final_state, states_or_None)``. Outputs and
-    every-step states are exactly zero at padded steps; ``final_state`` is each
-    sequence's state after its last valid step (its initial state if its length is 0).
+    Returns:
+        ``(outputs (T, B, ...), final_state, states_or_None)``. Outputs and every-step states are
+        exactly zero at padded steps; ``final_state`` is each sequence's state after its last valid
+        step (its initial state if its length is 0).
     """
     return bracket(unroll_call, cell, x, state, lengths=lengths, reverse=reverse, all_states=all_states)
 

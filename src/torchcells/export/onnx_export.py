@@ -62,6 +62,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: Union[str, os.Pat
             Exported as it is: call ``model.eval()`` first for inference (dropout).
         example_input: ``(T, B, ...)`` (``(B, T, ...)`` where ``model.batch_first``), ``T ≥ 2`` and
             ``B ≥ 2`` (torch.export fixes a size of 0 or 1 to that value).
+        path: where the ``.onnx`` file is written (atomically, after the check).
         lengths: ``(B,)`` int64 valid lengths; given, the file has a ``lengths`` input (any values
             ``0 … T`` at run time; the file does not check them).
         state: an initial state, as the model takes it; given, the file has ``state_in_*`` inputs.
@@ -71,7 +72,8 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: Union[str, os.Pat
         overwrite: replace a file already at ``path`` (else ``FileExistsError``).
         opset_version: the ONNX opset, or ``None`` for torch's default.
 
-    Returns ``path`` as a :class:`~pathlib.Path`.
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
     """
     owner, target = cell_name(model), Path(path)
     if target.exists() and not overwrite:

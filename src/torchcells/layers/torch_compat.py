@@ -377,6 +377,21 @@ class LSTM(_TorchStyleRNN):
     PackedSequence in and out, unbatched ``(T, I)`` input. See the module docstring
     for the layout of states and state-dict keys.
 
+    Args:
+        input_size: features of each step of the input.
+        hidden_size: units per layer and direction.
+        num_layers: recurrent layers, stacked.
+        bias: with the biases ``bias_ih_l*`` and ``bias_hh_l*``.
+        batch_first: input and output are ``(B, T, ...)``.
+        dropout: dropout on each layer's outputs but the last, in training.
+        bidirectional: each layer also reads the sequence backwards.
+        proj_size: ``P > 0`` projects each layer's ``h`` to ``P`` features.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward`` returns ``(output, (h_n, c_n))``, with torch.nn's shapes.
+
     Example::
 
         >>> ours, theirs = LSTM(10, 20, num_layers=2), torch.nn.LSTM(10, 20, num_layers=2)
@@ -429,6 +444,20 @@ class GRU(_TorchStyleRNN):
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, device=None, dtype=None)``;
     ``forward(input, h_0=None) -> (output, h_n)``.
+
+    Args:
+        input_size: features of each step of the input.
+        hidden_size: units per layer and direction.
+        num_layers: recurrent layers, stacked.
+        bias: with the biases ``bias_ih_l*`` and ``bias_hh_l*``.
+        batch_first: input and output are ``(B, T, ...)``.
+        dropout: dropout on each layer's outputs but the last, in training.
+        bidirectional: each layer also reads the sequence backwards.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward`` returns ``(output, h_n)``, with torch.nn's shapes.
     """
 
     mode = "GRU"
@@ -449,6 +478,21 @@ class RNN(_TorchStyleRNN):
     ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``;
     ``forward(input, h_0=None) -> (output, h_n)``.
+
+    Args:
+        input_size: features of each step of the input.
+        hidden_size: units per layer and direction.
+        num_layers: recurrent layers, stacked.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        bias: with the biases ``bias_ih_l*`` and ``bias_hh_l*``.
+        batch_first: input and output are ``(B, T, ...)``.
+        dropout: dropout on each layer's outputs but the last, in training.
+        bidirectional: each layer also reads the sequence backwards.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward`` returns ``(output, h_n)``, with torch.nn's shapes.
     """
 
     mode = "RNN"

@@ -27,6 +27,15 @@ class TaskError(ValueError):
     """Bad input to a task or to training, said in one line (the CLI prints it and exits non-zero)."""
 
 
+#: what to run when a task's data or the plots need a package the light install leaves out
+TASKS_EXTRA = 'pip install "torchcells[tasks]"'
+
+
+def missing_extra(what: str, package: str) -> TaskError:
+    """The one-line error for a package of the ``tasks`` extra that is not installed."""
+    return TaskError(f"{what} needs {package}, which is not installed: {TASKS_EXTRA}")
+
+
 @dataclass(frozen=True)
 class Split:
     """One part of a dataset: ``N`` examples.

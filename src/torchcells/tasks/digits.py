@@ -14,13 +14,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SequenceModel, Split, Sums, Task, build_encoder, classification_sums, majority_accuracy
+from .base import SequenceModel, Split, Sums, Task, build_encoder, classification_sums, majority_accuracy, \
+    missing_extra
 
 
 def load_digit_sequences(seed: int = 0, test_fraction: float = 0.25):
     """``(x_train, y_train, x_test, y_test)``: images as ``(N, 8, 8)`` float32 in [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise missing_extra("the digits task", "scikit-learn (it ships the data)") from None
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32) / 16.0

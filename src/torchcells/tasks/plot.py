@@ -8,7 +8,17 @@ from typing import Any, Mapping, Sequence
 
 from ..files import write_atomic
 
-__all__ = ["plot_compare", "plot_history"]
+__all__ = ["plot_compare", "plot_history", "require_plots"]
+
+
+def require_plots() -> None:
+    """Raise the one-line :class:`TaskError` naming the extra to install when matplotlib is missing."""
+    from .base import missing_extra
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise missing_extra("plotting the training curves (--out)", "matplotlib") from None
 
 
 def _pyplot() -> Any:

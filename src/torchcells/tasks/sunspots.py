@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SequenceModel, Split, Sums, Task, TaskError, build_encoder
+from .base import SequenceModel, Split, Sums, Task, TaskError, build_encoder, missing_extra
 
 WINDOW = 24
 TRAIN_FRACTION = 0.8
@@ -23,7 +23,7 @@ def load_sunspots() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from statsmodels.datasets import sunspots
     except ImportError:
-        raise TaskError("the sunspots task needs statsmodels (it ships the data): pip install statsmodels") from None
+        raise missing_extra("the sunspots task", "statsmodels (it ships the data)") from None
     data = sunspots.load_pandas().data
     return (torch.tensor(data["YEAR"].to_numpy(), dtype=torch.float64),
             torch.tensor(data["SUNACTIVITY"].to_numpy(), dtype=torch.float64))

@@ -172,13 +172,13 @@ def train(config: TrainConfig, *, out: Optional[Path] = None, resume: bool = Fal
 def _train(config: TrainConfig, world: World, out: Optional[Path], resume: bool, progress: bool,
            plot: bool, on_epoch: Optional[Callable[[dict[str, float]], None]]) -> TrainResult:
     task = get_task(config.task)
-    checkpoint = _check_before_start(task, config, world, out, resume)
+    checkpoint = _check_before_start(task, config, world, out, resume, plot)
     with _holding(out, world):
         return _run(task, config, world, out, checkpoint, progress, plot, on_epoch)
 
 
 def _check_before_start(task: Task, config: TrainConfig, world: World, out: Optional[Path],
-                        resume: bool) -> Optional[Checkpoint]:
+                        resume: bool, plot: bool) -> Optional[Checkpoint]:
     """Everything that can be refused before a file is made: the folder, the checkpoint to resume, the size."""
     if resume and out is None:
         raise TaskError("--resume needs --out DIR, the folder of the checkpoint to continue")
@@ -193,6 +193,9 @@ def _check_before_start(task: Task, config: TrainConfig, world: World, out: Opti
         raise TaskError(f"--batch-size {config.batch_size} is the global batch; it should be at least the "
                         f"number of processes ({world.size})")
     check_fits(task, config)
+    if out is not None and plot and world.main:
+        from .plot import require_plots
+        require_plots()                      # the plots' extra, before anything is written or trained
     return checkpoint
 
 

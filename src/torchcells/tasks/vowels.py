@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import SequenceModel, Split, Sums, Task, TaskError, build_encoder, classification_sums, \
-    majority_accuracy
+    majority_accuracy, missing_extra
 
 SPEAKERS = 9
 FEATURES = 12
@@ -24,8 +24,7 @@ def load_vowels(split: str) -> Split:
     try:
         from sktime.datasets import load_japanese_vowels
     except ImportError:
-        raise TaskError("the vowels task needs sktime (it ships the Japanese vowels data): "
-                        "pip install sktime") from None
+        raise missing_extra("the vowels task", "sktime (it ships the Japanese vowels data)") from None
     try:
         frame, labels = load_japanese_vowels(split=split, return_X_y=True)
     except (OSError, ValueError) as e:
