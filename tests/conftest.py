@@ -4,7 +4,8 @@ Helpers are handed to tests as fixtures (``close``, ``tolerances``, ``reference_
 rather than imported, so they work whatever import mode pytest runs with and whatever other
 ``conftest.py`` files sit in sub-folders. What a test needs while it is collected (its
 parametrize tables) is a module of the tests' own, imported by name: ``fixture_cells``
-(cells written for the tests) and ``cell_table`` (tests/cells/, the table of cells); their
+(cells written for the tests), ``cell_table`` (tests/cells/, the table of cells) and
+``pytorch2_modes`` (tests/engine/, the PyTorch 2 columns of the mode matrix); their
 folders are put on ``sys.path`` here, so that works in every import mode too.
 
 Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=...``):
@@ -25,7 +26,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 HERE = Path(__file__).resolve().parent
-for folder in (HERE, HERE / "cells"):      # fixture_cells.py, cells/cell_table.py
+for folder in (HERE, HERE / "cells", HERE / "engine"):  # fixture_cells.py, cells/cell_table.py, engine/pytorch2_modes.py
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
 

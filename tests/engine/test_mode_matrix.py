@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+import pytorch2_modes
 import torchcells as tc
 from fixture_cells import TwoWidthCell, UserLSTMCell
 
@@ -35,7 +36,7 @@ CELLS: dict[str, Callable[[], nn.Module]] = {
     "TwoWidthCell": lambda: TwoWidthCell(I, H), "MinGRUCell": lambda: tc.MinGRUCell(I, H),
     "Zoneout(LSTMCell)": lambda: tc.Zoneout(tc.LSTMCell(I, H), 0.3).eval(),
 }
-ROWS = ([(c, p) for c in CELLS for p in ("loop", "fused-native", "fused-python")]
+ROWS = ([(c, p) for c in CELLS for p in ("loop", "fused-native", "fused-python", "export")]
         + [("MinGRUCell", "scan")] + [(c, "torch") for c in ("LSTMCell", "GRUCell", "ElmanCell")])
 
 
@@ -204,8 +205,18 @@ def changed_global(cell, path, monkeypatch):
     _after_a_change(cell, path, monkeypatch, change)
 
 
+def _pytorch2(column: Callable[[tc.Recurrent, tc.Recurrent], None]):
+    """A column of ``pytorch2_modes`` as a mode of this matrix."""
+    def mode(cell, path, monkeypatch):
+        column(*pytorch2_modes.copies(_layer(cell, path, monkeypatch)))
+    mode.__name__ = column.__name__
+    return mode
+
+
 MODES = [fp32, fp64, bfloat16_module, autocast_bf16, double_backward, four_threads_first_call,
-         changed_private_attribute, changed_global]
+         changed_private_attribute, changed_global,
+         *(_pytorch2(c) for c in (pytorch2_modes.compiled, pytorch2_modes.exported, pytorch2_modes.onnx,
+                                  pytorch2_modes.func_grad, pytorch2_modes.func_vmap))]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m.__name__ for m in MODES])

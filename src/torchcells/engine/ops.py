@@ -48,7 +48,7 @@ from ..graph import TraceError
 from .call import Call, Result
 from .derive import FusedKernels
 
-__all__ = ["compile_check", "compiling", "functorch_active", "fused_backward", "fused_forward", "handle_of", "run_ops"]
+__all__ = ["compile_check", "compiling", "functorch_active", "fused_backward", "fused_forward", "handle_of", "run_ops", "vmap_active"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,16 @@ def compiling() -> bool:
 def functorch_active() -> bool:
     """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ...) is running."""
     return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is among the running transforms (torch's RNN kernels have no
+    batching rule)."""
+    if not functorch_active():
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    from torch._C._functorch import TransformType
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 #: the dispatcher's thread-local key sets of plain eager code (taken at import, outside any transform)

@@ -18,9 +18,12 @@ so the results are the reference loop's (:mod:`..unroll`). ``reverse`` and every
 are the bracket's, as on every path.
 
 In ``engine="auto"`` the path runs only while ``torch.compiler.is_exporting()``; elsewhere
-it defers to the faster paths. Named (``engine="export"``) it also runs eagerly, where
-torch's ``scan`` compiles its body (a first call costs seconds) -- for checking an
-exportable model against the loop, not for speed.
+it defers to the faster paths. Named (``engine="export"``) it also runs eagerly -- for
+checking an exportable model against the loop, not for speed. Eagerly (nothing compiling)
+the same step body is applied in a Python loop rather than through torch's eager ``scan``,
+which compiles its body with dynamo on every call's first sight and so fails from several
+threads, under torch.func transforms and (through its autograd) for second derivatives; the
+body, and so every result, is the one the exported program runs.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def scan_over_time(call: Call) -> Result:
 
     cell, owner, valid, keep_states = call.cell, cell_name(call.cell), call.valid, call.all_states
     leaves, spec = tree_flatten(call.state)
+    fresh_carry = torch.compiler.is_compiling() and not is_exporting()
 
     def step(carry: tuple[Tensor, ...], inputs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         x_t, state = inputs[0], tree_unflatten(list(carry), spec)
@@ -77,12 +81,25 @@ def scan_over_time(call: Call) -> Result:
             y = y.masked_fill(~expand(keep, y), 0)
         # scan's body may neither return one tensor twice nor alias its inputs: fresh per-step outputs
         out = (y.clone(), *(n.clone() for n in new_leaves)) if keep_states else (y.clone(),)
+        if fresh_carry:  # torch.compile's AOT autograd refuses a carry it cannot prove unaliased
+            new_leaves = [n.clone() for n in new_leaves]
         return tuple(new_leaves), out
 
     inputs = (call.x,) if valid is None else (call.x, valid)
-    final, stacked = scan(step, _own_leaves(leaves), inputs)
+    run = scan if torch.compiler.is_compiling() else _eager_scan
+    final, stacked = run(step, _own_leaves(leaves), inputs)
     states = tree_unflatten(list(stacked[1:]), spec) if keep_states else None
     return stacked[0], tree_unflatten(list(final), spec), states
+
+
+def _eager_scan(step, carry: tuple[Tensor, ...], inputs: tuple[Tensor, ...]
+                ) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """What ``scan(step, carry, inputs)`` computes, as a Python loop over the leading dimension."""
+    outputs: list[tuple[Tensor, ...]] = []
+    for t in range(inputs[0].shape[0]):
+        carry, out = step(carry, tuple(i[t] for i in inputs))
+        outputs.append(out)
+    return carry, [torch.stack(column) for column in zip(*outputs)]
 
 
 def _own_leaves(leaves: list[Tensor]) -> tuple[Tensor, ...]:

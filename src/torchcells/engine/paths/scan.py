@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ...cell import declares
+from .. import ops
 from ..call import Call, Path, Result
 from ..scan import scan_call
 
@@ -24,6 +25,9 @@ class ScanPath(Path):
         if torch.compiler.is_compiling():
             return ("under torch.compile the scan cannot run: it sizes its chunks from the data (the "
                     "range of log a), which a compiled graph cannot read; the fused path or the loop runs")
+        if ops.functorch_active():
+            return ("under a torch.func transform (grad, vmap, jacrev) the scan cannot run: its "
+                    "autograd.Function has no functorch rules; the fused path or the loop runs")
         return None
 
     def run(self, call: Call) -> Result:

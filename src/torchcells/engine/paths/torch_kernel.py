@@ -37,6 +37,9 @@ class TorchKernelPath(Path):
             return "engine='torch' runs only without every-step states (torch's kernels return the last state)"
         if ops.compiling():  # run() takes the fused operator, which runs any lengths
             return ops.compile_check(call.cell, call.lengths is not None, call.raw_x.dtype, call.raw_x.device)[1]
+        if ops.vmap_active():
+            return ("under torch.func.vmap torch's kernel cannot run (torch has no batching rule for "
+                    "its RNN kernels); the fused path runs")
         if call.lengths is not None and int(call.lengths.min()) == 0:
             return "engine='torch' runs only sequences of length 1 or more (a packed batch holds no empty sequence)"
         return None
