@@ -425,7 +425,12 @@ class TorchKernelForm:
 
 
 class PairState(NamedTuple):
-    """A generic two-tensor state, for cells that need one (``h`` and ``m``)."""
+    """A generic two-tensor state, for cells that need one (``h`` and ``m``).
+
+    Attributes:
+        h: the tensor fed back as the hidden state, ``(B, …)``.
+        m: the second tensor (a memory, a running value), ``(B, …)``.
+    """
 
     h: Tensor
     m: Tensor

@@ -155,6 +155,14 @@ class Anatomy:
 
     ``total_parameters`` equals ``sum(p.numel() for p in model.parameters())`` and the
     sum of the layers' ``parameters`` (containers add nothing of their own).
+
+    Attributes:
+        model: the model's class name.
+        total_parameters: ``sum(p.numel() for p in model.parameters())``, each shared tensor once.
+        layers: one :class:`Layer` per layer and direction, in the order the forward ran them.
+        batch_size: the example input's batch; counts are per example.
+        input_shape: the example input's shape (its first tensor), if it has one.
+        output_shape: the model's output's shape (its first tensor), if it has one.
     """
 
     model: str

@@ -66,7 +66,12 @@ def _candidate(g: Tensor, drop: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
 
 
 class LSTMState(NamedTuple):
-    """An LSTM's state in torch's order: hidden ``h`` then memory ``c``."""
+    """An LSTM's state in torch's order: hidden ``h`` then memory ``c``.
+
+    Attributes:
+        h: ``(B, H)`` (``(B, P)`` projected), the output, fed back to the gates.
+        c: ``(B, H)``, the memory.
+    """
 
     h: Tensor
     c: Tensor
