@@ -127,6 +127,7 @@ class ConvLSTMCell(_ConvCell):
     """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_ROLE_NAMES = ("hidden", "memory")
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> LSTMState:
@@ -162,6 +163,7 @@ class ConvGRUCell(_ConvCell):
     """
 
     GATES = ("r", "z", "n")
+    CANDIDATES = ("n",)
     STATE_ROLE_NAMES = ("memory",)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:

@@ -96,6 +96,7 @@ class LayerNormLSTMCell(_LayerNormCell):
     """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_FIELDS = ("h", "c")
     STATE_ROLE_NAMES = ("hidden", "memory")
 
@@ -147,6 +148,7 @@ class LayerNormGRUCell(_LayerNormCell):
     """
 
     GATES = ("r", "z", "n")
+    CANDIDATES = ("n",)
     STATE_ROLE_NAMES = ("memory",)
 
     def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,

@@ -100,6 +100,7 @@ class LSTMCell(GatedCell):
     """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_FIELDS = ("h", "c")
     STATE_ROLE_NAMES = ("hidden", "memory")  # h_{t−1} only feeds the recurrent products
     weight_hr: Optional[Tensor]

@@ -53,6 +53,7 @@ class MGUCell(GatedCell):
     """
 
     GATES = ("f", "h")
+    CANDIDATES = ("h",)
     STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,

@@ -114,6 +114,7 @@ class MinGRUCell(_MinimalCell):
     """
 
     GATES = ("z", "h")
+    CANDIDATES = ("h",)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
@@ -167,6 +168,7 @@ class MinLSTMCell(_MinimalCell):
     """
 
     GATES = ("f", "i", "h")
+    CANDIDATES = ("h",)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)

@@ -104,6 +104,7 @@ class SLSTMCell(StepCell):
     """
 
     GATES = ("i", "f", "z", "o")
+    CANDIDATES = ("z",)
     STATE_ROLE_NAMES = ("hidden", "memory", "normalizer", "stabilizer")
     input_size: int
     hidden_size: int
