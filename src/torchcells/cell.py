@@ -33,6 +33,8 @@ overrides the ones it has, and the engine and anatomy read these names only):
 
 * ``output_size`` -- features of ``y`` per step (default ``hidden_size``);
 * ``GATES`` -- names of the gates, in the order of the rows they own (default ``()``);
+* ``CANDIDATES`` -- which of those blocks of rows are a candidate (the new content a step
+  writes, an LSTM's ``g``, a GRU's ``n``), not a gate (default ``()``);
 * ``scan_coefficients(x)`` -- the step is linear in the state; enables the parallel scan;
 * ``torch_kernel()`` -- the cell is one of torch's own recurrences; enables its kernel;
 * ``state_roles()`` -- what each state tensor is (:data:`STATE_ROLES`), so that the
@@ -279,6 +281,10 @@ class Cell(nn.Module):
     #: weights (``("i", "f", "g", "o")`` for an LSTM); anatomy names the neurons after
     #: them. ``()``: no gate rows to name.
     GATES: tuple[str, ...] = ()
+    #: the names in ``GATES`` whose rows make a candidate -- the new content written into the
+    #: state (``("g",)`` for an LSTM, ``("n",)`` for a GRU) -- rather than a gate that scales
+    #: something; anatomy calls them so. ``()``: every named block is a gate.
+    CANDIDATES: tuple[str, ...] = ()
 
     def __init__(self, input_size: Optional[int] = None, hidden_size: Optional[int] = None) -> None:
         super().__init__()
@@ -425,7 +431,12 @@ class TorchKernelForm:
 
 
 class PairState(NamedTuple):
-    """A generic two-tensor state, for cells that need one (``h`` and ``m``)."""
+    """A generic two-tensor state, for cells that need one (``h`` and ``m``).
+
+    Attributes:
+        h: the tensor fed back as the hidden state, ``(B, …)``.
+        m: the second tensor (a memory, a running value), ``(B, …)``.
+    """
 
     h: Tensor
     m: Tensor

@@ -51,7 +51,7 @@ def test_account_names_the_three_senses_with_the_numbers():
     assert "1 recurrent step function (GRUCell(8→64); \"the cell\" in PyTorch's sense) of 64 units" in text
     assert "one step function (GRUCell(8→64), the step of nn.GRUCell)" in text
     assert "8 applications per image, all with the same weights" in text
-    assert "Its 64 units do not share weights" in text and "(r, z, n)" in text
+    assert "Its 64 units do not share weights" in text and "its 2 gates (r, z) and the candidate n" in text
     assert "14,208 parameters = 64 units × 222" in text
     assert "10 neurons side by side, and the neurons do not share weights" in text
     assert "3,600 times" in text

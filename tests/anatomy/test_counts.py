@@ -82,6 +82,8 @@ def test_torch_rnn_rows_gates_and_parity_with_the_drop_in(kind, gates, options):
         width = I if layer == 0 else H * directions
         assert la.macs_per_application == len(gates) * H * (width + H)
     assert counts(a) == counts(b)
+    for la in a.layers + b.layers:  # the candidate (an LSTM's g, a GRU's n) is not a gate
+        assert [g.name for g in la.gates if g.candidate] == {"LSTM": ["g"], "GRU": ["n"], "RNN": []}[kind]
     # the drop-in's weights carry torch.nn's names, as its state_dict does
     assert [p.name for la in b.layers for g in la.gates for p in g.parts] == \
         [p.name for la in a.layers for g in la.gates for p in g.parts]
@@ -277,10 +279,12 @@ def test_text_table_and_account_name_the_numbers():
     a = explain(model, torch.randn(8, 1, 8))
     text = a.to_text()
     assert "rnn →" in text and "GRUCell(8→64)" in text and "14,208" in text and "14,858" in text
-    assert "r     σ           0:64" in text
+    assert "GRUCell(8→64); 2 gates (r, z) and the candidate n, each the same rows of each weight" in text
+    assert "block  role       activation" in text and "\nr      gate       σ           0:64" in text
+    assert "\nn      candidate  tanh        128:192" in text
     account = " ".join(a.account(sequence="image", examples=450).split())
     assert "one step function (GRUCell(8→64), the step of nn.GRUCell)" in account
-    assert "64 units do not share weights" in account and "(r, z, n)" in account
+    assert "64 units do not share weights" in account and "one row in each of its 2 gates (r, z) and the candidate n" in account
     assert "8 applications per image" in account and "14,208 parameters = 64 units × 222" in account
     assert "10 neurons side by side" in account and "its own 64 weights and a bias" in account
     assert "3,600 times" in account

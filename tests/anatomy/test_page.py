@@ -53,7 +53,7 @@ def test_page_is_self_contained_with_three_diagrams_tables_and_glossary(page):
     for svg in re.findall(r"<svg.*?</svg>", html, flags=re.S):
         ET.fromstring(svg)
     # the glossary answers "cell or layer?" with this model's numbers
-    assert "<code>LSTMCell(8→20)</code>" in html and "<b>20 units</b>, each with 4 gate neurons (i, f, g, o)" in html
+    assert "<code>LSTMCell(8→20)</code>" in html and "<b>20 units</b>, each with one neuron in each of its 3 gates (i, f, o) and the candidate g" in html
     assert "applies its cell <b>5 times</b>" in html and "makes 20 applications per sequence" in html
     assert "Its twin <code>rnn.l0_reverse</code> reads the sequence from the end" in html
     assert "<code>head</code> is 5 neuron cells side by side" in html and "8 kernel cells" in html

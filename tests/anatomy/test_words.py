@@ -40,11 +40,13 @@ def test_dense_neurons_do_not_share_weights_convolution_positions_do():
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4))
     a = explain(model, torch.randn(1, 2, 6))
     words = flat(a.account())
-    assert "0 is a convolution layer: 3 kernels" in words and "each applied at all 4 output positions" in words
+    # nn.Sequential's layers are numbered: "layer 0 (Conv1d)", never a bare "0 is ..."
+    assert "layer 0 (Conv1d) is a convolution layer: 3 kernels" in words and "each applied at all 4 output positions" in words
     assert "The positions share weights" in words and "21 parameters = 3 × 7" in words
-    assert "3 is a dense layer: 4 neurons side by side, and the neurons do not share weights" in words
+    assert "layer 3 (Linear) is a dense layer: 4 neurons side by side, and the neurons do not share weights" in words
     assert "its own 12 weights and a bias, so its 52 parameters = 4 × 13" in words
-    assert "1 (ReLU), 2 (Flatten) are not made of cells" in words
+    assert "layer 1 (ReLU), layer 2 (Flatten) are not made of cells" in words
+    assert not re.search(r"(^|\. )\d+ (is|\()", words), words
     assert "neurons share" not in words
     # the same words in the account, at the end of to_text() and on the page
     sentences = plain_words(a)

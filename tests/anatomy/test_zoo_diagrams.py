@@ -69,3 +69,32 @@ def test_docs_show_every_cell_drawn_as_the_code_draws_it_now():
         assert path.read_text(encoding="utf-8") == draw_cells.draw(name), (
             f"docs/cells/{name}.svg is stale: rerun `python docs/draw_cells.py`")
         assert f"](../cells/{name}.svg)" in page
+
+
+@pytest.mark.parametrize("name", ["gru-reset-before", "mgu", "conv-gru"])
+def test_a_product_with_one_block_of_rows_is_drawn_as_that_gate(name):
+    """``W_hh[2H:3H] (r ⊙ h)``: the slice of the recurrent weight is the candidate's projection, named so and
+    merged with its input half, not a box titled after the whole weight."""
+    from torchcells.anatomy.trace_graph import cell_graph
+
+    layer, x = example(name)
+    graph = cell_graph(layer.cell, tuple(x.shape[2:]))
+    projections = sorted(n.label for n in graph.nodes.values() if n.kind == "proj")
+    assert projections == sorted(layer.cell.GATES), projections
+    for node in (n for n in graph.nodes.values() if n.kind == "proj"):
+        assert "weight_ih, weight_hh" in node.detail and "rows" in node.detail, (node.label, node.detail)
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if ZOO[n].kind != "feed-forward" and n != "stacked"])
+def test_candidates_are_among_the_gates_and_the_anatomy_marks_them(name):
+    """A cell declares which of its blocks are candidates; the anatomy marks those (a wrapper's: its cell's)."""
+    from torchcells.anatomy.kinds import innermost
+
+    layer, x = example(name)
+    cell = innermost(layer.cell)
+    assert set(cell.CANDIDATES) <= set(cell.GATES), (cell.CANDIDATES, cell.GATES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gates = tc.explain(layer, x).to_dict()["layers"][0]["gates"]
+    if gates:
+        assert [g["gate"] for g in gates if g["candidate"]] == list(cell.CANDIDATES)

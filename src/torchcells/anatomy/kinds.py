@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
 
-__all__ = ["CELL_KINDS", "CellKind", "LayerKind", "cell_kind_name", "gate_activations", "gate_names", "innermost",
-           "kind_of_class", "torch_twin"]
+__all__ = ["CELL_KINDS", "CellKind", "LayerKind", "candidate_kind", "candidate_names", "cell_kind_name",
+           "gate_activations", "gate_names", "innermost", "kind_of_class", "torch_twin"]
 
 
 class LayerKind(str, Enum):
@@ -60,7 +60,8 @@ class CellKind:
     ``k·H … (k+1)·H − 1`` of each weight); ``torch_cell`` is torch.nn's cell of the same step
     (``"nn.LSTMCell"``; ``""`` when torch.nn has none) and ``torchcells_cell`` the name of
     torchcells' class in :mod:`torchcells.cells` that steps like it; ``classes`` are the class
-    names (torch.nn's and torchcells') that are this kind.
+    names (torch.nn's and torchcells') that are this kind; ``candidates`` the names in ``gates``
+    that are a candidate, not a gate (as a cell's ``CANDIDATES``).
     """
 
     name: str
@@ -69,17 +70,18 @@ class CellKind:
     classes: tuple[str, ...]
     torch_cell: str = ""
     torchcells_cell: str = ""
+    candidates: tuple[str, ...] = ()
 
 
 CELL_KINDS: dict[str, CellKind] = {k.name: k for k in (
     CellKind("LSTM", ("i", "f", "g", "o"), ("σ", "σ", "tanh", "σ"), ("LSTMCell", "LSTM"),
-             torch_cell="nn.LSTMCell", torchcells_cell="LSTMCell"),
+             torch_cell="nn.LSTMCell", torchcells_cell="LSTMCell", candidates=("g",)),
     CellKind("GRU", ("r", "z", "n"), ("σ", "σ", "tanh"), ("GRUCell", "GRU"),
-             torch_cell="nn.GRUCell", torchcells_cell="GRUCell"),
+             torch_cell="nn.GRUCell", torchcells_cell="GRUCell", candidates=("n",)),
     CellKind("Elman", ("h",), ("tanh",), ("ElmanCell", "RNNCell", "RNN"),
              torch_cell="nn.RNNCell", torchcells_cell="ElmanCell"),
-    CellKind("minGRU", ("z", "h"), ("σ", "g"), ("MinGRUCell",)),
-    CellKind("minLSTM", ("f", "i", "h"), ("σ", "σ", "g"), ("MinLSTMCell",)),
+    CellKind("minGRU", ("z", "h"), ("σ", "g"), ("MinGRUCell",), candidates=("h",)),
+    CellKind("minLSTM", ("f", "i", "h"), ("σ", "σ", "g"), ("MinLSTMCell",), candidates=("h",)),
 )}
 
 _BY_CLASS = {cls: kind.name for kind in CELL_KINDS.values() for cls in kind.classes}
@@ -139,5 +141,26 @@ def gate_names(cell: Any) -> tuple[str, ...]:
     parts = getattr(inner, "cells", None)
     if not names and parts is not None and not _is_cell(parts):
         each = {gate_names(part) for part in parts if _is_cell(part)}
+        names = next(iter(each)) if len(each) == 1 else ()
+    return names
+
+
+def candidate_kind(kind: str) -> tuple[str, ...]:
+    """The candidates of a cell of ``kind`` (:data:`CELL_KINDS`); ``()`` where none is known."""
+    row: Optional[CellKind] = CELL_KINDS.get(kind)
+    return row.candidates if row is not None else ()
+
+
+def candidate_names(cell: Any) -> tuple[str, ...]:
+    """Which of :func:`gate_names` are candidates, not gates: ``CANDIDATES`` of ``cell`` or of the cell
+    it wraps, else its known kind's; for a cell made of several cells, theirs when all agree."""
+    inner = innermost(cell)
+    if getattr(inner, "GATES", None):
+        return tuple(getattr(inner, "CANDIDATES", None) or ())
+    cls = type(inner)
+    names = candidate_kind(kind_of_class(cls.__name__, cls.__module__))
+    parts = getattr(inner, "cells", None)
+    if not names and parts is not None and not _is_cell(parts):
+        each = {candidate_names(part) for part in parts if _is_cell(part)}
         names = next(iter(each)) if len(each) == 1 else ()
     return names

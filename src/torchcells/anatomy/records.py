@@ -60,7 +60,9 @@ class WeightRows:
 
 @dataclass(frozen=True)
 class Gate:
-    """One gate: a dense layer of ``H`` neurons, i.e. the same rows of every weight it reads.
+    """One block of a cell's stacked rows: a dense layer of ``H`` neurons, i.e. the same rows of
+    every weight it reads -- a gate, or with ``candidate`` the candidate (the new content a step
+    writes: an LSTM's ``g``, a GRU's ``n``; the cell's ``CANDIDATES``), which gates nothing.
 
     ``activation`` is the pointwise function applied to it (``"σ"``, ``"tanh"``, ``""``
     when not known); the pseudo-gate ``"projection"`` of a projected LSTM has none.
@@ -69,14 +71,15 @@ class Gate:
     name: str
     activation: str
     parts: tuple[WeightRows, ...]
+    candidate: bool = False
 
     @property
     def parameters(self) -> int:
         return sum(p.numel for p in self.parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.name, "activation": self.activation, "parameters": self.parameters,
-                "weights": [p.to_dict() for p in self.parts]}
+        return {"gate": self.name, "candidate": self.candidate, "activation": self.activation,
+                "parameters": self.parameters, "weights": [p.to_dict() for p in self.parts]}
 
 
 @dataclass
@@ -155,6 +158,14 @@ class Anatomy:
 
     ``total_parameters`` equals ``sum(p.numel() for p in model.parameters())`` and the
     sum of the layers' ``parameters`` (containers add nothing of their own).
+
+    Attributes:
+        model: the model's class name.
+        total_parameters: ``sum(p.numel() for p in model.parameters())``, each shared tensor once.
+        layers: one :class:`Layer` per layer and direction, in the order the forward ran them.
+        batch_size: the example input's batch; counts are per example.
+        input_shape: the example input's shape (its first tensor), if it has one.
+        output_shape: the model's output's shape (its first tensor), if it has one.
     """
 
     model: str

@@ -18,7 +18,8 @@ from .. import cells
 from ..cell import Cell, is_namedtuple, state_leaves
 from ..layers import Bidirectional, Stack
 from .context import Context, has_torch_names
-from .kinds import CELL_KINDS, LayerKind, cell_kind_name, gate_activations, innermost, kind_of_class
+from .kinds import (CELL_KINDS, LayerKind, candidate_kind, candidate_names, cell_kind_name, gate_activations, innermost,
+                    kind_of_class)
 from .records import Gate, Layer, WeightRows
 
 __all__ = ["cell_kind", "cell_row", "gated_gates", "gated_macs", "recurrent_rows", "torch_rnn_rows", "traced_macs"]
@@ -32,16 +33,18 @@ def cell_kind(module: nn.Module) -> str:
 
 
 def gated_gates(kind: str, hidden: int, gates: tuple[str, ...], named: dict[str, Any],
-                activation: Optional[str] = None) -> tuple[Gate, ...]:
-    """Gate rows of ``named`` (role -> ``(state_dict name, shape)``; roles as in ``_ROLES`` and ``weight_hr``)."""
+                activation: Optional[str] = None, candidates: Optional[tuple[str, ...]] = None) -> tuple[Gate, ...]:
+    """Gate rows of ``named`` (role -> ``(state_dict name, shape)``; roles as in ``_ROLES`` and ``weight_hr``);
+    the blocks named in ``candidates`` (default: ``kind``'s) are marked candidates."""
     acts = gate_activations(kind, len(gates))
+    candidates = candidate_kind(kind) if candidates is None else candidates
     if activation and kind == "Elman":
         acts = (activation,)
     out = []
     for k, (gate, act) in enumerate(zip(gates, acts)):
         parts = tuple(WeightRows(named[r][0], k * hidden, (k + 1) * hidden, (hidden,) + tuple(named[r][1][1:]))
                       for r in _ROLES if r in named and named[r][1][0] == len(gates) * hidden)
-        out.append(Gate(gate, act, parts))
+        out.append(Gate(gate, act, parts, candidate=gate in candidates))
     if "weight_hr" in named:
         name, shape = named["weight_hr"]
         out.append(Gate("projection", "", (WeightRows(name, 0, shape[0], tuple(shape)),)))
@@ -123,7 +126,7 @@ def _cell_parts(ctx: Context, cell: nn.Module) -> dict[str, Any]:
     names = getattr(inner, "GATES", None) or (CELL_KINDS[kind].gates if kind in CELL_KINDS else None)
     if names and H and H == getattr(inner, "hidden_size", None):
         named = {n: (ctx.name(p), tuple(p.shape)) for n, p in inner.named_parameters(recurse=False)}
-        gates = gated_gates(kind, H, tuple(names), named, getattr(inner, "nonlinearity", None))
+        gates = gated_gates(kind, H, tuple(names), named, getattr(inner, "nonlinearity", None), candidate_names(inner))
     state: tuple[tuple[str, int], ...] = ()
     step_shape: Optional[tuple[int, ...]] = None
     try:

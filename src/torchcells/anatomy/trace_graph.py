@@ -8,7 +8,8 @@ diagram:
   is a **learned projection**: a dense layer of as many neurons as it has outputs;
   split into gates (``chunk``), each gate becomes its own projection of ``H``
   neurons, named from the cell's ``GATES``, and two projections of the same gate
-  that are only added (``W_ih x + W_hh h``) become one;
+  that are only added (``W_ih x + W_hh h``) become one; a product with one block of a
+  weight's rows (``W_hh[2H:3H]``, a reset-before GRU's candidate) is that block's projection;
 * everything else that computes is a **pointwise** (or joining) operation: σ, tanh, ⊙, +, concat, ...;
 * views, transposes and copies are see-through; a parameter used outside a
   product (a learned vector) is drawn as a source.
@@ -197,6 +198,7 @@ class _GraphReader:
         self.edges: list[tuple[str, str]] = []
         self.rep: dict[fx.Node, Any] = {}
         self.param_nodes: dict[str, str] = {}  # parameter label -> its source node
+        self.param_rows: dict[fx.Node, tuple[int, int, int]] = {}  # rows of a parameter: (start, stop, of all)
         self.proj_parts: dict[str, list[str]] = {}  # projection id -> weight labels
         self.notes: dict[tuple[str, str], str] = {}  # edge -> the operand it is ("−": subtracted, "÷": divisor)
         self.counter = 0
@@ -260,6 +262,7 @@ class _GraphReader:
                 args += [b for b in a if isinstance(b, fx.Node)]
         if (name in _SEE_THROUGH or name in _ROWS_OF and isinstance(self.rep.get(args[0]), tuple)) and args:
             self.rep[node] = self.rep.get(args[0])  # (rows of a parameter are still that parameter)
+            self._rows_of(node, name, args[0])
         elif name in _PRODUCTS and any(isinstance(self.rep.get(a), tuple) for a in args):
             self._projection(node, name, args)
         elif name in _SPLITS:
@@ -271,14 +274,49 @@ class _GraphReader:
         elif not (name == "add" and self._merge_same_gate(node, args)):
             self._operation(node, name, args)
 
+    def _rows_of(self, node: fx.Node, name: str, src: fx.Node) -> None:
+        """Which rows of a parameter ``node`` is: those of ``src`` seen through, or a slice of its first
+        dimension (``W_hh[2H:3H]``) taken from the whole parameter."""
+        if name in _SEE_THROUGH:
+            if src in self.param_rows:
+                self.param_rows[node] = self.param_rows[src]
+            return
+        val = src.meta.get("val")
+        if name != "slice" or src in self.param_rows or not isinstance(val, torch.Tensor) or val.dim() == 0:
+            return
+        dim, start, stop = (list(node.args[1:4]) + [0, 0, None])[:3]
+        step = node.args[4] if len(node.args) > 4 else 1
+        total = int(val.shape[0])
+        if dim == 0 and step == 1 and isinstance(start, int) and (stop is None or isinstance(stop, int)):
+            stop = total if stop is None else min(stop, total)
+            self.param_rows[node] = (start, stop, total)
+
+    def _one_block(self, params: list[fx.Node]) -> Optional[tuple[str, int, int]]:
+        """The gate (or candidate) whose rows every parameter of a product is -- ``(name, start, stop)`` -- when
+        they are the same single block of the cell's ``GATES`` (``W_hh[2H:3H]`` and ``b_hh[2H:3H]``)."""
+        rows = {self.param_rows.get(p) for p in params}
+        if len(rows) != 1 or None in rows or not self.gates:
+            return None
+        (start, stop, total), = rows  # type: ignore[misc]
+        block = total // len(self.gates)
+        if total % len(self.gates) or stop - start != block or start % block:
+            return None
+        return self.gates[start // block], start, stop
+
     def _projection(self, node: fx.Node, name: str, args: list[fx.Node]) -> None:
-        """A product with a parameter: a learned projection, a dense layer of as many neurons as it has outputs."""
-        weights = [self.rep[a][1] for a in args if isinstance(self.rep.get(a), tuple)]
+        """A product with a parameter: a learned projection, a dense layer of as many neurons as it has outputs;
+        named after its gate when it reads one block of a weight's rows."""
+        params = [a for a in args if isinstance(self.rep.get(a), tuple)]
+        weights = [self.rep[a][1] for a in params]
         inputs = [a for a in args if not isinstance(self.rep.get(a), tuple)]
+        block = self._one_block(params)
+        if block is not None:
+            weights = [f"{w}[{block[1]}:{block[2]}]" for w in weights]
         nid = self._new_id("proj")
         width = _width(node)
         unit = "kernels" if name == "convolution" else "neurons"  # a convolution's units are kernels
-        self.nodes[nid] = DNode(nid, "proj", _proj_title(weights), sub=f"{width} {unit}", size=width)
+        title = block[0] if block is not None else _proj_title(weights)
+        self.nodes[nid] = DNode(nid, "proj", title, sub=f"{width} {unit}", size=width)
         self.proj_parts[nid] = weights
         for a in inputs:
             s = self._source(a)

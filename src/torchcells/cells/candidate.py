@@ -51,6 +51,10 @@ class CandidateDropout(CellWrapper):
     Args:
         cell: the cell to wrap; it declares ``candidate_step``.
         p: drop probability of each unit's candidate at each step.
+
+    Returns:
+        ``forward(x, state)`` returns what the wrapped cell's returns, ``(y_t, state_t)``, with the
+        candidate dropped in training; the state is the wrapped cell's.
     """
 
     def __init__(self, cell: nn.Module, p: float = 0.25) -> None:

@@ -26,7 +26,15 @@ __all__ = ["Residual", "StackedCell"]
 
 
 class Residual(CellWrapper):
-    """``y_t = x_t + cell(x_t, s_{t−1})``; the state is the cell's."""
+    """``y_t = x_t + cell(x_t, s_{t−1})``; the state is the cell's.
+
+    Args:
+        cell: the cell to wrap; its output has as many features as its input.
+
+    Returns:
+        ``forward(x, state)`` returns ``(x_t + y_t, state_t)`` with ``(y_t, state_t)`` the wrapped
+        cell's: ``x`` and the output ``(B, I)``.
+    """
 
     def __init__(self, cell: nn.Module) -> None:
         super().__init__(cell)
@@ -40,7 +48,15 @@ class Residual(CellWrapper):
 
 
 class StackedCell(StepCell):
-    """Cells applied one after another in each step; the state is the tuple of their states."""
+    """Cells applied one after another in each step; the state is the tuple of their states.
+
+    Args:
+        cells: at least one cell; each reads as many features as the one before it outputs.
+
+    Returns:
+        ``forward(x, state)`` returns ``(y_t, (s_1, …, s_L))``: the last cell's output and each
+        cell's new state, in order.
+    """
 
     cells: Any  # nn.ModuleList of cells
 

@@ -107,9 +107,27 @@ class _ConvCell(StepCell):
 
 
 class ConvLSTMCell(_ConvCell):
-    """One ConvLSTM step (Shi et al. 2015, without peepholes)."""
+    """One ConvLSTM step (Shi et al. 2015, without peepholes).
+
+    Equations: the module's (``GATES = ("i", "f", "g", "o")``, gate ``j`` in output channels
+    ``j·C_h … (j+1)·C_h − 1``; ``g`` is the candidate, ``CANDIDATES = ("g",)``).
+
+    Args:
+        input_size: ``C_in``, channels of ``x_t``.
+        hidden_size: ``C_h``, channels of ``h`` and ``c`` (the number of units at each pixel).
+        spatial_size: ``(height, width)`` of every input image and of the state's maps.
+        kernel_size: odd width ``k`` of the square kernels (``"same"`` padding, stride 1).
+        bias: with the biases ``bias_ih`` and ``bias_hh`` ``(4·C_h,)``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, state)`` returns ``(h_t, LSTMState(h_t, c_t))``: ``x`` ``(B, C_in, height, width)``,
+        ``h`` and ``c`` ``(B, C_h, height, width)``.
+    """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_ROLE_NAMES = ("hidden", "memory")
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> LSTMState:
@@ -125,9 +143,27 @@ class ConvLSTMCell(_ConvCell):
 
 
 class ConvGRUCell(_ConvCell):
-    """One ConvGRU step (Ballas et al. 2016: reset before the recurrent convolution)."""
+    """One ConvGRU step (Ballas et al. 2016: reset before the recurrent convolution).
+
+    Equations: the module's (``GATES = ("r", "z", "n")``, gate ``j`` in output channels
+    ``j·C_h … (j+1)·C_h − 1``; ``n`` is the candidate, ``CANDIDATES = ("n",)``).
+
+    Args:
+        input_size: ``C_in``, channels of ``x_t``.
+        hidden_size: ``C_h``, channels of ``h`` (the number of units at each pixel).
+        spatial_size: ``(height, width)`` of every input image and of the state's map.
+        kernel_size: odd width ``k`` of the square kernels (``"same"`` padding, stride 1).
+        bias: with the biases ``bias_ih`` and ``bias_hh`` ``(3·C_h,)``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, C_in, height, width)``, ``h``
+        ``(B, C_h, height, width)``.
+    """
 
     GATES = ("r", "z", "n")
+    CANDIDATES = ("n",)
     STATE_ROLE_NAMES = ("memory",)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Tensor:

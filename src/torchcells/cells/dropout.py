@@ -53,7 +53,13 @@ Probability = Union[float, Sequence[float]]
 
 
 class MaskedState(NamedTuple):
-    """A wrapped cell's state and the masks drawn for its sequence."""
+    """A wrapped cell's state and the masks drawn for its sequence.
+
+    Attributes:
+        cell: the wrapped cell's state, as its ``init_state`` makes it.
+        masks: the wrapper's masks, each ``B``-first: ``(m_in, m_out)`` for
+            :class:`VariationalDropout`, ``(m_h,)`` for :class:`RecurrentDropout`.
+    """
 
     cell: Any
     masks: tuple
@@ -81,6 +87,10 @@ class VariationalDropout(CellWrapper):
 
     State: ``MaskedState(cell=<the cell's state>, masks=(m_in (B, I), m_out (B, O)))``
     (for a convolutional cell the masks are ``(B, C, 1, 1)``: whole channels drop).
+
+    Returns:
+        ``forward(x, state)`` returns ``(m_out ⊙ y_t, MaskedState(s_t, masks))`` in training, with
+        ``(y_t, s_t)`` the wrapped cell's on ``m_in ⊙ x_t``; the masks pass on unchanged.
     """
 
     def __init__(self, cell: nn.Module, p: Probability = 0.5) -> None:
@@ -152,6 +162,15 @@ class RecurrentDropout(CellWrapper):
     :class:`~torchcells.CandidateDropout`.
 
     State: ``MaskedState(cell=<the cell's state>, masks=(m_h,))``, ``m_h`` shaped like ``h``.
+
+    Args:
+        cell: the cell to wrap: one whose ``h`` only feeds its recurrent products (declared
+            ``"hidden"`` in ``state_roles()``) or one that declares ``feedback_step``.
+        p: drop probability of each unit of ``h`` (one mask per sequence).
+
+    Returns:
+        ``forward(x, state)`` returns ``(y_t, MaskedState(s_t, (m_h,)))`` with ``(y_t, s_t)`` the wrapped
+        cell's step whose recurrent products read ``m_h ⊙ h_{t−1}`` (in training); ``s_t`` unmasked.
     """
 
     def __init__(self, cell: nn.Module, p: float = 0.25) -> None:
@@ -231,6 +250,10 @@ class WeightDrop(CellWrapper):
     sequences of one call share the mask. Stepping the cell by hand, call
     :meth:`resample` where a call would start (a first training step without a mask draws
     one). The state is the wrapped cell's.
+
+    Returns:
+        ``forward(x, state)`` returns the wrapped cell's ``(y_t, state_t)``, computed in training with
+        ``M ⊙ W`` for each dropped weight ``W``.
     """
 
     def __init__(self, cell: nn.Module, p: float = 0.5, *, weights: Sequence[str] = ("weight_hh",)) -> None:

@@ -52,7 +52,19 @@ class _Stateless(StepCell):
 
 
 class Neuron(_Stateless):
-    """``H`` neurons side by side: ``y = φ(W x + b)``; nn.Linear's parameters."""
+    """``H`` neurons side by side: ``y = φ(W x + b)``; nn.Linear's parameters.
+
+    Args:
+        input_size: ``I``, features of ``x``.
+        hidden_size: ``H``, the number of neurons.
+        activation: ``φ``: ``"identity"``, ``"tanh"``, ``"sigmoid"`` or ``"relu"``.
+        bias: with the bias ``b`` ``(H,)``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, ())`` returns ``(y, ())``: ``x`` ``(B, I)``, ``y`` ``(B, H)``.
+    """
 
     input_size: int
     hidden_size: int
@@ -86,7 +98,15 @@ class Neuron(_Stateless):
 
 
 class NoisyInput(_Stateless):
-    """The input plus Gaussian noise of standard deviation ``std``, in training only."""
+    """The input plus Gaussian noise of standard deviation ``std``, in training only.
+
+    Args:
+        input_size: ``I``, features of ``x`` (and of the output).
+        std: ``σ``, the noise's standard deviation (``0`` passes the input through).
+
+    Returns:
+        ``forward(x, ())`` returns ``(x + σ ε, ())`` in training, ``(x, ())`` in eval: ``x`` ``(B, I)``.
+    """
 
     input_size: int
 

@@ -46,7 +46,19 @@ __all__ = ["GaussianCell"]
 
 
 class GaussianCell(StepCell):
-    """A sample ``z = μ + σ ε`` of a Gaussian whose ``μ``, ``log σ²`` are linear in the input."""
+    """A sample ``z = μ + σ ε`` of a Gaussian whose ``μ``, ``log σ²`` are linear in the input.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, features of the sample ``z_t``.
+        bias: with the bias ``(2H,)`` (mean rows, then log-variance rows).
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, k)`` returns ``(z_t, k_t)``: ``x`` ``(B, I)``, ``z`` ``(B, H)`` and ``k`` ``(B,)``, the KL
+        terms summed over the steps so far.
+    """
 
     GATES = ("mean", "logvar")
     STATE_ROLE_NAMES: tuple[str, ...] = ("other",)  # a running sum of KL terms

@@ -60,6 +60,7 @@ class GRUCell(GatedCell):
     """
 
     GATES = ("r", "z", "n")
+    CANDIDATES = ("n",)
     STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on (h_t mixes in h_{t−1})
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,

@@ -37,7 +37,19 @@ __all__ = ["IndRNNCell"]
 
 
 class IndRNNCell(StepCell):
-    """One IndRNN step: ``h_t = relu|tanh(W_ih x_t + b_ih + u ⊙ h_{t−1})``."""
+    """One IndRNN step: ``h_t = relu|tanh(W_ih x_t + b_ih + u ⊙ h_{t−1})``.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the bias ``bias_ih`` ``(H,)``.
+        nonlinearity: ``φ``: ``"relu"`` (default, the paper's) or ``"tanh"``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
+    """
 
     GATES = ("h",)
     STATE_ROLE_NAMES = ("memory",)  # h_{t−1} only feeds u ⊙ h_{t−1}: the unit's own memory

@@ -58,7 +58,20 @@ class _WindowCell(StepCell):
 
 
 class KernelCell(_WindowCell):
-    """A convolution kernel over the last ``kernel_size`` inputs: ``nn.Conv1d``'s parameters."""
+    """A convolution kernel over the last ``kernel_size`` inputs: ``nn.Conv1d``'s parameters.
+
+    Args:
+        input_size: ``C``, features (channels) of ``x`` at one position.
+        hidden_size: ``O``, output channels (the number of kernels).
+        kernel_size: ``k``, how many positions each output reads.
+        bias: with the bias ``(O,)``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, window)`` returns ``(y, window_t)``: ``x`` ``(B, C)``, ``y`` ``(B, O)``, the window
+        ``(B, C, k−1)`` of the last inputs, oldest first.
+    """
 
     hidden_size: int
     bias: Optional[Tensor]
@@ -91,7 +104,17 @@ class KernelCell(_WindowCell):
 
 
 class PoolCell(_WindowCell):
-    """Max or average over the last ``kernel_size`` inputs, per feature."""
+    """Max or average over the last ``kernel_size`` inputs, per feature.
+
+    Args:
+        input_size: ``C``, features (channels) of ``x`` at one position (and of the output).
+        kernel_size: ``k``, how many positions each output reads.
+        mode: ``"max"`` or ``"avg"``.
+
+    Returns:
+        ``forward(x, window)`` returns ``(y, window_t)``: ``x`` and ``y`` ``(B, C)``, the window
+        ``(B, C, k−1)`` of the last inputs, oldest first.
+    """
 
     def __init__(self, input_size: int, *, kernel_size: int = 2, mode: str = "max") -> None:
         check_size("PoolCell", "input_size", input_size)

@@ -79,9 +79,24 @@ class _LayerNormCell(GatedCell):
 
 
 class LayerNormLSTMCell(_LayerNormCell):
-    """One layer-normalized LSTM step (Ba et al. 2016, equations 20–22)."""
+    """One layer-normalized LSTM step (Ba et al. 2016, equations 20–22).
+
+    Equations: the module's (``GATES = ("i", "f", "g", "o")``; ``g`` is the candidate,
+    ``CANDIDATES = ("g",)``).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, state)`` returns ``(h_t, LSTMState(h_t, c_t))``: ``x`` ``(B, I)``, ``h`` and ``c``
+        ``(B, H)``.
+    """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_FIELDS = ("h", "c")
     STATE_ROLE_NAMES = ("hidden", "memory")
 
@@ -117,9 +132,23 @@ class LayerNormLSTMCell(_LayerNormCell):
 
 
 class LayerNormGRUCell(_LayerNormCell):
-    """One layer-normalized GRU step (reset-after, as torch's GRU)."""
+    """One layer-normalized GRU step (reset-after, as torch's GRU).
+
+    Equations: the module's (``GATES = ("r", "z", "n")``; ``n`` is the candidate,
+    ``CANDIDATES = ("n",)``).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
+    """
 
     GATES = ("r", "z", "n")
+    CANDIDATES = ("n",)
     STATE_ROLE_NAMES = ("memory",)
 
     def __init__(self, input_size: int, hidden_size: int, *, device: Optional[torch.device | str] = None,

@@ -66,7 +66,12 @@ def _candidate(g: Tensor, drop: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
 
 
 class LSTMState(NamedTuple):
-    """An LSTM's state in torch's order: hidden ``h`` then memory ``c``."""
+    """An LSTM's state in torch's order: hidden ``h`` then memory ``c``.
+
+    Attributes:
+        h: ``(B, H)`` (``(B, P)`` projected), the output, fed back to the gates.
+        c: ``(B, H)``, the memory.
+    """
 
     h: Tensor
     c: Tensor
@@ -95,6 +100,7 @@ class LSTMCell(GatedCell):
     """
 
     GATES = ("i", "f", "g", "o")
+    CANDIDATES = ("g",)
     STATE_FIELDS = ("h", "c")
     STATE_ROLE_NAMES = ("hidden", "memory")  # h_{t−1} only feeds the recurrent products
     weight_hr: Optional[Tensor]

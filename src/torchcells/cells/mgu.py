@@ -36,9 +36,24 @@ __all__ = ["MGUCell"]
 
 
 class MGUCell(GatedCell):
-    """One MGU step: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ tanh(W_ih x_t + W_hh (f_t ⊙ h_{t−1}) + b)``."""
+    """One MGU step: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ tanh(W_ih x_t + W_hh (f_t ⊙ h_{t−1}) + b)``.
+
+    Equations and rows: docs/zoo/gru.md (``GATES = ("f", "h")``: the forget gate ``f``, then the
+    candidate ``h̃``; ``CANDIDATES = ("h",)``).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the biases ``bias_ih`` and ``bias_hh`` ``(2H,)``.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
+    """
 
     GATES = ("f", "h")
+    CANDIDATES = ("h",)
     STATE_ROLE_NAMES = ("memory",)  # h is fed back and carried on
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,

@@ -99,10 +99,22 @@ class MinGRUCell(_MinimalCell):
     """One minGRU step: ``h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ g(W_h x_t + b_h)``, ``z_t = σ(W_z x_t + b_z)``.
 
     Gates ``("z", "h")``: rows ``0 … H−1`` of ``weight_ih`` ``(2H, I)`` and ``bias_ih``
-    are the update gate, rows ``H … 2H−1`` the candidate. The gates read only ``x_t``.
+    are the update gate, rows ``H … 2H−1`` the candidate (``CANDIDATES = ("h",)``). The gates read
+    only ``x_t``.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the bias ``bias_ih`` (there is no ``bias_hh``: nothing reads ``h`` through a product).
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
     """
 
     GATES = ("z", "h")
+    CANDIDATES = ("h",)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)
@@ -142,10 +154,21 @@ class MinLSTMCell(_MinimalCell):
 
     Gates ``("f", "i", "h")``: rows ``0 … H−1`` of ``weight_ih`` ``(3H, I)`` and
     ``bias_ih`` are the forget gate, ``H … 2H−1`` the input gate, ``2H … 3H−1`` the
-    candidate. The gates read only ``x_t``.
+    candidate (``CANDIDATES = ("h",)``). The gates read only ``x_t``.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the bias ``bias_ih`` (there is no ``bias_hh``: nothing reads ``h`` through a product).
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, h)`` returns ``(h_t, h_t)``: ``x`` ``(B, I)``, ``h`` ``(B, H)``.
     """
 
     GATES = ("f", "i", "h")
+    CANDIDATES = ("h",)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         h = self._prepare(x, state)

@@ -69,7 +69,14 @@ __all__ = ["SLSTMCell", "SLSTMState"]
 
 
 class SLSTMState(NamedTuple):
-    """An sLSTM's state: hidden ``h``, memory ``c``, normalizer ``n`` and stabilizer ``m``."""
+    """An sLSTM's state: hidden ``h``, memory ``c``, normalizer ``n`` and stabilizer ``m``.
+
+    Attributes:
+        h: ``(B, H)``, the output ``h_t = o_t ⊙ c_t / n_t``, fed back to the gates.
+        c: ``(B, H)``, the memory, scaled by ``e^{−m_t}``.
+        n: ``(B, H)``, the normalizer (the input gates summed, decayed), scaled by ``e^{−m_t}``.
+        m: ``(B, H)``, the stabilizer: the log of that scale (``−∞`` before the first input).
+    """
 
     h: Tensor
     c: Tensor
@@ -78,9 +85,26 @@ class SLSTMState(NamedTuple):
 
 
 class SLSTMCell(StepCell):
-    """One sLSTM step: exponential input gate, normalized and stabilized memory."""
+    """One sLSTM step: exponential input gate, normalized and stabilized memory.
+
+    Equations: the module's (``GATES = ("i", "f", "z", "o")``; ``z`` is the cell input, the
+    candidate: ``CANDIDATES = ("z",)``).
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        forget: the forget gate's activation: ``"sigmoid"`` (default) or ``"exp"``.
+        forget_bias: added to the forget rows of ``bias`` at initialization.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, state)`` returns ``(h_t, SLSTMState(h_t, c_t, n_t, m_t))``: ``x`` ``(B, I)``, each
+        state tensor ``(B, H)``.
+    """
 
     GATES = ("i", "f", "z", "o")
+    CANDIDATES = ("z",)
     STATE_ROLE_NAMES = ("hidden", "memory", "normalizer", "stabilizer")
     input_size: int
     hidden_size: int

@@ -54,7 +54,22 @@ def spike(u: Tensor, slope: float) -> Tensor:
 
 
 class LIFCell(StepCell):
-    """One leaky integrate-and-fire step: spikes out, membrane potential as the state."""
+    """One leaky integrate-and-fire step: spikes out, membrane potential as the state.
+
+    Args:
+        input_size: ``I``, features of ``x_t``.
+        hidden_size: ``H``, the number of units.
+        bias: with the bias ``bias_ih`` ``(H,)``.
+        threshold: ``ϑ``, the membrane potential at which a unit fires.
+        beta: ``β``, the leak each unit starts with, in ``(0, 1)`` (learned through ``leak``).
+        slope: ``k``, the steepness of the surrogate gradient.
+        device: where the parameters are made.
+        dtype: the parameters' dtype.
+
+    Returns:
+        ``forward(x, v)`` returns ``(s_t, v_t)``: ``x`` ``(B, I)``, spikes ``s`` (0. or 1.) and membrane
+        ``v`` ``(B, H)``.
+    """
     STATE_ROLE_NAMES: tuple[str, ...] = ("memory",)  # the membrane potential, carried on
 
     input_size: int

@@ -76,6 +76,11 @@ class Zoneout(CellWrapper):
     Args:
         cell: the cell to wrap.
         p: one probability for every state tensor, or ``(p_h, p_c)``.
+
+    Returns:
+        ``forward(x, state)`` returns ``(y_t, state_t)``: the wrapped cell's new state with each unit
+        kept or updated (training) or their expectation (eval); ``y_t`` is the zoned-out ``h`` when the
+        cell outputs its ``h``, else the cell's output.
     """
 
     def __init__(self, cell: nn.Module, p: Union[float, Sequence[float]] = 0.1) -> None:

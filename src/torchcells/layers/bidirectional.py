@@ -13,7 +13,12 @@ from .recurrent import reversed_copy
 
 
 class BidirectionalState(NamedTuple):
-    """The two directions' states."""
+    """The two directions' states.
+
+    Attributes:
+        forward: the state of the layer that reads time forwards.
+        backward: the state of the layer that reads time backwards.
+    """
 
     forward: State
     backward: State
@@ -41,6 +46,11 @@ class Bidirectional(nn.Module):
 
     State: ``BidirectionalState(forward, backward)``. With ``lengths``, the
     backward direction starts each sequence at its own last valid step.
+
+    Returns:
+        ``forward(x, state=None, *, lengths=None, all_states=False)`` returns ``(outputs, final_state)``
+        (``+ (states,)`` with ``all_states``): ``outputs`` the two directions' outputs merged
+        step by step, each state a ``BidirectionalState``.
 
     Example::
 

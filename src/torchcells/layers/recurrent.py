@@ -43,6 +43,10 @@ class Recurrent(nn.Module):
             and recompute each chunk's forward during backward (less memory, one more
             forward); ``None`` (default) keeps everything.
 
+    Returns:
+        ``forward(x, state=None, *, lengths=None, all_states=False)`` returns ``(outputs, final_state)``
+        (``+ (states,)`` with ``all_states``), as said below.
+
     ``forward(x, state=None, *, lengths=None, all_states=False)`` returns
     ``(outputs, final_state)``, or ``(outputs, final_state, states)`` with
     ``all_states=True``, ``states`` being the cell's state at every step with a time

@@ -36,6 +36,10 @@ class Stack(nn.Module):
     ``(outputs, final_states, every_step_states)``, both tuples over layers.
     ``lengths`` is passed to every layer.
 
+    Returns:
+        ``forward(x, state=None, *, lengths=None, all_states=False)`` returns ``(outputs, final_states)``
+        (``+ (states,)`` with ``all_states``): the last layer's outputs and one state per layer.
+
     Example::
 
         >>> net = Stack([Recurrent(LSTMCell(8, 16)), Recurrent(LSTMCell(16, 16))], dropout=0.2)

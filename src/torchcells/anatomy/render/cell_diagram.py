@@ -265,7 +265,8 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
     right = max(x + sizes[n][0] / 2 for n, (x, _) in pos.items()) + 24
     bottom = max(y + sizes[n][1] / 2 for n, (_, y) in pos.items()) + 24
     legend_y = bottom + 6
-    width = max(right, text_width(title, 14) + 40, 700)
+    kernels = any(d.kind == "proj" and d.sub.endswith("kernels") for d in nodes.values())
+    width = max(right, text_width(title, 14) + 40, _legend_width(kernels) + 16, 700)
     c = Canvas(width, legend_y + 44, title=title)
     c.text(16, 18, title, size=14, anchor="start", weight="bold")
     if note:
@@ -298,7 +299,7 @@ def draw_cell_graph(graph: CellGraph, *, title: str, note: str = "") -> str:
             c.text(pts[-1][0] - 12, pts[-1][1] + 11, mark, size=13, weight="bold", color=COLORS["op_edge"])
     for n, node in nodes.items():
         _draw_node(c, node, pos[n], sizes[n])
-    _legend(c, legend_y, kernels=any(d.kind == "proj" and d.sub.endswith("kernels") for d in nodes.values()))
+    _legend(c, legend_y, kernels=kernels)
     return c.svg(element_id="cell-diagram")
 
 
@@ -330,16 +331,27 @@ def _draw_node(c: Canvas, d: DNode, at: tuple[float, float], size: tuple[float, 
         c.text(x, y + 11, f"{d.size} features", size=10, color=COLORS["muted"])
 
 
+_POINTWISE = "pointwise operation (no weights)"
+
+
+def _learned_label(kernels: bool) -> str:
+    return ("learned projection: a convolution of that many kernels (a gate or the candidate)" if kernels
+            else "learned projection: a dense layer of that many neurons (a gate or the candidate)")
+
+
+def _legend_width(kernels: bool) -> float:
+    """How far the legend's first line reaches (the diagram is at least that wide)."""
+    return 16 + 28 + text_width(_learned_label(kernels), 11) + 18 + 22 + text_width(_POINTWISE, 11)
+
+
 def _legend(c: Canvas, y: float, kernels: bool = False) -> None:
     x = 16.0
     c.rect(x, y, 22, 14, fill=COLORS["learned"], stroke=COLORS["learned_edge"], rx=2)
-    label = ("learned projection: a convolution of that many kernels (a gate)" if kernels
-             else "learned projection: a dense layer of that many neurons (a gate)")
+    label = _learned_label(kernels)
     c.text(x + 28, y + 7, label, size=11, anchor="start")
     x += 28 + text_width(label, 11) + 18
     c.ellipse(x + 8, y + 7, 8, 8, fill=COLORS["op"], stroke=COLORS["op_edge"])
-    label = "pointwise operation (no weights)"
-    c.text(x + 22, y + 7, label, size=11, anchor="start")
+    c.text(x + 22, y + 7, _POINTWISE, size=11, anchor="start")
     x2 = 16.0
     c.line(x2, y + 27, x2 + 22, y + 27, color=COLORS["state"], width=2.2)
     c.text(x2 + 28, y + 27, "state carried from the previous step to the next", size=11, anchor="start")

@@ -15,7 +15,7 @@ from .diagrams import svg_kinds
 from .model_diagram import model_svg
 from .text import block_name, fmt, layer_count, shape_text
 from .unrolled import unrolled_svg
-from .words import COLUMNS, plain_words
+from .words import COLUMNS, block_role, blocks_phrase, plain_words
 
 if TYPE_CHECKING:
     from ..records import Anatomy, Layer
@@ -71,9 +71,10 @@ def anatomy_html(a: Anatomy) -> str:
     parts += ['<h2 id="layers">Layers</h2>', _layers_table(a)]
     gated = [la for la in a.layers if la.gates]
     if gated:
-        parts.append('<h2 id="gates">Parameters per gate</h2>')
-        parts.append("<p>Gate <i>k</i> of a layer is the same rows of every weight it reads: a dense layer of "
-                     "as many neurons as the layer has units.</p>")
+        parts.append('<h2 id="gates">Parameters per gate and candidate</h2>')
+        parts.append("<p>Block <i>k</i> of a layer (a gate, or the candidate: the new content a step writes) is "
+                     "the same rows of every weight it reads: a dense layer of as many neurons as the layer has "
+                     "units.</p>")
         for la in gated:
             parts.append(f'<div class="gatebox"><p><b>{escape(la.name)}</b> — {escape(la.step_function)}</p>'
                          f"{_gates_table(la)}</div>")
@@ -107,9 +108,9 @@ def _glossary(a: Anatomy) -> str:
     conv = next((la for la in a.layers if la.kind is LayerKind.CONV), None)
     items = []
     if rec is not None:
-        gates = [g.name for g in rec.gates if g.name != "projection"]
-        per_unit = (f", each with {len(gates)} gate neurons ({', '.join(gates)}): one row of every gate's weights"
-                    if len(gates) > 1 else "")
+        blocks = blocks_phrase(rec.gates)
+        per_unit = (f", each with one neuron in each of its {blocks}: one row of every block's weights"
+                    if blocks else "")
         state = ", ".join(f"{n} ({s} features)" for n, s in rec.state) or "its state"
         items += [
             ("Cell, as PyTorch and Keras say it: one step function",
@@ -195,15 +196,16 @@ def _layers_table(a: Anatomy) -> str:
 
 
 def _gates_table(la: Layer) -> str:
-    head = "<tr><th>gate</th><th>activation</th><th>weight</th><th>rows</th><th>shape</th><th class=n>parameters</th></tr>"
+    head = "<tr><th>block</th><th>activation</th><th>weight</th><th>rows</th><th>shape</th><th class=n>parameters</th></tr>"
     rows = []
     for g in la.gates:
+        role = "" if block_role(g, la.gates) == "–" else escape(block_role(g, la.gates))
         for i, p in enumerate(g.parts):
             first = i == 0
-            rows.append(f"<tr><td>{'<b>' + escape(g.name) + '</b>' if first else ''}</td>"
+            rows.append(f"<tr><td>{'<b>' + escape(g.name) + '</b> ' + role if first else ''}</td>"
                         f"<td>{escape(g.activation) if first else ''}</td><td><code>{escape(la.local_name(p.name))}"
                         f"</code></td><td>{p.start} … {p.stop - 1}</td><td>{' × '.join(map(str, p.shape))}</td>"
                         f"<td class=n>{fmt(p.numel)}</td></tr>")
-        rows.append(f"<tr><td></td><td></td><td colspan=3><i>gate {escape(g.name)} in all</i></td>"
+        rows.append(f"<tr><td></td><td></td><td colspan=3><i>{escape(g.name)} in all</i></td>"
                     f"<th class=n>{fmt(g.parameters)}</th></tr>")
     return f'<table class="gates">{head}{"".join(rows)}</table>'

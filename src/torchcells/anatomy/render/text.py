@@ -8,7 +8,7 @@ import textwrap
 from typing import TYPE_CHECKING, Optional
 
 from ..kinds import LayerKind
-from .words import COLUMNS, block_name, fmt, words_text
+from .words import COLUMNS, block_name, block_role, blocks_phrase, fmt, words_text
 
 if TYPE_CHECKING:
     from ..records import Anatomy, Layer
@@ -45,7 +45,7 @@ def table(headers: list[str], rows: list[list[str]], *, right: set[int]) -> str:
 
 
 def anatomy_text(a: Anatomy, *, gates: bool = True, words: bool = True) -> str:
-    """The layer table (one row per layer and direction), totals, a key to the columns, the gate tables,
+    """The layer table (one row per layer and direction), totals, a key to the columns, the tables of gates,
     then the model in plain words (:func:`account`)."""
     head = (f"{a.model}: input {shape_text(a.input_shape)} -> output {shape_text(a.output_shape)}; "
             f"{fmt(a.total_parameters)} parameters in {layer_count(a)}, {fmt(a.macs)} multiply-adds per example "
@@ -65,7 +65,8 @@ def anatomy_text(a: Anatomy, *, gates: bool = True, words: bool = True) -> str:
     if gates:
         for la in a.layers:
             if la.gates:
-                out += ["", f"{la.name}: {la.step_function}; each gate is the same rows of each weight",
+                blocks = blocks_phrase(la.gates) or "each block"
+                out += ["", f"{la.name}: {la.step_function}; {blocks}, each the same rows of each weight",
                         gate_table(la)]
     if words:
         out += ["", account(a)]
@@ -79,14 +80,15 @@ def key() -> str:
 
 
 def gate_table(layer: Layer) -> str:
-    """One line per gate: its rows and the weights (named inside the layer) they are rows of."""
+    """One line per block of rows (a gate or the candidate): its rows and the weights (named inside the
+    layer) they are rows of."""
     rows = []
     for g in layer.gates:
         spans = {(p.start, p.stop) for p in g.parts}
         where = f"{g.parts[0].start}:{g.parts[0].stop}" if len(spans) == 1 else "various"
         names = ", ".join(layer.local_name(p.name) for p in g.parts)
-        rows.append([g.name, g.activation or "-", where, fmt(g.parameters), names])
-    return table(["gate", "activation", "rows", "parameters", "of weights"], rows, right={3})
+        rows.append([g.name, block_role(g, layer.gates), g.activation or "-", where, fmt(g.parameters), names])
+    return table(["block", "role", "activation", "rows", "parameters", "of weights"], rows, right={4})
 
 
 def account(a: Anatomy, *, sequence: Optional[str] = None, examples: int = 0) -> str:

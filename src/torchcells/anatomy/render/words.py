@@ -15,14 +15,14 @@ The definitions of the table's columns live here too (:data:`COLUMNS`), for the 
 from __future__ import annotations
 
 import textwrap
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..kinds import LayerKind, torch_twin
 
 if TYPE_CHECKING:
-    from ..records import Anatomy, Layer
+    from ..records import Anatomy, Gate, Layer
 
-__all__ = ["COLUMNS", "block_name", "fmt", "plain_words", "words_text"]
+__all__ = ["COLUMNS", "block_name", "block_role", "blocks_phrase", "fmt", "plain_words", "words_text"]
 
 #: the meaning of each column of the layer table: one meaning each, for every kind of layer.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -46,6 +46,32 @@ def block_name(layer: Layer) -> str:
     """The name of the layer ``layer`` belongs to: a recurrent layer's block (both directions of a
     bidirectional layer are one), else its own name."""
     return layer.block if layer.kind is LayerKind.RECURRENT and layer.block else layer.name
+
+
+def _blocks(gates: Sequence[Gate]) -> list[Gate]:
+    """A recurrent cell's blocks of rows, without the projection (a weight of its own, not a block)."""
+    return [g for g in gates if g.name != "projection"]
+
+
+def block_role(gate: Gate, gates: Sequence[Gate]) -> str:
+    """What one block of ``gates`` is: ``"candidate"`` (the cell declares it so), ``"gate"``, or ``"–"``
+    for the projection and for a lone block (an Elman cell's ``h``: nothing there to gate)."""
+    if gate.candidate:
+        return "candidate"
+    return "gate" if gate.name != "projection" and len(_blocks(gates)) > 1 else "–"
+
+
+def blocks_phrase(gates: Sequence[Gate]) -> str:
+    """A cell's blocks in words: ``"3 gates (i, f, o) and the candidate g"``; ``""`` for fewer than two."""
+    blocks = _blocks(gates)
+    if len(blocks) < 2:
+        return ""
+    plain = [g.name for g in blocks if not g.candidate]
+    new = [g.name for g in blocks if g.candidate]
+    text = f"{_count(len(plain), 'gate')} ({', '.join(plain)})" if plain else ""
+    if new:
+        text += (" and " if text else "") + f"the candidate{'s' if len(new) > 1 else ''} {', '.join(new)}"
+    return text
 
 
 def words_text(a: Anatomy, *, sequence: Optional[str] = None, examples: int = 0, width: int = 100) -> str:
@@ -72,13 +98,22 @@ def plain_words(a: Anatomy, *, sequence: Optional[str] = None, examples: int = 0
         elif head.kind is LayerKind.CONV:
             out.append(_conv(head, one))
         elif head.kind is LayerKind.POOL:
-            out.append(f"{head.name} is {_count(head.units, 'pool window')} ({head.step_function}), one per channel, "
+            out.append(f"{_called(head.name, head.module)} is {_count(head.units, 'pool window')} ({head.step_function}), one per channel, "
                        f"each applied at {fmt(head.applications)} positions; a pool has no weights.")
     rest = _no_cells(a)
     if rest:
         out.append(rest)
     out.append(_closing(a, one, examples))
     return out
+
+
+def _called(name: str, what: str, *, always: bool = False) -> str:
+    """A layer's name as a sentence says it: a numbered one (``nn.Sequential``'s ``0``, ``body.2``) as
+    ``layer 0 (Conv2d)``, with ``what`` it is; any other name as it is (``what`` added in parentheses
+    when ``always``)."""
+    if name.rsplit(".", 1)[-1].isdigit() and what:
+        return f"layer {name} ({what})"
+    return f"{name} ({what})" if always and what else name
 
 
 def _count(n: int, word: str) -> str:
@@ -131,17 +166,16 @@ def _recurrent(item: list[Layer], one: str) -> str:
     twin = torch_twin(la.cell)
     what = f"{la.step_function}" + (f", the step of {twin}" if twin else "")
     if len(item) == 2:
-        text = (f"{name} is a bidirectional recurrent layer: two step functions ({what}), one per direction, each "
+        text = (f"{_called(name, la.module)} is a bidirectional recurrent layer: two step functions ({what}), one per direction, each "
                 f"with weights of its own and each {where}: {fmt(sum(x.applications for x in item))} applications "
                 f"per {one}. The time steps share weights: each direction uses its one set at every step.")
     else:
-        text = (f"{name} is a recurrent layer: one step function ({what}) {where}, "
+        text = (f"{_called(name, la.module)} is a recurrent layer: one step function ({what}) {where}, "
                 f"{_count(la.applications, 'application')} per {one}, all with the same weights.")
     if la.units:
-        gates = [g.name for g in la.gates if g.name != "projection"]
+        blocks = blocks_phrase(la.gates)
         memory = " (the 1997 LSTM paper's \"memory cells\")" if la.cell == "LSTM" else ""
-        rows = (f"a row of each of the {len(gates)} gates' weights ({', '.join(gates)})" if len(gates) > 1
-                else "a row of each weight")
+        rows = f"one row in each of its {blocks}" if blocks else "a row of each weight"
         per = _per_unit(total, la.units * len(item))
         times = f"{len(item)} directions × " if len(item) == 2 else ""
         product = (f" = {times}{_count(la.units, 'unit')} × {fmt(per)}" if per else "")
@@ -156,9 +190,9 @@ def _dense(la: Layer, one: str) -> str:
     per = _per_unit(total, la.units)
     own = (f"its own {_count(la.input_size or 0, 'weight')}" + (" and a bias" if per == (la.input_size or 0) + 1 else "")
            if per else "weights of its own")
-    text = (f"{la.name} is a dense layer: {_count(la.units, 'neuron')} side by side, and the neurons do not share "
+    text = (f"{_called(la.name, la.module)} is a dense layer: {_count(la.units, 'neuron')} side by side, and the neurons do not share "
             f"weights: each has {own}, so its {fmt(total)} parameters = {fmt(la.units)} × {fmt(per)}."
-            if per else f"{la.name} is a dense layer of {_count(la.units, 'neuron')}, each with {own}.")
+            if per else f"{_called(la.name, la.module)} is a dense layer of {_count(la.units, 'neuron')}, each with {own}.")
     if la.applications > 1:
         text += (f" It is applied {fmt(la.applications)} times per {one} (at every position it is given), "
                  f"each time with the same weights.")
@@ -168,7 +202,7 @@ def _dense(la: Layer, one: str) -> str:
 def _conv(la: Layer, one: str) -> str:
     total = la.parameters + la.shared_parameters
     per = _per_unit(total, la.units)
-    text = (f"{la.name} is a convolution layer: {_count(la.units, 'kernel')} ({la.step_function}), each applied at "
+    text = (f"{_called(la.name, la.module)} is a convolution layer: {_count(la.units, 'kernel')} ({la.step_function}), each applied at "
             f"all {fmt(la.applications)} output positions. The positions share weights: a kernel is the same "
             f"weights wherever it is applied, so a larger input adds applications, not parameters. The kernels do "
             f"not share weights: ")
@@ -192,11 +226,11 @@ def _no_cells(a: Anatomy) -> str:
     weighted = [la for la in rows if la.parameters + la.shared_parameters]
     out = []
     if plain:
-        names = ", ".join(f"{la.name} ({la.step_function})" for la in plain[:6]) + (" ..." if len(plain) > 6 else "")
+        names = ", ".join(_called(la.name, la.step_function, always=True) for la in plain[:6]) + (" ..." if len(plain) > 6 else "")
         out.append(f"{names} {'are' if len(plain) > 1 else 'is'} not made of cells: "
                    f"{'functions' if len(plain) > 1 else 'a function'} of the whole input with no weights.")
     for la in weighted[:4]:
-        out.append(f"{la.name} ({la.step_function}) holds {fmt(la.parameters + la.shared_parameters)} parameters "
+        out.append(f"{_called(la.name, la.step_function, always=True)} holds {fmt(la.parameters + la.shared_parameters)} parameters "
                    f"but no cell: {_why(la)}.")
     return " ".join(out)
 
