@@ -138,3 +138,19 @@ def test_compile_and_onnx_rows_measure_both_sides():
 def test_bench_refuses_zero_runs():
     with pytest.raises(ValueError, match="runs should be at least 1, got 0"):
         run_matrix(0, quick=True)
+
+
+def test_benchmarks_md_opens_with_the_harness_header():
+    from pathlib import Path
+
+    from torchcells.bench.report import HEADER
+
+    text = (Path(__file__).resolve().parents[1] / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert text.startswith(HEADER)  # how to run it, as the harness writes it
+
+
+def test_cli_bench_refuses_zero_runs(capsys):
+    from torchcells.cli import main
+
+    assert main(["bench", "--runs", "0"]) == 2
+    assert "torchcells bench: error: --runs should be at least 1, got 0" in capsys.readouterr().err

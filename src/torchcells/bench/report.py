@@ -183,8 +183,8 @@ its own process. The goals table takes each side at its best over the allocator 
 tables below it give each run's own ratio and the ratio to theirs at its best, with the minor page
 faults a call of each side takes.
 
-How to run it (on an idle machine: other processes on the same cores slow two-thread runs many
-times over), from the repository root:
+How to run it: on an idle machine (other processes on the same cores slow two-thread runs many
+times over), from the repository root, with torchcells installed (`pip install -e .`):
 
     python benchmarks/run.py              # every run (about 5 minutes on 2 cores), writes BENCHMARKS.md
     python benchmarks/run.py --notes notes.md   # the same, with a file of notes appended
