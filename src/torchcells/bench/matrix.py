@@ -89,14 +89,14 @@ def child(argv: Sequence[str]) -> int:
     """``python -m torchcells.bench --child ...``: one child's runs, written as JSON to ``--json``."""
     parser = argparse.ArgumentParser(prog="python -m torchcells.bench --child")
     parser.add_argument("--child", action="store_true")
-    parser.add_argument("--allocator", required=True, choices=[a.name for a in ALLOCATORS])
+    parser.add_argument("--allocator", required=True, help="the setting's name (the parent set its environment)")
     parser.add_argument("--threads", required=True, help="thread counts, comma-separated")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--json", required=True)
     for flag in ("--quick", "--first-call", "--memory", "--context"):
         parser.add_argument(flag, action="store_true")
     args = parser.parse_args(argv)
-    allocator = next(a for a in ALLOCATORS if a.name == args.allocator)
+    allocator = Allocator(args.allocator)
     record: dict = {"machine": machine(), "runs": []}
     for n, t in enumerate(int(v) for v in args.threads.split(",")):
         torch.set_num_threads(t)
