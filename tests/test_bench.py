@@ -49,9 +49,20 @@ def test_quick_run_has_every_goal_row_at_both_thread_counts_and_the_cpu():
     for goal in GOALS:
         assert goal.key in measured_somewhere or (goal.key == "stream-step" and not has_step), goal.key
     text = to_markdown(matrix)
-    table = text.split("\n\n")[0]
-    for goal in GOALS:
-        assert f"| {goal.what} |" in table
+    assert text.startswith("### Goals")
+    first, per_setting = text.split("\n\n")[1:3]  # the goals table, then the per-setting table's heading
+    lines = first.splitlines()[2:]
+    assert len(lines) == len(GOALS)
+    for line, goal in zip(lines, GOALS):  # every goal row, its goal, a verdict where it was measured
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == goal.what and cells[2] == goal.goal
+        unmeasured = {"stream-step"} if not has_step else set()
+        for n, cell in enumerate(cells[3:]):
+            if goal.key in unmeasured or (n == 1 and goal.key in ("first-call", "memory")):  # --quick: 1st run
+                assert cell.startswith("not measured (")
+            else:
+                assert cell.endswith(": meets") or ": misses by " in cell, (goal.key, cell)
+    assert "each allocator setting" in per_setting
     assert "### 1 thread, glibc defaults" in text and "### 2 threads, page-fault-free glibc" in text
     assert "- ISA: " in text and "- vendor: " in text and "--quick" in text
 
@@ -84,6 +95,9 @@ def test_goals_take_each_side_at_its_best_and_say_by_how_much_they_miss():
     # each run's own ratio beside the ratio to theirs at its best: 50 / 50 own, 50 / 36 at nn.LSTM's best
     assert "| 1.00× | 1.39× |" in text and "| 1.47× | 1.47× |" in text
     assert "not measured" in text  # the goal rows no run measured
+    # per setting: ours with glibc's defaults 50 / 36, ours page-fault-free 53 / 36 (nn.LSTM at its best)
+    assert "| 2 threads, glibc defaults | 2 threads, page-fault-free glibc |" in text
+    assert "| ≤ 1.1× | 1.39× | 1.47× |" in text
     assert document(matrix).startswith("# Benchmarks") and "python benchmarks/run.py" in document(matrix)
 
 

@@ -67,12 +67,14 @@ class Matrix:
         return sorted({run.threads for run in self.runs})
 
 
-def measured(goal: Goal, runs: list[Run]) -> Optional[float]:
-    """The goal's value over ``runs`` (one thread count), each side at its best; None where no run has the row."""
+def measured(goal: Goal, runs: list[Run], allocator: Optional[str] = None) -> Optional[float]:
+    """The goal's value over ``runs`` (one thread count), each side at its best; with ``allocator``, ours
+    under that setting against theirs at its best. None where no run has the row."""
     rows = [r for run in runs for r in run.rows if r.goal == goal.key]
-    if not rows:
+    mine = [r for run in runs for r in run.rows if r.goal == goal.key and allocator in (None, run.allocator)]
+    if not mine:
         return None
-    ours, theirs = min(r.ms_ours for r in rows), min(r.ms_theirs for r in rows)
+    ours, theirs = min(r.ms_ours for r in mine), min(r.ms_theirs for r in rows)
     if goal.kind == "speedup":
         return theirs / ours
     if goal.kind == "seconds":
@@ -99,8 +101,7 @@ def goals_table(matrix: Matrix) -> str:
     lines = ["| goal row | B, T, I, H | goal | " + " | ".join(_threads(t) for t in threads) + " |",
              "|---|---|---|" + "---|" * len(threads)]
     for goal in GOALS:
-        shapes = [r.shape for run in matrix.runs for r in run.rows if r.goal == goal.key]
-        shape = ", ".join(map(str, shapes[0])) if shapes else goal.shape
+        shape = _shape(matrix, goal)
         cells = []
         for t in threads:
             runs = [run for run in matrix.runs if run.threads == t]
@@ -112,6 +113,25 @@ def goals_table(matrix: Matrix) -> str:
                 cells.append(f"{_value(goal, value)}: {verdict(goal, value)}")
         lines.append(f"| {goal.what} | {shape} | {goal.goal} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def settings_table(matrix: Matrix) -> str:
+    """Each goal row with ours under each allocator setting, against theirs at its best."""
+    columns = [(t, a) for t in matrix.threads for a in dict.fromkeys(run.allocator for run in matrix.runs)]
+    lines = ["| goal row | B, T, I, H | goal | " + " | ".join(f"{_threads(t)}, {a}" for t, a in columns) + " |",
+             "|---|---|---|" + "---:|" * len(columns)]
+    for goal in GOALS:
+        cells = []
+        for t, a in columns:
+            value = measured(goal, [run for run in matrix.runs if run.threads == t], a)
+            cells.append("—" if value is None else _value(goal, value))
+        lines.append(f"| {goal.what} | {_shape(matrix, goal)} | {goal.goal} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _shape(matrix: Matrix, goal: Goal) -> str:
+    shapes = [r.shape for run in matrix.runs for r in run.rows if r.goal == goal.key]
+    return ", ".join(map(str, shapes[0])) if shapes else goal.shape
 
 
 def _threads(t: int) -> str:
@@ -154,8 +174,9 @@ def run_table(run: Run, best_theirs: dict[tuple, float]) -> str:
 
 def to_markdown(matrix: Matrix) -> str:
     """The goals table, the machine, then one table per run (grouped by thread count)."""
-    parts = ["### Goals (issue 14): each side at its best over the allocator settings\n", goals_table(matrix),
-             "\n" + "\n".join(f"- {k}: {v}" for k, v in matrix.machine.items()) + "\n"]
+    parts = ["### Goals (issue 14): each side at its best over the allocator settings\n\n", goals_table(matrix),
+             "\n### The goal rows under each allocator setting: ours under it, against theirs at its best\n\n",
+             settings_table(matrix), "\n" + "\n".join(f"- {k}: {v}" for k, v in matrix.machine.items()) + "\n"]
     if matrix.quick:
         parts.append("- **--quick**: tiny sizes, one timed run, runs in parallel: the structure, not the speed\n")
     for t in matrix.threads:
