@@ -202,8 +202,8 @@ keep freed memory mapped (`MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHO
 page faults from re-mapping large buffers every call) -- at 1 and 2 threads, each combination in
 its own process. The goals table takes each side at its best over the allocator settings; the
 tables below it give each run's own ratio and the ratio to theirs at its best, with the minor page
-faults a call of each side takes. No pip package ships tcmalloc or jemalloc; to compare one, run
-the benchmark under `LD_PRELOAD=/path/to/libtcmalloc.so` (every run then uses it, and says so).
+faults a call of each side takes. We know of no pip package that ships tcmalloc or jemalloc; to
+compare one, run the benchmark under `LD_PRELOAD=/path/to/libtcmalloc.so` (every run then uses it, and says so).
 
 How to run it: on an idle machine (other processes on the same cores slow two-thread runs many
 times over), from the repository root, with torchcells installed (`pip install -e .`):
