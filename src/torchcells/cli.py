@@ -107,10 +107,19 @@ def _write_explained(anatomy, html: str, svg: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_all, to_markdown
+    """Every benchmark row at 1 and 2 threads under each allocator setting, one child process per pair."""
+    from .bench import document, run_matrix
+    from .files import write_atomic
 
-    env, rows = run_all(args.runs, quick=args.quick)
-    print(to_markdown(env, rows))
+    if args.runs < 1:
+        return _fail("bench", ValueError(f"--runs should be at least 1, got {args.runs}"))
+    try:
+        text = document(run_matrix(args.runs, quick=args.quick))
+    except RuntimeError as e:
+        return _fail("bench", e)
+    if args.out:
+        write_atomic(args.out, text)
+    print(text)
     return 0
 
 
@@ -269,9 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--svg", default="", metavar="DIR", help="write cell.svg, unrolled.svg, model.svg here")
     explain.add_argument("--json", action="store_true", help="print the anatomy as JSON instead of a table")
     explain.set_defaults(run=_explain)
-    bench = sub.add_parser("bench", help="measure torchcells against torch.nn (ratios of medians, one run)")
+    bench = sub.add_parser("bench", help="measure torchcells against torch.nn: every goal row, both allocator "
+                                         "settings, 1 and 2 threads (ratios of medians)")
     bench.add_argument("--runs", type=int, default=9, help="timed runs per contender (default 9)")
-    bench.add_argument("--quick", action="store_true", help="only the first LSTM row and the GRU row")
+    bench.add_argument("--quick", action="store_true",
+                       help="tiny sizes, one timed run, the runs in parallel: checks every row runs, not speed")
+    bench.add_argument("--out", help="also write the Markdown to this file (atomically)")
     bench.set_defaults(run=_bench)
     zoo = sub.add_parser("zoo", help="list every cell and wrapper: description, state, parameter count")
     zoo.add_argument("--kind", choices=["recurrent", "feed-forward", "wrapper"], help="only this kind")
