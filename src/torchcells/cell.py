@@ -208,12 +208,13 @@ def check_step(owner: str, x: Tensor, state: Any, y: Any, new: Any) -> None:
     if got is None or len(got) != len(old) or not all(isinstance(t, Tensor) for t in got):
         raise TypeError(f"{owner}: forward returned a new state {_describe_structure(new)}; expected "
                         f"{_describe_structure(state)} like the state it was given")
-    # under autocast a step may legitimately return its state in the autocast dtype
-    autocast = _autocast_on(x.device.type)
     for i, (n, o) in enumerate(zip(got, old)):
+        if n.shape == o.shape and n.dtype == o.dtype and n.device.type == o.device.type:
+            continue  # the usual case, checked without building the messages' tuples
         for what, a, b in (("shape", tuple(n.shape), tuple(o.shape)), ("dtype", n.dtype, o.dtype),
                            ("device", n.device.type, o.device.type)):
-            if a != b and not (what == "dtype" and autocast):
+            # under autocast a step may legitimately return its state in the autocast dtype
+            if a != b and not (what == "dtype" and _autocast_on(x.device.type)):
                 raise (ValueError if what == "shape" else TypeError)(
                     f"{owner}: forward returned a new state whose leaf {i} has {what} {a}; expected {b} "
                     f"like the state it was given")

@@ -25,6 +25,7 @@ exportable model against the loop, not for speed.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -41,6 +42,9 @@ class GraphScanPath(Path):
 
     name = "export"
     exportable = True
+    #: in auto it runs only under torch.export, where no call is short (:func:`.short_call`): a
+    #: short call is never its, whatever its length
+    short_steps = sys.maxsize
 
     def accepts(self, call: Call) -> Optional[str]:
         if not state_leaves(call.state):
