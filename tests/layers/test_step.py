@@ -92,3 +92,66 @@ def test_step_checks_the_state_as_the_layer_does():
         layer.step(x, LSTMState(torch.zeros(B, H, dtype=DT), torch.zeros(B + 1, H, dtype=DT)))
     with pytest.raises(TypeError, match=r"Recurrent\(LSTMCell\(3→5\)\): state should be"):
         layer.step(x, torch.zeros(B, H, dtype=DT))
+
+
+class Counting(GRUCell):
+    """A GRU cell that counts the calls of its ``init_state``."""
+
+    calls = 0
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        type(self).calls += 1
+        return super().init_state(batch_size, device=device, dtype=dtype)
+
+
+@torch.no_grad()  # a stream
+def test_a_state_handed_back_is_not_checked_again_but_a_changed_one_is():
+    cell = Counting(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    Counting.calls = 0
+    for _ in range(3):
+        _, h = layer.step(x, h)          # the state the layer returned: vouched for
+        _, h = layer(x.unsqueeze(0), h)  # the layer call too
+    assert Counting.calls == 0
+    layer.step(x, h.clone())                 # another object: checked
+    assert Counting.calls == 1
+    _, h = layer.step(x, h)
+    h.resize_(B + 1, H)                  # changed in place: checked, and refused in the layer's words
+    with pytest.raises(ValueError, match=r"Recurrent\(Counting\(3→5\)\): state should have shape \(2, 5\)"):
+        layer.step(x, h)
+    _, h = layer.step(torch.randn(B, I, dtype=DT))
+    with pytest.raises(ValueError, match=r"Recurrent\(Counting\(3→5\)\): state should have shape \(3, 5\)"):
+        layer.step(torch.randn(B + 1, I, dtype=DT), h)   # another batch size: checked
+    layer.cell = GRUCell(I, 2 * H, dtype=DT)            # another cell: checked
+    with pytest.raises(ValueError, match=r"Recurrent\(GRUCell\(3→10\)\): state should have shape \(2, 10\)"):
+        layer.step(x, h)
+
+
+@torch.no_grad()
+def test_threads_streaming_through_one_layer_each_get_their_own_results():
+    import threading
+
+    cell = GRUCell(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    xs = torch.randn(4, 20, B, I, dtype=DT)
+    got: dict[int, list] = {}
+
+    def stream(k):
+        state, ys = None, []
+        for x_t in xs[k]:
+            y, state = layer.step(x_t, state if k % 2 else (state.clone() if state is not None else None))
+            ys.append(y)
+        got[k] = ys
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        h = cell.init_state(B, dtype=DT)
+        for x_t, y in zip(xs[k], got[k]):
+            expected, h = cell(x_t, h)
+            assert torch.equal(y, expected)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state
+from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state, state_leaves
 from ..engine import check_lengths, engines, run
 from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
@@ -97,6 +99,7 @@ class Recurrent(nn.Module):
         owner = self.short_name()
         x, state, lens, unbatched = self._checked(owner, x, state, lengths, batch_first=self.batch_first)
         outputs, final, states = self._run(owner, x, state, lens, all_states, reverse=self.reverse)
+        _vouch(self, state, final, x)
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -138,6 +141,7 @@ class Recurrent(nn.Module):
         x = x_t.unsqueeze(0) if isinstance(x_t, Tensor) else x_t  # (1, B, ...) or (1, ...) unbatched
         x, state, _, unbatched = self._checked(owner, x, state, None, batch_first=False)
         outputs, final, _ = self._run(owner, x, state, None, False, reverse=False)
+        _vouch(self, state, final, x)
         if unbatched:
             return outputs[0, 0], map_state(lambda s: s.squeeze(0), final)
         return outputs[0], final
@@ -172,7 +176,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
         if state is None:
             state = cell.init_state(batch, device=x.device, dtype=x.dtype)
-        else:
+        elif not _vouched(self, state, x):
             expected = cell.init_state(batch, device="meta", dtype=x.dtype)
             state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
         return x, state, lens, unbatched
@@ -208,6 +212,52 @@ def _named(owner: str, cell: str, error: Exception) -> Exception:
     if type(error) not in (TypeError, ValueError) or not message.startswith(f"{cell}: forward "):
         return error
     return type(error)(f"{owner}: the cell's {message[len(cell) + 2:]}").with_traceback(error.__traceback__)
+
+
+#: per layer, the final state of its last call, where it passes the state check as it is: a
+#: streaming caller hands it straight back, and it is not checked again (:func:`_vouched`)
+_RETURNED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _vouch(layer: nn.Module, given: State, final: State, x: Tensor) -> None:
+    """Remember ``final`` for ``layer``'s next call if it has the structure, shapes, dtypes and
+    devices of ``given`` (the call's checked initial state), each leaf in ``x``'s dtype (none let
+    through by autocast) and on its device: then the state check would pass it unchanged, and :func:`_vouched` may let it through. Not while recording a graph (the identity
+    would become a guard of it)."""
+    if _recording():
+        return
+    skeleton = _skeleton(final)
+    if skeleton == _skeleton(given) and all(t.dtype == x.dtype and t.device == x.device for t in state_leaves(final)):
+        _RETURNED[layer] = (final, layer.cell, x.shape[1], x.dtype, x.device, skeleton)  # one store
+    else:
+        _RETURNED.pop(layer, None)
+
+
+def _vouched(layer: nn.Module, state: Any, x: Tensor) -> bool:
+    """Whether ``state`` is the very object ``layer``'s last call returned (:func:`_vouch`), handed
+    back to the same cell for a call of the same dtype and device, its leaves still of the shapes
+    (the batch size among them), dtypes and devices they had (a tensor's can change in place):
+    the check it passed then holds now. Saves the cell's ``init_state`` on the meta device at each
+    step of a stream, most of the cost of checking a state."""
+    record = _RETURNED.get(layer)
+    if record is None or record[0] is not state or _recording():
+        return False
+    _, cell, batch, dtype, device, skeleton = record
+    return (cell is layer.cell and batch == x.shape[1] and dtype == x.dtype and device == x.device
+            and _skeleton(state) == skeleton)
+
+
+def _skeleton(state: Any) -> Any:
+    """``state``'s container types and its leaves' shapes, dtypes and devices, nested as the state is."""
+    if isinstance(state, Tensor):
+        return (state.shape, state.dtype, state.device)
+    if isinstance(state, tuple):
+        return (type(state),) + tuple(_skeleton(s) for s in state)
+    return (type(state), id(state))  # anything else: never equal to another's
+
+
+def _recording() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def first_weight(module: nn.Module) -> Optional[Tensor]:
