@@ -140,9 +140,10 @@ def test_threads_streaming_through_one_layer_each_get_their_own_results():
 
     def stream(k):
         state, ys = None, []
-        for x_t in xs[k]:
-            y, state = layer.step(x_t, state if k % 2 else (state.clone() if state is not None else None))
-            ys.append(y)
+        with torch.no_grad():  # grad mode is per thread
+            for x_t in xs[k]:
+                y, state = layer.step(x_t, state if k % 2 else (state.clone() if state is not None else None))
+                ys.append(y)
         got[k] = ys
 
     threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
