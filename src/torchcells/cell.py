@@ -197,6 +197,8 @@ def check_step(owner: str, x: Tensor, state: Any, y: Any, new: Any) -> None:
     Every engine path runs it once per call (the loop on its first step, the traced paths
     when they trace): a cell that shrinks the batch, returns a scalar or changes a dtype is
     an error wherever it runs, never a silent broadcast or cast."""
+    if step_fits(x, state, y, new):
+        return
     if not isinstance(y, Tensor):
         raise TypeError(f"{owner}: forward should return (y, state) with y a tensor, got {type(y).__name__}")
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
@@ -210,15 +212,34 @@ def check_step(owner: str, x: Tensor, state: Any, y: Any, new: Any) -> None:
     if got is None or len(got) != len(old) or not all(isinstance(t, Tensor) for t in got):
         raise TypeError(f"{owner}: forward returned a new state {_describe_structure(new)}; expected "
                         f"{_describe_structure(state)} like the state it was given")
-    # under autocast a step may legitimately return its state in the autocast dtype
-    autocast = _autocast_on(x.device.type)
     for i, (n, o) in enumerate(zip(got, old)):
+        if n.shape == o.shape and n.dtype == o.dtype and n.device.type == o.device.type:
+            continue  # the usual case, checked without building the messages' tuples
         for what, a, b in (("shape", tuple(n.shape), tuple(o.shape)), ("dtype", n.dtype, o.dtype),
                            ("device", n.device.type, o.device.type)):
-            if a != b and not (what == "dtype" and autocast):
+            # under autocast a step may legitimately return its state in the autocast dtype
+            if a != b and not (what == "dtype" and _autocast_on(x.device.type)):
                 raise (ValueError if what == "shape" else TypeError)(
                     f"{owner}: forward returned a new state whose leaf {i} has {what} {a}; expected {b} "
                     f"like the state it was given")
+
+
+def step_fits(x: Tensor, state: Any, y: Any, new: Any) -> bool:
+    """Whether a step's ``(y, new)`` passes :func:`check_step` in the usual way: ``y`` a tensor with
+    ``x``'s batch first, ``new`` of ``state``'s very structure (container types included) with
+    leaves of the same shapes, dtypes and devices. Cheap; ``False`` leaves the verdict (and the
+    message) to :func:`check_step`."""
+    return (isinstance(y, Tensor) and y.dim() > 0 and y.shape[0] == x.shape[0]
+            and _same_leaves(new, state))
+
+
+def _same_leaves(new: Any, old: Any) -> bool:
+    if isinstance(old, Tensor):
+        return (isinstance(new, Tensor) and new.shape == old.shape and new.dtype == old.dtype
+                and new.device == old.device)
+    if type(new) is not type(old) or not isinstance(old, tuple) or len(new) != len(old):
+        return False
+    return all(_same_leaves(n, o) for n, o in zip(new, old))
 
 
 def _autocast_on(device_type: str) -> bool:

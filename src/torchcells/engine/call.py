@@ -88,9 +88,12 @@ class Call:
 
     @property
     def needs_grad(self) -> bool:
-        """Whether autograd is on and anything the call reads requires a gradient."""
+        """Whether autograd is on and anything the call reads requires a gradient (found once per call)."""
         if not torch.is_grad_enabled():
             return False
+        return self.memo("needs_grad", self._reads_grad)
+
+    def _reads_grad(self) -> bool:
         if self.raw_x.requires_grad or any(p.requires_grad for p in self.cell.parameters()):
             return True
         return any(t.requires_grad for t in state_leaves(self.state))
@@ -137,6 +140,11 @@ class Path:
     #: whether ``torch.export`` records this path correctly for every length and batch; the
     #: registry declines the others while exporting (:func:`exporting`)
     exportable: bool = False
+    #: for ``engine="auto"``: a call without gradients of at most this many steps is left to the
+    #: reference loop without asking :meth:`accepts` (this path's set-up -- tracing, hoisting,
+    #: packing, a native plan -- costs more than it saves over so few steps: a streaming step);
+    #: 0: never (:func:`.paths.short_call`)
+    short_steps: int = 0
 
     def accepts(self, call: Call) -> Optional[str]:
         """``None`` if this path can run ``call``, else why not (a phrase that follows "cannot run on ...: ")."""

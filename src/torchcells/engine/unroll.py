@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell, State, cell_name, check_step, map_state, step_pair
+from ..cell import Cell, State, cell_name, check_step, map_state, step_fits, step_pair
 from .call import Call, Result, bracket, expand
 
 
@@ -47,9 +47,7 @@ def unroll_call(call: Call) -> Result:
     ys: list[Tensor] = []
     history: list[State] = []
     for t in range(call.steps):
-        y, new = cell(x[t], state) if t else step_pair(cell_name(cell), cell(x[t], state))
-        if t == 0:
-            check_step(cell_name(cell), x[0], state, y, new)
+        y, new = cell(x[t], state) if t else _first_step(cell, x[0], state)
         if valid is None:
             state = new
         else:
@@ -62,3 +60,15 @@ def unroll_call(call: Call) -> Result:
     outputs = torch.stack(ys)
     states = map_state(lambda *leaves: torch.stack(leaves), history[0], *history[1:]) if call.all_states else None
     return outputs, state, states
+
+
+def _first_step(cell: Any, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+    """The first step's ``(y, new_state)``, checked (:func:`~torchcells.cell.check_step`): a cell
+    that returns something else is an error naming it, at every call."""
+    returned = cell(x_t, state)
+    if not isinstance(returned, tuple) or len(returned) != 2:
+        step_pair(cell_name(cell), returned)  # raises, saying what came
+    y, new = returned
+    if not step_fits(x_t, state, y, new):
+        check_step(cell_name(cell), x_t, state, y, new)
+    return y, new

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state
+from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state, state_leaves
 from ..engine import check_lengths, engines, run
 from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
@@ -99,47 +101,9 @@ class Recurrent(nn.Module):
     def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):
         owner = self.short_name()
-        step_rank = getattr(self.cell, "step_rank", 1)
-        layout = "(B, T, ...)" if self.batch_first else "(T, B, ...)"
-        check_input(owner, x, ranks=(step_rank + 2, step_rank + 1), features=None,
-                    layout=f" {layout}, or (T, ...) unbatched")
-        features = getattr(self.cell, "input_size", None)
-        if features is not None and x.shape[x.dim() - step_rank] != features:
-            raise ValueError(f"{owner}: input has {x.shape[x.dim() - step_rank]} features per step, "
-                             f"expected {features}")
-        weight = next((p for p in self.cell.parameters() if p.is_floating_point()), None)
-        if weight is not None and weight.dtype != x.dtype and not autocast_casts(x, weight):
-            raise TypeError(f"{owner}: input has dtype {x.dtype} but the cell's parameters are {weight.dtype}; "
-                            f"convert one of them (input.to({weight.dtype}) or layer.to({x.dtype}))")
-        unbatched = x.dim() == step_rank + 1
-        if unbatched:
-            x = x.unsqueeze(1)
-            if state is not None:
-                state = _unsqueeze_state(owner, state)
-        elif self.batch_first:
-            x = x.transpose(0, 1)
-        steps, batch = x.shape[0], x.shape[1]
-        lens = check_lengths(owner, lengths, steps, batch)
-        if unbatched and lengths is not None:
-            raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
-        begin_call = getattr(self.cell, "begin_call", None)
-        if callable(begin_call):  # a call starts: a wrapper that draws per call (WeightDrop) does it now
-            begin_call()
-        if state is None:
-            state = self.cell.init_state(batch, device=x.device, dtype=x.dtype)
-        else:
-            expected = self.cell.init_state(batch, device="meta", dtype=x.dtype)
-            state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
-        try:
-            if self.checkpoint_steps is not None:
-                outputs, final, states = run_chunked(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                                     all_states=all_states, engine=self.engine,
-                                                     chunk=self.checkpoint_steps)
-            else:
-                outputs, final, states = run(self.cell, x, state, lengths=lens, reverse=self.reverse,
-                                             all_states=all_states, engine=self.engine)
-        except (TypeError, ValueError) as e:
-            raise _named(owner, cell_name(self.cell), e) from None
+        x, state, lens, unbatched = self._checked(owner, x, state, lengths, batch_first=self.batch_first)
+        outputs, final, states = self._run(owner, x, state, lens, all_states, reverse=self.reverse)
+        _vouch(self, state, final, x)
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -150,6 +114,91 @@ class Recurrent(nn.Module):
             if states is not None:
                 states = map_state(lambda s: s.transpose(0, 1), states)
         return (outputs, final, states) if all_states else (outputs, final)
+
+    def step(self, x_t: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        """One time step: ``(y_t, new_state)`` for ``x_t`` ``(B, I)`` (``(I,)`` unbatched, its state
+        unbatched too) from ``state`` (``None``: the cell's initial state).
+
+        The layer's own call at ``T = 1`` -- the same checks and error messages, the same
+        engine, the same results -- without the time axis, for a model that acts as it reads
+        (reinforcement learning, real-time audio or control): the returned state goes back in
+        with the next input. ``batch_first`` plays no part (there is no time axis); neither does
+        ``reverse`` (one step reads the same either way). Without gradients a step runs on the
+        reference loop, one call of the cell, with nothing set up for many steps
+        (:func:`torchcells.engine.paths.short_call`).
+
+        Example::
+
+            >>> layer = Recurrent(GRUCell(4, 8))
+            >>> state = None
+            >>> with torch.no_grad():
+            ...     for observation in torch.randn(3, 1, 4):   # one (B=1, I=4) at a time
+            ...         y, state = layer.step(observation, state)
+            >>> y.shape, state.shape
+            (torch.Size([1, 8]), torch.Size([1, 8]))
+        """
+        owner = self.short_name()
+        rank = getattr(self.cell, "step_rank", 1)
+        if isinstance(x_t, Tensor) and x_t.dim() not in (rank + 1, rank):
+            raise ValueError(f"{owner}: step input should have {rank + 1} or {rank} dimensions (B, ...), or (...) "
+                             f"unbatched (one step, no time axis), got {x_t.dim()} with shape {tuple(x_t.shape)}")
+        x = x_t.unsqueeze(0) if isinstance(x_t, Tensor) else x_t  # (1, B, ...) or (1, ...) unbatched
+        x, state, _, unbatched = self._checked(owner, x, state, None, batch_first=False)
+        outputs, final, _ = self._run(owner, x, state, None, False, reverse=False)
+        _vouch(self, state, final, x)
+        if unbatched:
+            return outputs[0, 0], map_state(lambda s: s.squeeze(0), final)
+        return outputs[0], final
+
+    def _checked(self, owner: str, x: Tensor, state: Optional[State], lengths: Optional[Lengths], *,
+                 batch_first: bool) -> tuple[Tensor, State, Optional[Tensor], bool]:
+        """The call's input time-major ``(T, B, ...)``, its initial state, its lengths (``None``: all
+        full) and whether it came unbatched, after every check a layer call makes."""
+        cell = self.cell
+        step_rank = getattr(cell, "step_rank", 1)
+        layout = "(B, T, ...)" if batch_first else "(T, B, ...)"
+        check_input(owner, x, ranks=(step_rank + 2, step_rank + 1), features=None,
+                    layout=f" {layout}, or (T, ...) unbatched")
+        features = getattr(cell, "input_size", None)
+        if features is not None and x.shape[x.dim() - step_rank] != features:
+            raise ValueError(f"{owner}: input has {x.shape[x.dim() - step_rank]} features per step, "
+                             f"expected {features}")
+        weight = first_weight(cell)
+        if weight is not None and weight.dtype != x.dtype and not autocast_casts(x, weight):
+            raise TypeError(f"{owner}: input has dtype {x.dtype} but the cell's parameters are {weight.dtype}; "
+                            f"convert one of them (input.to({weight.dtype}) or layer.to({x.dtype}))")
+        unbatched = x.dim() == step_rank + 1
+        if unbatched:
+            x = x.unsqueeze(1)
+            if state is not None:
+                state = _unsqueeze_state(owner, state)
+        elif batch_first:
+            x = x.transpose(0, 1)
+        steps, batch = x.shape[0], x.shape[1]
+        lens = check_lengths(owner, lengths, steps, batch)
+        if unbatched and lengths is not None:
+            raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
+        if state is None:
+            state = cell.init_state(batch, device=x.device, dtype=x.dtype)
+        elif not _vouched(self, state, x):
+            expected = cell.init_state(batch, device="meta", dtype=x.dtype)
+            state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
+        return x, state, lens, unbatched
+
+    def _run(self, owner: str, x: Tensor, state: State, lens: Optional[Tensor], all_states: bool, *,
+             reverse: bool) -> tuple[Tensor, State, Optional[State]]:
+        """The engine over a checked, time-major call; its errors about the cell said as the layer's."""
+        begin_call = getattr(self.cell, "begin_call", None)
+        if callable(begin_call):  # a call starts: a wrapper that draws per call (WeightDrop) does it now
+            begin_call()
+        try:
+            if self.checkpoint_steps is not None:
+                return run_chunked(self.cell, x, state, lengths=lens, reverse=reverse, all_states=all_states,
+                                   engine=self.engine, chunk=self.checkpoint_steps)
+            return run(self.cell, x, state, lengths=lens, reverse=reverse, all_states=all_states,
+                       engine=self.engine)
+        except (TypeError, ValueError) as e:
+            raise _named(owner, cell_name(self.cell), e) from None
 
     def extra_repr(self) -> str:
         opts = [f"{k}=True" for k in ("batch_first", "reverse") if getattr(self, k)]
@@ -167,6 +216,68 @@ def _named(owner: str, cell: str, error: Exception) -> Exception:
     if type(error) not in (TypeError, ValueError) or not message.startswith(f"{cell}: forward "):
         return error
     return type(error)(f"{owner}: the cell's {message[len(cell) + 2:]}").with_traceback(error.__traceback__)
+
+
+#: per layer, the final state of its last call, where it passes the state check as it is: a
+#: streaming caller hands it straight back, and it is not checked again (:func:`_vouched`)
+_RETURNED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _vouch(layer: nn.Module, given: State, final: State, x: Tensor) -> None:
+    """Remember ``final`` for ``layer``'s next call if it has the structure, shapes, dtypes and
+    devices of ``given`` (the call's checked initial state), each leaf in ``x``'s dtype (none let
+    through by autocast) and on its device: then the state check would pass it unchanged, and :func:`_vouched` may let it through. Not while recording a graph (the identity
+    would become a guard of it)."""
+    if _recording():
+        return
+    skeleton = _skeleton(final)
+    if skeleton == _skeleton(given) and all(t.dtype == x.dtype and t.device == x.device for t in state_leaves(final)):
+        _RETURNED[layer] = (final, layer.cell, x.shape[1], x.dtype, x.device, skeleton)  # one store
+    else:
+        _RETURNED.pop(layer, None)
+
+
+def _vouched(layer: nn.Module, state: Any, x: Tensor) -> bool:
+    """Whether ``state`` is the very object ``layer``'s last call returned (:func:`_vouch`), handed
+    back to the same cell for a call of the same dtype and device, its leaves still of the shapes
+    (the batch size among them), dtypes and devices they had (a tensor's can change in place):
+    the check it passed then holds now. Saves the cell's ``init_state`` on the meta device at each
+    step of a stream, most of the cost of checking a state."""
+    record = _RETURNED.get(layer)
+    if record is None or record[0] is not state or _recording():
+        return False
+    _, cell, batch, dtype, device, skeleton = record
+    return (cell is layer.cell and batch == x.shape[1] and dtype == x.dtype and device == x.device
+            and _skeleton(state) == skeleton)
+
+
+def _skeleton(state: Any) -> Any:
+    """``state``'s container types and its leaves' shapes, dtypes and devices, nested as the state is."""
+    if isinstance(state, Tensor):
+        return (state.shape, state.dtype, state.device)
+    if isinstance(state, tuple):
+        return (type(state),) + tuple(_skeleton(s) for s in state)
+    return (type(state), id(state))  # anything else: never equal to another's
+
+
+def _recording() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def first_weight(module: nn.Module) -> Optional[Tensor]:
+    """The first floating-point parameter of ``module`` in ``parameters()`` order (its own, then
+    each submodule's, depth first), or ``None``: the dtype a call's input must have. Read from
+    the modules' parameter dictionaries at every call (nothing kept: a parameter may be replaced
+    between calls), without the generator machinery of ``parameters()``."""
+    for p in module._parameters.values():
+        if p is not None and p.is_floating_point():
+            return p
+    for child in module._modules.values():
+        if child is not None:
+            found = first_weight(child)
+            if found is not None:
+                return found
+    return None
 
 
 def _unsqueeze_state(owner: str, state: Any) -> Any:

@@ -18,6 +18,14 @@ first where it applies:
 5. ``loop``  -- the reference loop, any cell (:mod:`.loop`). Auto reaching it after the
    fused path declined warns once per cell, saying why.
 
+Short calls without gradients (a streaming step: ``T = 1``, ``B = 1`` in reinforcement
+learning or real-time use) cost the set-up of a fast path -- a trace-cache look-up, hoisting,
+packing for torch's kernel, a native plan -- which pays off only over many steps. In auto, a
+path whose :attr:`~torchcells.engine.call.Path.short_steps` is at least the call's ``T`` is not
+asked about such a call (:func:`short_call`: no gradient, no recording mode): scan at ``T <= 4``,
+torch's kernel at ``T <= 2``, fused at ``T <= 8``, where the loop measured faster (the cell's own
+step costs tens of microseconds; a fast path's set-up, hundreds).
+
 Adding a path is one new file with a :class:`~torchcells.engine.call.Path` subclass
 and one ``register(MyPath())`` call (by default it goes before the loop, the last
 resort; ``before=`` places it elsewhere). Built-in paths are registered at the end of
@@ -28,15 +36,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from ...cell import cell_name
+from .. import ops
 from ..call import Call, Path, exporting, jit_tracing
+from ..modes import is_exporting
 from .fused import FusedPath
 from .graph_scan import GraphScanPath
 from .loop import LoopPath
 from .scan import ScanPath
 from .torch_kernel import TorchKernelPath
 
-__all__ = ["Path", "choose", "engines", "get", "paths", "register", "unregister"]
+__all__ = ["Path", "choose", "engines", "get", "paths", "register", "short_call", "unregister"]
 
 _REGISTRY: list[Path] = []
 
@@ -95,19 +107,41 @@ def choose(call: Call, engine: str = "auto") -> Path:
         if reason is not None:
             raise TypeError(f"{cell_name(call.cell)} cannot run on the {named.name} engine: {reason}")
         return named
-    declined: list[tuple[Path, str]] = []
+    declined: list[tuple[Path, str]] = []  # refused the call (explained if the loop runs it)
+    passed: list[tuple[Path, str]] = []    # accepted it, or was not asked, and left it to a later path
+    short = call.steps if short_call(call) else 0
     for path in _REGISTRY:
+        if short and short <= path.short_steps:
+            passed.append((path, _SHORT))
+            continue
         reason = _accepts(path, call)
+        if reason is not None:
+            declined.append((path, reason))
+            continue
+        reason = path.defer(call)
         if reason is None:
-            reason = path.defer(call)
-            if reason is None:
-                if path.name == "loop":
-                    for other, why in declined:
-                        other.explain(call, why)
-                return path
-        declined.append((path, reason))
+            if path.name == "loop":
+                for other, why in declined:
+                    other.explain(call, why)
+            return path
+        passed.append((path, reason))
     raise TypeError(f"{cell_name(call.cell)}: no registered path accepts this call: "
-                    + "; ".join(f"{p.name}: {why}" for p, why in declined))
+                    + "; ".join(f"{p.name}: {why}" for p, why in declined + passed))
+
+
+_SHORT = "a call of so few steps without gradients runs faster on the loop"
+
+
+def short_call(call: Call) -> bool:
+    """Whether ``engine="auto"`` may leave ``call`` to the reference loop for its few steps (each
+    path's :attr:`~torchcells.engine.call.Path.short_steps`): no gradient to compute, and no
+    recording mode in which the loop would not be the path that records it (``torch.jit.trace``,
+    ``torch.export``, ``torch.compile``: each has its paths) nor a ``torch.func`` transform (whose
+    operators run on the fused path). The loop defines every path's results: such a call gets the
+    reference results themselves."""
+    if call.needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not (is_exporting() or ops.functorch_active())
 
 
 def _accepts(path: Path, call: Call) -> Optional[str]:

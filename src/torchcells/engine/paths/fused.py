@@ -18,6 +18,7 @@ from ..fused import explain_fallback, fused_call, inference_call, step_program
 
 class FusedPath(Path):
     name = "fused"
+    short_steps = 8  # no grad, T <= 8: the loop costs less than the trace-cache key, hoisting and the native set-up
 
     def accepts(self, call: Call) -> Optional[str]:
         """Whether the step traces (traced once per cell structure and shapes, then cached)."""

@@ -28,6 +28,7 @@ body, and so every result, is the one the exported program runs.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -44,6 +45,9 @@ class GraphScanPath(Path):
 
     name = "export"
     exportable = True
+    #: in auto it runs only under torch.export, where no call is short (:func:`.short_call`): a
+    #: short call is never its, whatever its length
+    short_steps = sys.maxsize
 
     def accepts(self, call: Call) -> Optional[str]:
         if not state_leaves(call.state):

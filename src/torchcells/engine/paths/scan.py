@@ -15,6 +15,7 @@ from ..scan import scan_call
 
 class ScanPath(Path):
     name = "scan"
+    short_steps = 4  # no grad, T <= 4: the loop costs less than chunking the log-space scan
 
     def accepts(self, call: Call) -> Optional[str]:
         if not declares(call.cell, "scan_coefficients"):

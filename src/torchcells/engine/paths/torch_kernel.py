@@ -25,6 +25,7 @@ from ..call import Call, Path, Result
 
 class TorchKernelPath(Path):
     name = "torch"
+    short_steps = 2  # no grad, T <= 2: the loop costs less than the kernel's set-up
     jit_traceable = True  # one torch kernel call over the whole sequence
 
     def accepts(self, call: Call) -> Optional[str]:

@@ -1,0 +1,158 @@
+"""``Recurrent.step``: one time step, the layer's own call at ``T = 1`` without the time axis."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixture_cells import UserLSTMCell
+
+from torchcells import GRUCell, LSTMCell, LSTMState, Recurrent
+
+DT = torch.float64
+I, H, B = 3, 5, 2
+
+CELLS = [lambda: UserLSTMCell(I, H).to(DT), lambda: GRUCell(I, H, dtype=DT), lambda: LSTMCell(I, H, dtype=DT)]
+IDS = ["user-lstm", "gru", "lstm"]
+
+
+def leaves(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("make_cell", CELLS, ids=IDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+@pytest.mark.parametrize("engine", ["auto", "loop", "fused"])
+def test_steps_equal_the_cell_and_the_layer_at_one_step(make_cell, grad, engine):
+    torch.manual_seed(0)
+    cell = make_cell()
+    layer = Recurrent(cell, engine=engine, batch_first=True, reverse=True)  # neither plays a part in a step
+    xs = torch.randn(4, B, I, dtype=DT)
+    state = by_cell = by_layer = None
+    with torch.set_grad_enabled(grad):
+        for x_t in xs:
+            y, state = layer.step(x_t, state)
+            y_cell, by_cell = cell(x_t, by_cell if by_cell is not None else cell.init_state(B, dtype=DT))
+            out, by_layer = layer(x_t.unsqueeze(1), by_layer)   # (B, T=1, I) with batch_first
+            assert y.shape == (B, H)
+            torch.testing.assert_close(y, y_cell, atol=1e-12, rtol=0)
+            torch.testing.assert_close(y, out[:, 0], atol=1e-12, rtol=0)
+            for a, b, c in zip(leaves(state), leaves(by_cell), leaves(by_layer)):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+                torch.testing.assert_close(a, c, atol=1e-12, rtol=0)
+    assert y.requires_grad == grad
+
+
+def test_step_gradients_reach_the_weights_and_the_state():
+    cell = LSTMCell(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    h0 = torch.randn(B, H, dtype=DT, requires_grad=True)
+    y, (h, c) = layer.step(torch.randn(B, I, dtype=DT), LSTMState(h0, torch.zeros(B, H, dtype=DT)))
+    (y.sum() + c.sum()).backward()
+    assert h0.grad is not None and h0.grad.abs().sum() > 0
+    assert cell.weight_hh.grad is not None and cell.weight_hh.grad.abs().sum() > 0
+
+
+def test_unbatched_step_keeps_an_unbatched_state():
+    cell = GRUCell(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    x = torch.randn(I, dtype=DT)
+    y, h = layer.step(x)
+    assert y.shape == (H,) and h.shape == (H,)
+    y2, h2 = layer.step(x, h)
+    y_cell, _ = cell(x.unsqueeze(0), h.unsqueeze(0))
+    torch.testing.assert_close(y2, y_cell[0], atol=1e-12, rtol=0)
+    assert h2.shape == (H,)
+
+
+def test_step_of_a_wrong_rank_says_what_a_step_takes():
+    layer = Recurrent(GRUCell(I, H, dtype=DT))
+    with pytest.raises(ValueError, match=r"Recurrent\(GRUCell\(3→5\)\): step input should have 2 or 1 dimensions"):
+        layer.step(torch.randn(1, B, I, dtype=DT))   # a (T, B, I) sequence is the layer call's
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.randn(B, 7, dtype=DT), ValueError, "input has 7 features per step, expected 3"),
+    (torch.randn(B, I), TypeError, "input has dtype torch.float32 but the cell's parameters are torch.float64"),
+    (torch.zeros(B, I, dtype=torch.int64), TypeError, "input has dtype torch.int64, expected a floating-point tensor"),
+    ([[0.0] * I], TypeError, "input should be a tensor"),
+], ids=["features", "dtype", "integer", "list"])
+def test_step_refuses_what_the_layer_refuses_in_the_same_words(bad, error, message):
+    layer = Recurrent(GRUCell(I, H, dtype=DT))
+    with pytest.raises(error, match=r"Recurrent\(GRUCell\(3→5\)\): " + message):
+        layer.step(bad)
+    if isinstance(bad, torch.Tensor):
+        with pytest.raises(error, match=r"Recurrent\(GRUCell\(3→5\)\): " + message):
+            layer(bad.unsqueeze(0))
+
+
+def test_step_checks_the_state_as_the_layer_does():
+    layer = Recurrent(LSTMCell(I, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    with pytest.raises(ValueError, match=r"Recurrent\(LSTMCell\(3→5\)\): state.c should have shape \(2, 5\)"):
+        layer.step(x, LSTMState(torch.zeros(B, H, dtype=DT), torch.zeros(B + 1, H, dtype=DT)))
+    with pytest.raises(TypeError, match=r"Recurrent\(LSTMCell\(3→5\)\): state should be"):
+        layer.step(x, torch.zeros(B, H, dtype=DT))
+
+
+class Counting(GRUCell):
+    """A GRU cell that counts the calls of its ``init_state``."""
+
+    calls = 0
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        type(self).calls += 1
+        return super().init_state(batch_size, device=device, dtype=dtype)
+
+
+@torch.no_grad()  # a stream
+def test_a_state_handed_back_is_not_checked_again_but_a_changed_one_is():
+    cell = Counting(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    Counting.calls = 0
+    for _ in range(3):
+        _, h = layer.step(x, h)          # the state the layer returned: vouched for
+        _, h = layer(x.unsqueeze(0), h)  # the layer call too
+    assert Counting.calls == 0
+    layer.step(x, h.clone())                 # another object: checked
+    assert Counting.calls == 1
+    _, h = layer.step(x, h)
+    h.resize_(B + 1, H)                  # changed in place: checked, and refused in the layer's words
+    with pytest.raises(ValueError, match=r"Recurrent\(Counting\(3→5\)\): state should have shape \(2, 5\)"):
+        layer.step(x, h)
+    _, h = layer.step(torch.randn(B, I, dtype=DT))
+    with pytest.raises(ValueError, match=r"Recurrent\(Counting\(3→5\)\): state should have shape \(3, 5\)"):
+        layer.step(torch.randn(B + 1, I, dtype=DT), h)   # another batch size: checked
+    layer.cell = GRUCell(I, 2 * H, dtype=DT)            # another cell: checked
+    with pytest.raises(ValueError, match=r"Recurrent\(GRUCell\(3→10\)\): state should have shape \(2, 10\)"):
+        layer.step(x, h)
+
+
+@torch.no_grad()
+def test_threads_streaming_through_one_layer_each_get_their_own_results():
+    import threading
+
+    cell = GRUCell(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    xs = torch.randn(4, 20, B, I, dtype=DT)
+    got: dict[int, list] = {}
+
+    def stream(k):
+        state, ys = None, []
+        with torch.no_grad():  # grad mode is per thread
+            for x_t in xs[k]:
+                y, state = layer.step(x_t, state if k % 2 else (state.clone() if state is not None else None))
+                ys.append(y)
+        got[k] = ys
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        h = cell.init_state(B, dtype=DT)
+        for x_t, y in zip(xs[k], got[k]):
+            expected, h = cell(x_t, h)
+            assert torch.equal(y, expected)
