@@ -368,3 +368,37 @@ def test_a_cell_retraced_at_every_call_leaves_a_bounded_store_of_graph_sources(m
             sizes.append(len(graph_module._loader.eval_cache))
     assert sizes[-1] == sizes[5], sizes  # flat once the cache is full and evicting
     torch.testing.assert_close(layer(x)[0], loop(x)[0])  # evicting sources breaks nothing
+
+
+def test_auto_stops_tracing_a_cell_whose_value_keeps_changing_and_fuses_it_again_once_it_settles(monkeypatch):
+    """Memory and time stay bounded while a value the step reads changes at every call: after
+    ``RETRACES_IN_A_ROW`` derivations in a row, ``engine="auto"`` runs that cell on the loop (equal
+    to it by definition) without deriving again; once the value holds, the cell is fused again."""
+    from torchcells.engine import derive
+    from torchcells.engine.call import open_call
+    from torchcells.engine.paths import choose
+
+    builds = []
+    real_build = derive._build
+    monkeypatch.setattr(derive, "_build", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    cell = Annealed()
+    layer, x = tc.Recurrent(cell), torch.randn(T + 8, B, I, requires_grad=True)  # long enough to fuse
+    with pytest.warns(UserWarning, match="engine='auto' runs this cell on the reference loop"):
+        for i in range(3 * derive.RETRACES_IN_A_ROW):
+            cell.temperature = 5.0 + 0.01 * i  # values no other test traced (the cache is shared)
+            torch.testing.assert_close(layer(x)[0], tc.Recurrent(cell, engine="loop")(x)[0])
+    # the generic and the per-B derivation of B >= 2 may both build: at most two per traced call
+    assert len(builds) <= 2 * derive.RETRACES_IN_A_ROW + 2
+    cell.temperature = 9.75                               # one more new value: the loop runs it
+    assert choose(open_call(cell, x, cell.init_state(B)), "auto").name == "loop"
+    layer(x)                                              # the value holds: traced once more ...
+    assert choose(open_call(cell, x, cell.init_state(B)), "auto").name == "fused"  # ... and fused from then on
+    torch.testing.assert_close(layer(x)[0], tc.Recurrent(cell, engine="loop")(x)[0])
+
+
+def test_a_named_fused_engine_keeps_tracing_a_changing_value():
+    """``engine="fused"`` asked by name is not switched to the loop: it keeps deriving (and warned once)."""
+    from torchcells.engine.derive import RETRACES_IN_A_ROW
+
+    with pytest.warns(UserWarning, match="was traced again"):
+        _calls(Annealed(), [7.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 3)])  # values no other test traced

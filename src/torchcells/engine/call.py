@@ -158,6 +158,11 @@ class Path:
         that is faster for it), or ``None`` to take it."""
         return None
 
+    def defer_unasked(self, call: Call) -> Optional[str]:
+        """For ``engine="auto"`` only, asked before :meth:`accepts`: why to leave ``call`` to a later
+        path without the cost of accepting it (for the fused path, a derivation), or ``None``."""
+        return None
+
     def explain(self, call: Call, reason: str) -> None:
         """Called when ``engine="auto"`` falls back to the reference loop after this path
         declined ``call`` for ``reason``: tell the user, if it matters. Default: silent."""

@@ -235,7 +235,28 @@ def _count_retraces(cell: nn.Module, key: StepKey, built: bool) -> Optional[str]
               "make it a buffer (register_buffer) or pass it to forward as a tensor, so the trace reads it "
               "instead of baking it in")
     return (f"{cell_name(cell)} was traced again at each of its last {streak[1]} calls of the fused engine "
-            f"because {changing} changed every time; {advice} (or run it with engine='loop')")
+            f"because {changing} changed every time; {advice}. While it keeps changing, engine='auto' runs "
+            f"this cell on the reference loop (no more traces; a value that settles is traced again)")
+
+
+def churning(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> Optional[str]:
+    """Why ``engine="auto"`` should leave this step to the loop without tracing it, or ``None``:
+    the cell was derived again at each of its last :data:`RETRACES_IN_A_ROW` calls, and this
+    call's key is new again (a value the step reads still changes at every call: each derivation
+    costs a trace and keeps graphs; the loop reads the value as it is). A key seen at the call
+    before is derived again (the value may have settled: the next call's hit ends the streak)."""
+    streak = _STREAKS.get(cell)
+    if streak is None or streak[1] < RETRACES_IN_A_ROW:
+        return None
+    with TRACING:
+        batch_generic = x_t.dim() > 0 and x_t.shape[0] >= 2
+        key = _key(cell, x_t, state, masked, batch_generic)
+        entry = _CACHE.get(key)
+        if (entry is not None and key.same_objects(entry[1])) or tuple(key) == streak[0]:
+            return None
+        streak[0] = tuple(key)
+    return (f"a value its step reads changed at each of its last {streak[1]} calls, so each call would trace "
+            f"the step again; the loop runs it while that goes on")
 
 
 def explain_fallback(cell: Any, error: TraceError) -> None:

@@ -114,6 +114,10 @@ def choose(call: Call, engine: str = "auto") -> Path:
         if short and short <= path.short_steps:
             passed.append((path, _SHORT))
             continue
+        reason = path.defer_unasked(call)
+        if reason is not None:
+            passed.append((path, reason))
+            continue
         reason = _accepts(path, call)
         if reason is not None:
             declined.append((path, reason))

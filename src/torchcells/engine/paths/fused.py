@@ -13,6 +13,7 @@ from typing import Optional
 from ...graph import TraceError
 from .. import ops
 from ..call import Call, Path, Result
+from ..derive import churning
 from ..fused import explain_fallback, fused_call, inference_call, step_program
 
 
@@ -32,6 +33,13 @@ class FusedPath(Path):
         except TraceError as error:
             return str(error)
         return None
+
+    def defer_unasked(self, call: Call) -> Optional[str]:
+        """A cell traced again at each of its last calls (a value its step reads keeps changing) is
+        left to the loop while that goes on: each new trace would cost time and keep memory."""
+        if ops.compiling() or ops.functorch_active():
+            return None
+        return churning(call.cell, call.raw_x[0], call.state, masked=call.lengths is not None)
 
     def explain(self, call: Call, reason: str) -> None:
         if not ops.compiling():
