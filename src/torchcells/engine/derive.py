@@ -264,7 +264,8 @@ def churning(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> Optio
     if streak is None or streak[1] < RETRACES_IN_A_ROW:
         return None
     with TRACING:
-        batch_generic = x_t.dim() > 0 and x_t.shape[0] >= 2
+        batch = x_t.shape[0] if x_t.dim() else 0
+        batch_generic = batch >= 2 and _FIRST_BATCH.get(cell, batch) != batch  # as fused_program keys it
         key = _key(cell, x_t, state, masked, batch_generic)
         entry = _CACHE.get(key)
         if (entry is not None and key.same_objects(entry[1])) or tuple(key) == streak[0]:
