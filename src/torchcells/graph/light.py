@@ -124,7 +124,7 @@ def _meta_like(value: Any) -> Any:
     return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
 
 
-def fake_mode_trace(fn: Callable[..., Any], *args: Any, passthrough: tuple[type, ...] = ()) -> fx.GraphModule:
+def fake_mode_trace(fn: Callable[..., Any], *args: Any, passthrough: tuple[type[BaseException], ...] = ()) -> fx.GraphModule:
     """``make_fx(fn, tracing_mode="fake")(*args)``: by :func:`real_trace` where it serves (no compiler
     stack imported), else by ``make_fx`` itself. An exception of a ``passthrough`` type from ``fn``
     (the caller's own verdict on the step) is raised at once; any other failure of the light trace
