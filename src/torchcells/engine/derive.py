@@ -106,8 +106,9 @@ def _autocast_key(device_type: str) -> Any:
 def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> FusedKernels:
     """The cell's fused kernels for these shapes (traced once, then cached); raises TraceError.
 
-    At ``B >= 2`` the derivation is batch-generic: traced once with a symbolic batch size, it
-    serves every ``B >= 2``, each ``B`` getting a cheap specialization (:func:`.specialize.for_batch`).
+    A cell's first batch size is derived for itself (:func:`_generic_wanted`); from its second on, at
+    ``B >= 2``, the derivation is batch-generic: traced once with a symbolic batch size, it serves
+    every ``B >= 2``, each ``B`` getting a cheap specialization (:func:`.specialize.for_batch`).
     A cell whose trace branches on ``B`` (a guard on the symbol) is derived per ``B`` instead, as
     is every step at ``B < 2`` (torch specializes sizes 0 and 1, so the generic trace assumed
     ``B >= 2`` and may have folded a test like ``B > 1`` without a guard)."""
@@ -116,7 +117,7 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     batch = x_t.shape[0] if x_t.dim() else 0
     with TRACING:  # one derivation at a time (make_fx is not thread-safe); the cache under it too
         found: Any = None
-        if batch >= 2:
+        if batch >= 2 and _generic_wanted(cell, batch):
             key = _key(cell, x_t, state, masked, batch_generic=True)
             found, built = _cached_or_built(key, cell, x_t, state, masked, batch_generic=True)
         if found is None or isinstance(found, NotBatchGeneric):
@@ -130,6 +131,20 @@ def fused_program(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> 
     if isinstance(found, TraceError):
         raise found
     return found
+
+
+#: per cell, the batch size of its first derivation (at ``B >= 2``), until a second one comes
+_FIRST_BATCH: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def _generic_wanted(cell: nn.Module, batch: int) -> bool:
+    """Whether this derivation at ``batch >= 2`` should be batch-generic: once the cell has met a
+    second batch size. Its first is derived for that ``B`` alone: a symbolic trace imports torch's
+    compiler stack (sympy, ``torch._dynamo``: about a second in a fresh process) and a per-``B`` trace
+    on the CPU needs neither (:mod:`torchcells.graph.light`); a cell that only ever sees one ``B``
+    never pays for the generic one."""
+    first = _FIRST_BATCH.setdefault(cell, batch)
+    return first != batch
 
 
 def _cached_or_built(key: StepKey, cell: nn.Module, x_t: Tensor, state: Any, masked: bool,
@@ -249,7 +264,8 @@ def churning(cell: nn.Module, x_t: Tensor, state: Any, *, masked: bool) -> Optio
     if streak is None or streak[1] < RETRACES_IN_A_ROW:
         return None
     with TRACING:
-        batch_generic = x_t.dim() > 0 and x_t.shape[0] >= 2
+        batch = x_t.shape[0] if x_t.dim() else 0
+        batch_generic = batch >= 2 and _FIRST_BATCH.get(cell, batch) != batch  # as fused_program keys it
         key = _key(cell, x_t, state, masked, batch_generic)
         entry = _CACHE.get(key)
         if (entry is not None and key.same_objects(entry[1])) or tuple(key) == streak[0]:
@@ -409,6 +425,8 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor],
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from ..graph.light import fake_mode_trace
+
     differentiable = [a.is_floating_point() for a in args]
     n_args = len(args)
     counts: dict[str, int] = {}
@@ -428,8 +446,10 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor],
             raise TraceError("the step's outputs do not all depend on differentiable inputs")
         tangent_args = [torch.zeros_like(o) for o in probe]
         # args already fake (a symbolic batch size): traced as they are, in their mode
-        trace = make_fx(joint) if mode is not None else make_fx(joint, tracing_mode="fake")
-        graph = trace(*[a.detach() for a in args], *tangent_args).graph
+        inputs = [*[a.detach() for a in args], *tangent_args]
+        # fake tracing without the compiler stack where it serves (graph.light)
+        graph = (make_fx(joint)(*inputs) if mode is not None else
+                 fake_mode_trace(joint, *inputs, passthrough=(TraceError,))).graph
     n_out = counts["outputs"]
     for node in graph.nodes:
         if node.op == "call_function" and getattr(getattr(node.target, "_schema", None), "is_mutable", False):

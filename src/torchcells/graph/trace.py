@@ -75,6 +75,8 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any, *,
     from torch.func import functional_call
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from .light import fake_mode_trace
+
     named = list(cell.named_parameters()) + list(cell.named_buffers())
     names = [n for n, _ in named]
     tensors = [t for _, t in named]
@@ -105,8 +107,8 @@ def trace_step(cell: nn.Module, x: Tensor, state: Any, *,
                 with mode:
                     gm = make_fx(step)(*inputs)
             else:
-                gm = make_fx(step, tracing_mode="fake")([t.detach() for t in tensors], x.detach(),
-                                                       *[t.detach() for t in leaves])
+                gm = fake_mode_trace(step, [t.detach() for t in tensors], x.detach(), *[t.detach() for t in leaves],
+                                     passthrough=(TraceError,))
     except TraceError:
         raise
     except Exception as e:  # data-dependent control flow, unsupported ops, ...

@@ -1,0 +1,56 @@
+"""The light trace (graph/light.py): the graph make_fx records, without torch's compiler stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from fixture_cells import UserLSTMCell
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from torchcells.graph.light import real_trace
+
+
+def _joint(w, x, h, tangent):
+    w = w.requires_grad_(True)
+    y = torch.tanh(x @ w + h).sigmoid()
+    return (y, *torch.autograd.grad(y, [w], tangent))
+
+
+def _ops(gm):
+    return [(str(n.target), tuple(n.meta["val"].shape)) for n in gm.graph.nodes
+            if n.op == "call_function" and "detach" not in str(n.target)]
+
+
+def test_the_light_trace_records_what_make_fx_records_forward_and_backward():
+    args = (torch.randn(3, 4), torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4))
+    light, reference = real_trace(_joint, *args), make_fx(_joint, tracing_mode="fake")(*args)
+    assert _ops(light) == _ops(reference)
+    assert all(n.meta["val"].device.type == "meta" for n in light.graph.nodes if "val" in n.meta)  # no data kept
+
+
+def test_a_first_fused_call_on_the_cpu_imports_no_compiler_stack():
+    code = ("import sys, torch, torchcells as tc; from fixture_cells import UserLSTMCell; "
+            "layer = tc.Recurrent(UserLSTMCell(3, 4), engine='fused'); "
+            "layer(torch.randn(5, 2, 3, requires_grad=True))[0].sum().backward(); "
+            "print('torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)")
+    tests = __file__.rsplit("/graph/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
+def test_a_data_dependent_step_is_left_to_make_fx():
+    cell = UserLSTMCell(3, 4)
+    from torchcells.graph import TraceError, trace_cell
+
+    class Branching(type(cell)):
+        def forward(self, x, state):
+            return super().forward(x if x.sum() > 0 else -x, state)
+
+    branching = Branching(3, 4)
+    try:
+        trace_cell(branching, torch.randn(2, 3), branching.init_state(2))
+    except TraceError:
+        return
+    raise AssertionError("a step that reads its data traced without an error")
