@@ -54,3 +54,31 @@ def test_a_data_dependent_step_is_left_to_make_fx():
     except TraceError:
         return
     raise AssertionError("a step that reads its data traced without an error")
+
+
+def test_a_shape_read_from_data_is_left_to_make_fx():
+    """``z[z > 0]`` has a shape read from the data: real data would let the light trace record one
+    shape and bake it in (the native backward then failed with a shape mismatch); it is left to
+    make_fx, and the layer runs on the loop, equal to it, values and gradients."""
+    import pytest
+
+    from torchcells.graph.light import Unsupported
+
+    with pytest.raises(Unsupported, match="index"):
+        real_trace(lambda z: z + z[z > 0].sum(), torch.randn(5, 4))
+
+    class Selecting(UserLSTMCell):
+        def forward(self, x, state):
+            y, new = super().forward(x, state)
+            return y + y[y > 0].sum(), new
+
+    import torchcells as tc
+
+    cell = Selecting(3, 4).double()
+    x = torch.randn(12, 5, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(UserWarning, match="runs on the reference loop"):
+        out = tc.Recurrent(cell)(x)[0]
+    ref = tc.Recurrent(cell, engine="loop")(x)[0]
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0],
+                               atol=1e-12, rtol=1e-10)

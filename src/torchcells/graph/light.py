@@ -10,8 +10,8 @@ little): each aten call that reaches it becomes one ``call_function`` node, name
 recorded as its backward's aten calls; each node's ``meta["val"]`` is then an empty ``meta``
 tensor of the value's shape, strides and dtype (a cached graph keeps no data). What it does not
 handle the way ``make_fx`` does -- a tensor that is neither an input nor made inside the trace (a
-constant), a value read from data (``.item()``, ``if tensor:``, which real data would let pass
-and bake in), an input not on the CPU, autocast on -- raises :class:`Unsupported`, and the caller
+constant), a value or shape read from data (``.item()``, ``if tensor:``, ``z[z > 0]``, which real data
+would let pass and bake in), an input not on the CPU, autocast on -- raises :class:`Unsupported`, and the caller
 traces with ``make_fx`` instead: the light trace is a shortcut, never a second meaning.
 """
 
@@ -66,7 +66,8 @@ class _Recorder(TorchDispatchMode):
             return func(*args, **kwargs)
         flat, _ = tree_flatten((args, kwargs))
         if func in (torch.ops.aten.is_nonzero.default, torch.ops.aten.lift_fresh.default) \
-                or torch.Tag.data_dependent_output in func.tags:
+                or torch.Tag.data_dependent_output in func.tags or torch.Tag.dynamic_output_shape in func.tags:
+            # a value or a shape read from data (z[z > 0], nonzero, unique): real data would let it pass
             raise Unsupported(f"{func} (make_fx treats it apart)")
         if autograd_would_have_decomposed(func, flat):  # as make_fx does: record its decomposition
             with self:
