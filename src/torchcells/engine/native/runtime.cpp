@@ -711,12 +711,11 @@ void scan_forward_lanes(const scalar_t* la, const scalar_t* u, const scalar_t* h
     const int64_t t = backwards ? T - 1 - s : s;
     const scalar_t* prev = s == 0 ? h0 : h + (backwards ? t + 1 : t - 1) * N;
     const int64_t row = t * N;
-    int64_t n = n0;
-    for (; n + W <= n1; n += W) {
-      const Vec a = Vec::loadu(la + row + n).exp();
-      at::vec::fmadd(a, Vec::loadu(prev + n), Vec::loadu(u + row + n)).store(h + row + n);
+    for (int64_t n = n0; n < n1; n += W) {  // a partial vector at the end: the same arithmetic
+      const int64_t k = std::min<int64_t>(W, n1 - n);
+      const Vec a = Vec::loadu(la + row + n, k).exp();
+      at::vec::fmadd(a, Vec::loadu(prev + n, k), Vec::loadu(u + row + n, k)).store(h + row + n, k);
     }
-    for (; n < n1; ++n) h[row + n] = std::exp(la[row + n]) * prev[n] + u[row + n];
   }
 }
 
@@ -754,20 +753,13 @@ void scan_backward_lanes(const scalar_t* la, const scalar_t* h0, const scalar_t*
     const int64_t t = backwards ? T - 1 - s : s;
     const scalar_t* before = s == 0 ? h0 : h + (backwards ? t + 1 : t - 1) * N;
     const int64_t row = t * N;
-    int64_t n = n0;
-    for (; n + W <= n1; n += W) {
-      const Vec a = Vec::loadu(la + row + n).exp();
-      const Vec gt = Vec::loadu(gh + row + n) + Vec::loadu(gh0 + n);
-      gt.store(g + row + n);
-      (gt * a * Vec::loadu(before + n)).store(gla + row + n);
-      (a * gt).store(gh0 + n);
-    }
-    for (; n < n1; ++n) {
-      const scalar_t a = std::exp(la[row + n]);
-      const scalar_t gt = gh[row + n] + gh0[n];
-      g[row + n] = gt;
-      gla[row + n] = gt * a * before[n];
-      gh0[n] = a * gt;
+    for (int64_t n = n0; n < n1; n += W) {  // a partial vector at the end: the same arithmetic
+      const int64_t k = std::min<int64_t>(W, n1 - n);
+      const Vec a = Vec::loadu(la + row + n, k).exp();
+      const Vec gt = Vec::loadu(gh + row + n, k) + Vec::loadu(gh0 + n, k);
+      gt.store(g + row + n, k);
+      (gt * a * Vec::loadu(before + n, k)).store(gla + row + n, k);
+      (a * gt).store(gh0 + n, k);
     }
   }
 }
