@@ -25,6 +25,15 @@ How it is computed, and why:
   multiplies numbers ``≤ 1``. This replaces a ``logcumsumexp`` over the whole
   sequence (an ``exp`` and a ``log1p`` per element, and two more of it in autograd's
   backward), which made the scan about as slow as the loop on CPU.
+* **On CPU, the recurrence in the native runtime.** A parallel-prefix scan pays
+  ``O(log T)`` depth with several passes over memory, which on a CPU of few cores
+  costs more than reading the sequence once. Where the native runtime is built
+  (:mod:`.native`; CPU, float32/float64), ``h_t = e^{log a_t} h_{t−1} + u_t`` runs there
+  sequentially in time, vectorized and split over threads across the ``B·H`` lanes:
+  one pass, the loop's operations per number (no chunking or range limits needed),
+  the same bits at any thread count; its backward (below) is one fused pass against
+  reading order giving ``g``, ``∂L/∂log a`` and ``∂L/∂h_0``. Second derivatives
+  (``create_graph``) and ``TORCHCELLS_NATIVE=0`` take the chunked scan.
 * **Backward pass by hand.** The gradient of the recurrence is the same recurrence
   read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
   scan (and itself differentiable) rather than autograd through the cumulative ops.
