@@ -18,6 +18,7 @@ from torchcells import Cell, GRUCell, LSTMCell, MinGRUCell, MinLSTMCell
 from torchcells.cell import declares
 from torchcells.engine import scan as scan_module
 from torchcells.engine import unroll
+from torchcells.engine.native import available as native_available, notice as native_notice
 from torchcells.engine.scan import scan_linear
 
 DT = torch.float64
@@ -28,23 +29,36 @@ LENGTHS = torch.tensor([4, 0, 7, 1, 6])  # unsorted, with 0 and the full length
 CELLS = [pytest.param(MinGRUCell, id="mingru"), pytest.param(MinLSTMCell, id="minlstm")]
 REVERSE = pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 LENGTH_CASES = pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
-# (CHUNK, steps per CPU block): as shipped; chunks of 2 steps (a padded last chunk, a
-# doubling scan over 4 chunks); and CPU blocks of 3 steps, so the state is carried from
-# block to block.
-SPLITS = pytest.mark.parametrize("splits", [None, (2, None), (4, 3)], ids=["whole", "chunks2", "blocks3"])
+# (CHUNK, steps per CPU block, native): as shipped, the recurrence in the native runtime; the same
+# in the pure-Python chunked scan (no runtime); chunks of 2 steps there (a padded last chunk, a
+# doubling scan over 4 chunks); and CPU blocks of 3 steps, so the state is carried from block to
+# block.
+SPLITS = pytest.mark.parametrize("splits", [None, (None, None, False), (2, None, False), (4, 3, True)],
+                                 ids=["native", "python", "chunks2", "blocks3"])
 
 
 @pytest.fixture
 def split(monkeypatch):
     def apply(splits, batch_times_hidden=B * H):
-        if splits is None:
-            return
-        chunk, block_steps = splits
-        monkeypatch.setattr(scan_module, "CHUNK", chunk)
+        chunk, block_steps, native = (None, None, True) if splits is None else splits
+        use_native(monkeypatch, native)
+        if chunk is not None:
+            monkeypatch.setattr(scan_module, "CHUNK", chunk)
         if block_steps is not None:
             monkeypatch.setattr(scan_module, "CPU_BLOCK", block_steps * batch_times_hidden)
             monkeypatch.setattr(scan_module, "CPU_BLOCK_MIN_STEPS", 1)
     return apply
+
+
+def use_native(monkeypatch, native: bool) -> None:
+    """The recurrence in the native runtime (skipped where it is not built) or in pure Python."""
+    if native and not native_available():
+        pytest.skip(f"native runtime not built here: {native_notice()}")
+    if not native:
+        monkeypatch.setenv("TORCHCELLS_NATIVE", "0")
+
+
+NATIVE = pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 
 
 def make(cls, seed: int = 0, dtype=DT, i: int = I, h: int = H):
@@ -101,7 +115,7 @@ def test_scan_equals_the_loop(cls, reverse, lengths, splits, all_states, split):
     coefficients = cell.scan_coefficients
     cell.scan_coefficients = lambda x: calls.append(x.shape[0]) or coefficients(x)
     got, want = run_both(cell, x, h0, lengths=lengths, reverse=reverse, all_states=all_states)
-    assert calls == ([3, 3, 1] if splits == (4, 3) else [T])  # one call per block of time
+    assert calls == ([3, 3, 1] if splits == (4, 3, True) else [T])  # one call per block of time
     assert_same(got, want)
     out, final, states, _ = got
     if lengths is not None:
@@ -186,8 +200,10 @@ class DecayCell(Cell):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 1e3], ids=["mild", "strong", "steep", "vanishing"])
 @REVERSE
-def test_extreme_decays(dtype, scale, reverse):
+@NATIVE
+def test_extreme_decays(dtype, scale, reverse, native, monkeypatch):
     """Per-step |log a| from 0.1 to 1000 (a = e^-1000 underflows), growing states too (log a > 0)."""
+    use_native(monkeypatch, native)
     cell = DecayCell(H, scale)
     torch.manual_seed(1)
     x = torch.randn(40, B, 2 * H, dtype=dtype)
@@ -202,8 +218,10 @@ def test_extreme_decays(dtype, scale, reverse):
 
 
 @pytest.mark.parametrize("cls", CELLS)
-def test_long_float32_sequence_stays_accurate(cls):
+@NATIVE
+def test_long_float32_sequence_stays_accurate(cls, native, monkeypatch):
     """T = 2048 in float32 against the loop in float32 and in float64."""
+    use_native(monkeypatch, native)
     cell = make(cls, dtype=torch.float32, i=2, h=3)
     torch.manual_seed(2)
     x = torch.randn(2048, 2, 2) * 3
@@ -222,7 +240,7 @@ def test_long_float32_sequence_stays_accurate(cls):
 
 @pytest.mark.parametrize("cls", CELLS)
 @REVERSE
-@pytest.mark.parametrize("splits", [None, (2, 2)], ids=["whole", "chunks-blocks"])
+@pytest.mark.parametrize("splits", [None, (2, 2, False)], ids=["native", "python-chunks-blocks"])
 def test_gradcheck(cls, reverse, splits, split):
     split(splits, batch_times_hidden=2 * 2)
     cell = make(cls, i=2, h=2)
@@ -254,3 +272,36 @@ def test_cells_in_recurrent(cls, reverse):
     for got, w, ref in zip((out.transpose(0, 1), final, states.transpose(0, 1)), want, loop):
         torch.testing.assert_close(got, w, **TOL)
         torch.testing.assert_close(got, ref, **TOL)
+
+
+@pytest.mark.parametrize("backwards", [False, True], ids=["fwd", "bwd"])
+def test_native_recurrence_equals_the_python_scan_at_any_thread_count(backwards, monkeypatch):
+    """The runtime's ``linear_scan_forward/backward`` against the chunked scan and its autograd, over
+    more lanes than one task holds (so two threads split them): equal, and bitwise the same at 1 and 2 threads."""
+    use_native(monkeypatch, True)
+    from torchcells.engine.native import library
+    lib = library()
+    torch.manual_seed(3)
+    steps, lanes = 6, 1100
+    log_a, u = -torch.rand(steps, lanes, dtype=DT) * 2, torch.randn(steps, lanes, dtype=DT)
+    h0, grad_h, grad_last = torch.randn(lanes, dtype=DT), torch.randn(steps, lanes, dtype=DT), torch.randn(lanes, dtype=DT)
+    leaves = [t.clone().requires_grad_() for t in (log_a, u, h0)]
+    h = scan_module._scan_values(leaves[0].detach(), u, h0, backwards)
+    monkeypatch.setenv("TORCHCELLS_NATIVE", "0")
+    h_py, last_py = scan_module._LinearScan.apply(*leaves, backwards)
+    torch.autograd.backward([h_py, last_py], [grad_h, grad_last])
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append((lib.linear_scan_forward(log_a, u, h0, backwards),
+                            *lib.linear_scan_backward(log_a, h0, h, grad_h, grad_last, backwards)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+    h_native, g, grad_log_a, grad_h0 = results[0]
+    torch.testing.assert_close(h_native, h_py.detach(), **TOL)
+    for got, leaf in zip((grad_log_a, g, grad_h0), leaves):
+        torch.testing.assert_close(got, leaf.grad, **TOL)

@@ -25,6 +25,15 @@ How it is computed, and why:
   multiplies numbers ``≤ 1``. This replaces a ``logcumsumexp`` over the whole
   sequence (an ``exp`` and a ``log1p`` per element, and two more of it in autograd's
   backward), which made the scan about as slow as the loop on CPU.
+* **On CPU, the recurrence in the native runtime.** A parallel-prefix scan pays
+  ``O(log T)`` depth with several passes over memory, which on a CPU of few cores
+  costs more than reading the sequence once. Where the native runtime is built
+  (:mod:`.native`; CPU, float32/float64), ``h_t = e^{log a_t} h_{t−1} + u_t`` runs there
+  sequentially in time, vectorized and split over threads across the ``B·H`` lanes:
+  one pass, the loop's operations per number (no chunking or range limits needed),
+  the same bits at any thread count; its backward (below) is one fused pass against
+  reading order giving ``g``, ``∂L/∂log a`` and ``∂L/∂h_0``. Second derivatives
+  (``create_graph``) and ``TORCHCELLS_NATIVE=0`` take the chunked scan.
 * **Backward pass by hand.** The gradient of the recurrence is the same recurrence
   read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
   scan (and itself differentiable) rather than autograd through the cumulative ops.
@@ -56,6 +65,7 @@ from torch import Tensor
 
 from ..cell import Cell, at_least_float32, autocast_casts, declares
 from .call import Call, Result, bracket
+from .native import library
 
 __all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "scan_call", "scan_linear"]
 
@@ -143,7 +153,13 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, log_a: Tensor, u: Tensor, h0: Tensor, backwards: bool) -> tuple[Tensor, Tensor]:
-        h = _scan_values(log_a, u, h0, backwards)
+        lib = _native(log_a, u, h0)
+        if lib is not None:
+            lanes = (log_a.shape[0], -1)
+            h = lib.linear_scan_forward(log_a.reshape(lanes), u.reshape(lanes), h0.reshape(-1),
+                                        backwards).view(log_a.shape)
+        else:
+            h = _scan_values(log_a, u, h0, backwards)
         ctx.backwards = backwards
         ctx.save_for_backward(log_a, h0, h)
         # The last state read, apart (h[-1] would cost its gradient a zero-filled copy of h).
@@ -152,6 +168,14 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_h: Tensor, grad_last: Tensor) -> tuple[Optional[Tensor], ...]:
         log_a, h0, h = ctx.saved_tensors
+        lib = None if torch.is_grad_enabled() else _native(log_a, grad_h, h0)  # (create_graph: differentiable)
+        if lib is not None:  # one fused pass against reading order
+            lanes = (log_a.shape[0], -1)
+            g, grad_log_a, grad_h0 = lib.linear_scan_backward(
+                log_a.reshape(lanes), h0.reshape(-1), h.reshape(lanes), grad_h.reshape(lanes),
+                grad_last.reshape(-1), ctx.backwards)
+            return (grad_log_a.view(log_a.shape) if ctx.needs_input_grad[0] else None, g.view(log_a.shape),
+                    grad_h0.view(h0.shape), None)
         zero = log_a.new_zeros((1,) + log_a.shape[1:])
         # The gradient of the last state enters as the backward scan's start (a = 1 there).
         if ctx.backwards:  # g_t = ∂L/∂h_t + a_{t-1} g_{t-1}
@@ -167,6 +191,16 @@ class _LinearScan(torch.autograd.Function):
             before = torch.cat([h[1:], start]) if ctx.backwards else torch.cat([start, h[:-1]])
             grad_log_a = g * log_a.exp() * before
         return grad_log_a, g, grad_h0, None
+
+
+def _native(log_a: Tensor, u: Tensor, h0: Tensor) -> Any:
+    """The native runtime where it runs this scan (CPU, float32/float64, one dtype), else ``None``."""
+    if log_a.device.type != "cpu" or log_a.dtype not in (torch.float32, torch.float64):
+        return None
+    if u.dtype != log_a.dtype or h0.dtype != log_a.dtype or u.device != log_a.device or h0.device != log_a.device:
+        return None
+    lib = library()
+    return lib if lib is not None and hasattr(lib, "linear_scan_forward") else None
 
 
 def _scan_values(log_a: Tensor, u: Tensor, h0: Tensor, backwards: bool) -> Tensor:

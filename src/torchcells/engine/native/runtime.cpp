@@ -693,6 +693,97 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run)
   return result;
 }
 
+// ---- The linear recurrence h_t = e^{log a_t} h_{t-1} + u_t of the scan path (engine/scan.py) ----
+// Sequential in time, vectorized and split over threads across the N = B*H independent lanes:
+// O(1) work per element and one pass over memory each way, where a parallel-prefix scan on
+// a CPU of few cores costs several passes (and the loop a dispatch per step). Each lane's
+// arithmetic is the loop's order of operations, so threads never change a result.
+
+// Lanes per task: a task's rows (a few KB) stay in L1 from one step to the next.
+constexpr int64_t kScanLanes = 512;
+
+template <typename scalar_t>
+void scan_forward_lanes(const scalar_t* la, const scalar_t* u, const scalar_t* h0, scalar_t* h,
+                        int64_t T, int64_t N, bool backwards, int64_t n0, int64_t n1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = backwards ? T - 1 - s : s;
+    const scalar_t* prev = s == 0 ? h0 : h + (backwards ? t + 1 : t - 1) * N;
+    const int64_t row = t * N;
+    for (int64_t n = n0; n < n1; n += W) {  // a partial vector at the end: the same arithmetic
+      const int64_t k = std::min<int64_t>(W, n1 - n);
+      const Vec a = Vec::loadu(la + row + n, k).exp();
+      at::vec::fmadd(a, Vec::loadu(prev + n, k), Vec::loadu(u + row + n, k)).store(h + row + n, k);
+    }
+  }
+}
+
+// Forward: h (T, N) from log_a (T, N), u (T, N), h0 (N); backwards reads t = T-1 ... 0.
+at::Tensor linear_scan_forward(const at::Tensor& log_a, const at::Tensor& u, const at::Tensor& h0,
+                               bool backwards) {
+  TORCH_CHECK(log_a.dim() == 2 && u.sizes() == log_a.sizes() && h0.dim() == 1 && h0.size(0) == log_a.size(1),
+              "linear_scan_forward: expected log_a, u (T, N) and h0 (N)");
+  const auto la = log_a.contiguous(), uc = u.contiguous(), hc = h0.contiguous();
+  auto h = at::empty_like(la);
+  const int64_t T = la.size(0), N = la.size(1);
+  AT_DISPATCH_FLOATING_TYPES(la.scalar_type(), "linear_scan_forward", [&] {
+    const scalar_t* pa = la.data_ptr<scalar_t>();
+    const scalar_t* pu = uc.data_ptr<scalar_t>();
+    const scalar_t* p0 = hc.data_ptr<scalar_t>();
+    scalar_t* ph = h.data_ptr<scalar_t>();
+    at::parallel_for(0, N, kScanLanes, [&](int64_t n0, int64_t n1) {
+      scan_forward_lanes<scalar_t>(pa, pu, p0, ph, T, N, backwards, n0, n1);
+    });
+  });
+  return h;
+}
+
+// Backward of the forward scan in one pass against reading order: g_t = dL/dh_t + a_{t+1} g_{t+1}
+// (the last state's gradient enters with a = 1), d log a_t = g_t a_t h_{t-1}, du_t = g_t,
+// dh0 = a_first g_first. Returns (g, grad_log_a, grad_h0).
+template <typename scalar_t>
+void scan_backward_lanes(const scalar_t* la, const scalar_t* h0, const scalar_t* h, const scalar_t* gh,
+                         const scalar_t* glast, scalar_t* g, scalar_t* gla, scalar_t* gh0,
+                         int64_t T, int64_t N, bool backwards, int64_t n0, int64_t n1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size();
+  std::copy(glast + n0, glast + n1, gh0 + n0);  // the carry a_{t+1} g_{t+1}, kept in gh0
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = backwards ? T - 1 - s : s;
+    const scalar_t* before = s == 0 ? h0 : h + (backwards ? t + 1 : t - 1) * N;
+    const int64_t row = t * N;
+    for (int64_t n = n0; n < n1; n += W) {  // a partial vector at the end: the same arithmetic
+      const int64_t k = std::min<int64_t>(W, n1 - n);
+      const Vec a = Vec::loadu(la + row + n, k).exp();
+      const Vec gt = Vec::loadu(gh + row + n, k) + Vec::loadu(gh0 + n, k);
+      gt.store(g + row + n, k);
+      (gt * a * Vec::loadu(before + n, k)).store(gla + row + n, k);
+      (a * gt).store(gh0 + n, k);
+    }
+  }
+}
+
+std::vector<at::Tensor> linear_scan_backward(const at::Tensor& log_a, const at::Tensor& h0, const at::Tensor& h,
+                                             const at::Tensor& grad_h, const at::Tensor& grad_last,
+                                             bool backwards) {
+  TORCH_CHECK(log_a.dim() == 2 && h.sizes() == log_a.sizes() && grad_h.sizes() == log_a.sizes() &&
+                  h0.dim() == 1 && h0.size(0) == log_a.size(1) && grad_last.sizes() == h0.sizes(),
+              "linear_scan_backward: expected log_a, h, grad_h (T, N) and h0, grad_last (N)");
+  const auto la = log_a.contiguous(), hc = h.contiguous(), gc = grad_h.contiguous();
+  const auto h0c = h0.contiguous(), lc = grad_last.contiguous();
+  auto g = at::empty_like(la), gla = at::empty_like(la), gh0 = at::empty_like(h0c);
+  const int64_t T = la.size(0), N = la.size(1);
+  AT_DISPATCH_FLOATING_TYPES(la.scalar_type(), "linear_scan_backward", [&] {
+    at::parallel_for(0, N, kScanLanes, [&](int64_t n0, int64_t n1) {
+      scan_backward_lanes<scalar_t>(la.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
+                                    gc.data_ptr<scalar_t>(), lc.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                    gla.data_ptr<scalar_t>(), gh0.data_ptr<scalar_t>(), T, N, backwards, n0, n1);
+    });
+  });
+  return {g, gla, gh0};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -786,6 +877,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("extras", &BackwardRun::extras);
   m.def("forward_sequence", &forward_sequence, py::arg("program"), py::arg("run"));
   m.def("backward_sequence", &backward_sequence, py::arg("program"), py::arg("run"));
+  m.def("linear_scan_forward", &linear_scan_forward, py::arg("log_a"), py::arg("u"), py::arg("h0"),
+        py::arg("backwards"), "h_t = exp(log_a_t) h_{t-1} + u_t over (T, N), sequential in time (engine/scan.py)");
+  m.def("linear_scan_backward", &linear_scan_backward, py::arg("log_a"), py::arg("h0"), py::arg("h"),
+        py::arg("grad_h"), py::arg("grad_last"), py::arg("backwards"),
+        "(g, grad_log_a, grad_h0) of linear_scan_forward in one pass against reading order");
   m.def("vector_width", [] { return static_cast<int64_t>(at::vec::Vectorized<float>::size()); },
         "float lanes per vector register in this build");
   m.def("enums", &exported_enums, "the names and values of the enums a plan is written in (see records.py)");
