@@ -20,10 +20,13 @@ there the composed layers run, with their own rules for those modes.
 
 from __future__ import annotations
 
+import operator
+import weakref
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, _VF, nn
+from torch.nn.modules import module as _torch_module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..engine import ops
@@ -45,30 +48,56 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 
 def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
     """torch's kernel name (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``) if the drop-in
-    ``drop`` may run a call on input ``x`` through it, else ``None`` (see the module docstring)."""
+    ``drop`` may run a call on input ``x`` through it, else ``None`` (see the module docstring).
+    Read at every call (a few dictionary look-ups per layer; modules are reached through their
+    ``_modules`` dictionaries, not ``getattr``): anything may have changed since the last."""
     if (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting() or ops.functorch_active()
             or torch.is_autocast_enabled(x.device.type) or _global_hooks()):
         return None
-    stack = drop.stack
-    if type(stack) is not Stack or len(stack.layers) != drop.num_layers or _hooked(stack) \
-            or _hooked(stack.layers) or (stack.training and stack.dropout and drop.num_layers > 1):
+    stack = drop._modules["stack"]
+    if type(stack) is not Stack or _hooked(stack):
+        return None
+    layers = stack._modules["layers"]
+    blocks = list(layers._modules.values())
+    if len(blocks) != drop.num_layers or _hooked(layers) or (stack.training and stack.dropout and len(blocks) > 1):
         return None
     kinds = set()
     tied = iter(drop._tied_cells)  # the cells holding the drop-in's parameters, in torch's order
-    for block in stack.layers:
+    for block in blocks:
         for rec, reverse in _directions(block, drop.bidirectional):
             if (type(rec) is not Recurrent or rec.reverse is not reverse or rec.batch_first
                     or rec.engine not in ("auto", "torch") or rec.checkpoint_steps is not None or _hooked(rec)):
                 return None
-            cell = rec.cell
+            cell = rec._modules["cell"]
             if cell is not next(tied, None) or _hooked_tree(cell):
                 return None
-            form = cell.torch_kernel() if hasattr(cell, "torch_kernel") else None
-            if form is None or form.has_bias is not drop.bias:
+            kind = declared_kind(cell)
+            if kind is None:
                 return None
-            kinds.add(form.kind)
+            kinds.add(kind)
     kind = kinds.pop() if len(kinds) == 1 else None
     return kind if kind in _KINDS[drop.mode] else None
+
+
+#: per cell, what :func:`declared_kind` last found and the attribute values it found it under
+_DECLARED: "weakref.WeakKeyDictionary[nn.Module, tuple[type, tuple, Optional[str]]]" = weakref.WeakKeyDictionary()
+
+
+def declared_kind(cell: nn.Module) -> Optional[str]:
+    """The kind of the torch form ``cell.torch_kernel()`` declares, or ``None``. Asking builds the
+    form (microseconds: a good part of a short call's budget), so the answer is kept per cell with
+    its type and the very objects its attributes held (``peepholes``, ``reset_after``,
+    ``nonlinearity``, ``bias``, ... and the parameter dictionary): setting any attribute puts a
+    new object there, and the cell is asked again."""
+    values = tuple(cell.__dict__.values())
+    known = _DECLARED.get(cell)
+    if (known is not None and known[0] is type(cell) and len(known[1]) == len(values)
+            and all(map(operator.is_, known[1], values))):
+        return known[2]
+    form = cell.torch_kernel() if hasattr(cell, "torch_kernel") else None
+    kind = None if form is None or form.has_bias is not getattr(cell, "bias", None) else form.kind
+    _DECLARED[cell] = (type(cell), values, kind)
+    return kind
 
 
 def prefers_direct(kind: str, x: Tensor, steps: int) -> bool:
@@ -142,7 +171,8 @@ def _directions(block: nn.Module, bidirectional: bool) -> tuple[tuple[Any, bool]
         return ((block, False),)
     if type(block) is not Bidirectional or block.merge != "concat" or _hooked(block):
         return ((None, False),)
-    return ((block.forward_layer, False), (block.backward_layer, True))
+    inner = block._modules
+    return ((inner["forward_layer"], False), (inner["backward_layer"], True))
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -155,5 +185,5 @@ def _hooked_tree(module: nn.Module) -> bool:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as torch_module
-    return any(getattr(torch_module, name, None) for name in _GLOBAL_HOOKS)
+    """Whether a hook is registered for every module (``register_module_forward_hook`` and kin)."""
+    return any(getattr(_torch_module, name, None) for name in _GLOBAL_HOOKS)
