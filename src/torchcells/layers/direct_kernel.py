@@ -35,11 +35,14 @@ from .bidirectional import Bidirectional
 from .recurrent import Recurrent
 from .stack import Stack
 
-__all__ = ["SHORT_GRU_STEPS", "plain_kind", "prefers_direct", "run_direct", "run_direct_packed"]
+__all__ = ["LSTM_LOOP_WEIGHTS", "SHORT_GRU_STEPS", "plain_kind", "prefers_direct", "run_direct", "run_direct_packed"]
 
 #: a GRU on a CPU with the native runtime: the direct kernel for calls of at most this many steps
 #: without gradients (the fused path's set-up costs more there), the fused path beyond
 SHORT_GRU_STEPS = 4
+#: an LSTM on a CPU: a short call without gradients leaves a first layer of this many weights
+#: (``weight_ih`` and ``weight_hh``) or more to the composed layers (crossing near I=64, H=160)
+LSTM_LOOP_WEIGHTS = 150_000
 
 _KINDS = {"LSTM": ("lstm",), "GRU": ("gru",), "RNN": ("rnn_tanh", "rnn_relu")}
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
@@ -100,13 +103,24 @@ def declared_kind(cell: nn.Module) -> Optional[str]:
     return kind
 
 
-def prefers_direct(kind: str, x: Tensor, steps: int) -> bool:
-    """Whether the direct kernel is the faster way for a call of ``steps`` steps on ``x``'s device:
-    always, but for a GRU on a CPU with the native runtime, where only a short call without
-    gradients (at most :data:`SHORT_GRU_STEPS` steps) is."""
-    if kind != "gru" or x.device.type != "cpu":
+def prefers_direct(kind: str, x: Tensor, steps: int, weights: Sequence[Tensor]) -> bool:
+    """Whether the direct kernel is the faster way for a call of ``steps`` steps on ``x``'s device
+    (measured on a CPU, 1 thread, against the composed layers):
+
+    * a GRU on a CPU with the native runtime: only for a short call without gradients (at most
+      :data:`SHORT_GRU_STEPS` steps); the fused path beyond (0.6-0.9× nn.GRU);
+    * an LSTM on a CPU, a short call without gradients (``T <= 2``, where the composed layers run
+      the reference loop) whose first layer holds :data:`LSTM_LOOP_WEIGHTS` weights or more: not
+      (torch's CPU LSTM reorders its weights for oneDNN at every call, which a step of the loop
+      does not pay: at I=64, H=256, B=1 the loop takes 0.8× nn.LSTM);
+    * everything else: always.
+    """
+    if x.device.type != "cpu":
         return True
-    if steps <= SHORT_GRU_STEPS and not torch.is_grad_enabled():
+    short = steps <= SHORT_GRU_STEPS and not torch.is_grad_enabled()
+    if kind == "lstm":
+        return not (short and steps <= 2 and weights[0].numel() + weights[1].numel() >= LSTM_LOOP_WEIGHTS)
+    if kind != "gru" or short:
         return True
     from ..engine.native import library
     return library() is None

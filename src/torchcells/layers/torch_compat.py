@@ -235,13 +235,13 @@ class _TorchStyleRNN(nn.Module):
                             f"convert one of them (input.to({weights[0].dtype}) or module.to({x.dtype}))")
         kind = plain_kind(self, x)
         if packed:
-            if kind is not None and prefers_direct(kind, x, int(input.batch_sizes.shape[0])):
+            if kind is not None and prefers_direct(kind, x, int(input.batch_sizes.shape[0]), weights):
                 return self._packed_direct(owner, kind, input, hx, weights)
             x, lengths = pad_packed_sequence(input)
         else:
             lengths = check_lengths(owner, lengths, x.shape[0], x.shape[1])
         flat = None if hx is None else self._checked_hx(owner, hx, x, batched)
-        if (kind is not None and prefers_direct(kind, x, x.shape[0]) and x.shape[0] > 0 and x.shape[1] > 0
+        if (kind is not None and prefers_direct(kind, x, x.shape[0], weights) and x.shape[0] > 0 and x.shape[1] > 0
                 and (lengths is None or int(lengths.min()) > 0)):
             out, hn = run_direct(kind, x, flat, weights, has_bias=self.bias, num_layers=self.num_layers,
                                  bidirectional=self.bidirectional, sizes=self._state_sizes(), lengths=lengths)
