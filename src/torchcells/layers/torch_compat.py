@@ -28,6 +28,15 @@ zero-step input returns empty outputs and the initial state where torch.nn raise
 ``GRU`` on a CPU runs the fused engine (faster than torch's kernel); a backward with
 ``create_graph=True`` (a gradient penalty) recomputes the sequence under autograd there,
 so second-order gradients equal nn.GRU's. ``LSTM`` and ``RNN`` run torch's kernel.
+
+Where the configuration is torch.nn's own (cells in torch's form, the composed layers as built,
+no hook on an inner module, no dropout to apply) and it is the faster, a call skips the
+composed layers and runs as nn.LSTM runs -- one call of torch's multi-layer kernel on the flat
+weights and states, results equal to nn.LSTM's bit for bit (:mod:`.direct_kernel`): every call
+of an ``LSTM`` or ``RNN`` (but an LSTM's short call without gradients on large weights, where the
+reference loop is faster), a ``GRU``'s short calls without gradients on a CPU. Under
+``torch.jit.trace``, ``torch.compile``, ``torch.export``, ``torch.func`` and autocast the
+composed layers run.
 """
 
 from __future__ import annotations
