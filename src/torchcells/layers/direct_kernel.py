@@ -29,6 +29,7 @@ from torch import Tensor, _VF, nn
 from torch.nn.modules import module as _torch_module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..cell import declares
 from ..engine import ops
 from ..engine.modes import is_exporting
 from .bidirectional import Bidirectional
@@ -57,10 +58,10 @@ def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
     if (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting() or ops.functorch_active()
             or torch.is_autocast_enabled(x.device.type) or _global_hooks()):
         return None
-    stack = drop._modules["stack"]
+    stack: Any = drop._modules["stack"]
     if type(stack) is not Stack or _hooked(stack):
         return None
-    layers = stack._modules["layers"]
+    layers: Any = stack._modules["layers"]
     blocks = list(layers._modules.values())
     if len(blocks) != drop.num_layers or _hooked(layers) or (stack.training and stack.dropout and len(blocks) > 1):
         return None
@@ -71,7 +72,7 @@ def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
             if (type(rec) is not Recurrent or rec.reverse is not reverse or rec.batch_first
                     or rec.engine not in ("auto", "torch") or rec.checkpoint_steps is not None or _hooked(rec)):
                 return None
-            cell = rec._modules["cell"]
+            cell: Any = rec._modules["cell"]
             if cell is not next(tied, None) or _hooked_tree(cell):
                 return None
             kind = declared_kind(cell)
@@ -86,7 +87,7 @@ def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
 _DECLARED: "weakref.WeakKeyDictionary[nn.Module, tuple[type, tuple, Optional[str]]]" = weakref.WeakKeyDictionary()
 
 
-def declared_kind(cell: nn.Module) -> Optional[str]:
+def declared_kind(cell: Any) -> Optional[str]:
     """The kind of the torch form ``cell.torch_kernel()`` declares, or ``None``. Asking builds the
     form (microseconds: a good part of a short call's budget), so the answer is kept per cell with
     its type and the very objects its attributes held (``peepholes``, ``reset_after``,
@@ -97,7 +98,7 @@ def declared_kind(cell: nn.Module) -> Optional[str]:
     if (known is not None and known[0] is type(cell) and len(known[1]) == len(values)
             and all(map(operator.is_, known[1], values))):
         return known[2]
-    form = cell.torch_kernel() if hasattr(cell, "torch_kernel") else None
+    form = cell.torch_kernel() if declares(cell, "torch_kernel") else None
     kind = None if form is None or form.has_bias is not getattr(cell, "bias", None) else form.kind
     _DECLARED[cell] = (type(cell), values, kind)
     return kind
@@ -194,7 +195,7 @@ def _hooked(module: nn.Module) -> bool:
                 or module._backward_pre_hooks)
 
 
-def _hooked_tree(module: nn.Module) -> bool:
+def _hooked_tree(module: Any) -> bool:
     return _hooked(module) or any(_hooked_tree(m) for m in module._modules.values() if m is not None)
 
 

@@ -294,11 +294,13 @@ class _TorchStyleRNN(nn.Module):
         given: Optional[dict[nn.Module, dict[str, Tensor]]] = None
         weights: list[Tensor] = []
         for name, cell, pname, shape in self._ties:
-            current: Optional[Tensor] = params.get(name)
-            if current is None or current is not cell._parameters.get(pname):
-                current = self._current(owner, name, shape)
-                given = {} if given is None else given
-                given.setdefault(cell, {})[pname] = current
+            tied = params.get(name)
+            if tied is not None and tied is cell._parameters.get(pname):
+                weights.append(tied)
+                continue
+            current = self._current(owner, name, shape)
+            given = {} if given is None else given
+            given.setdefault(cell, {})[pname] = current
             weights.append(current)
         return (self.stack if given is None else _twin(self.stack, given)), weights
 
