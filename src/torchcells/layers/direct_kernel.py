@@ -21,7 +21,6 @@ there the composed layers run, with their own rules for those modes.
 from __future__ import annotations
 
 import operator
-import weakref
 from typing import Any, Optional, Sequence
 
 import torch
@@ -48,8 +47,6 @@ SHORT_GRU_STEPS = 32
 LSTM_LOOP_WEIGHTS = 150_000
 
 _KINDS = {"LSTM": ("lstm",), "GRU": ("gru",), "RNN": ("rnn_tanh", "rnn_relu")}
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
 
 
 def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
@@ -58,7 +55,7 @@ def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
     Read at every call (a few dictionary look-ups per layer; modules are reached through their
     ``_modules`` dictionaries, not ``getattr``): anything may have changed since the last."""
     if (torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting() or ops.functorch_active()
-            or torch.is_autocast_enabled(x.device.type) or _global_hooks()):
+            or torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type) or _global_hooks()):
         return None
     stack: Any = drop._modules["stack"]
     if type(stack) is not Stack or _hooked(stack):
@@ -67,42 +64,39 @@ def plain_kind(drop: Any, x: Tensor) -> Optional[str]:
     blocks = list(layers._modules.values())
     if len(blocks) != drop.num_layers or _hooked(layers) or (stack.training and stack.dropout and len(blocks) > 1):
         return None
-    kinds = set()
-    tied = iter(drop._tied_cells)  # the cells holding the drop-in's parameters, in torch's order
+    kind: Optional[str] = None
+    tied = drop._tied_cells  # the cells holding the drop-in's parameters, in torch's order
+    seen = drop.__dict__.setdefault("_declared_kinds", {})
+    at = 0
     for block in blocks:
         for rec, reverse in _directions(block, drop.bidirectional):
             if (type(rec) is not Recurrent or rec.reverse is not reverse or rec.batch_first
                     or rec.engine not in ("auto", "torch") or rec.checkpoint_steps is not None or _hooked(rec)):
                 return None
             cell: Any = rec._modules["cell"]
-            if cell is not next(tied, None) or _hooked_tree(cell):
+            if at >= len(tied) or cell is not tied[at] or _hooked(cell) or (cell._modules and _hooked_tree(cell)):
                 return None
-            kind = declared_kind(cell)
-            if kind is None:
+            found = declared_kind(cell, seen)
+            if found is None or (kind is not None and found != kind):
                 return None
-            kinds.add(kind)
-    kind = kinds.pop() if len(kinds) == 1 else None
-    return kind if kind in _KINDS[drop.mode] else None
+            kind, at = found, at + 1
+    return kind if at == len(tied) and kind in _KINDS[drop.mode] else None
 
 
-#: per cell, what :func:`declared_kind` last found and the attribute values it found it under
-_DECLARED: "weakref.WeakKeyDictionary[nn.Module, tuple[type, tuple, Optional[str]]]" = weakref.WeakKeyDictionary()
-
-
-def declared_kind(cell: Any) -> Optional[str]:
+def declared_kind(cell: Any, seen: dict[int, tuple[Any, tuple, Optional[str]]]) -> Optional[str]:
     """The kind of the torch form ``cell.torch_kernel()`` declares, or ``None``. Asking builds the
-    form (microseconds: a good part of a short call's budget), so the answer is kept per cell with
-    its type and the very objects its attributes held (``peepholes``, ``reset_after``,
-    ``nonlinearity``, ``bias``, ... and the parameter dictionary): setting any attribute puts a
-    new object there, and the cell is asked again."""
+    form (microseconds: a good part of a short call's budget), so the answer is kept in ``seen``
+    (the drop-in's, by cell) with the cell's type and the very objects its attributes held
+    (``peepholes``, ``reset_after``, ``nonlinearity``, ``bias``, ... and the parameter
+    dictionary): setting any attribute puts a new object there, and the cell is asked again."""
     values = tuple(cell.__dict__.values())
-    known = _DECLARED.get(cell)
+    known = seen.get(id(cell))
     if (known is not None and known[0] is type(cell) and len(known[1]) == len(values)
             and all(map(operator.is_, known[1], values))):
         return known[2]
     form = cell.torch_kernel() if declares(cell, "torch_kernel") else None
     kind = None if form is None or form.has_bias is not getattr(cell, "bias", None) else form.kind
-    _DECLARED[cell] = (type(cell), values, kind)
+    seen[id(cell)] = (type(cell), values, kind)
     return kind
 
 
@@ -203,4 +197,6 @@ def _hooked_tree(module: Any) -> bool:
 
 def _global_hooks() -> bool:
     """Whether a hook is registered for every module (``register_module_forward_hook`` and kin)."""
-    return any(getattr(_torch_module, name, None) for name in _GLOBAL_HOOKS)
+    m = _torch_module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
