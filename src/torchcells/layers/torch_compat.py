@@ -28,6 +28,15 @@ zero-step input returns empty outputs and the initial state where torch.nn raise
 ``GRU`` on a CPU runs the fused engine (faster than torch's kernel); a backward with
 ``create_graph=True`` (a gradient penalty) recomputes the sequence under autograd there,
 so second-order gradients equal nn.GRU's. ``LSTM`` and ``RNN`` run torch's kernel.
+
+Where the configuration is torch.nn's own (cells in torch's form, the composed layers as built,
+no hook on an inner module, no dropout to apply) and it is the faster, a call skips the
+composed layers and runs as nn.LSTM runs -- one call of torch's multi-layer kernel on the flat
+weights and states, results equal to nn.LSTM's bit for bit (:mod:`.direct_kernel`): every call
+of an ``LSTM`` or ``RNN`` (but an LSTM's short call without gradients on large weights, where the
+reference loop is faster), a ``GRU``'s short calls without gradients on a CPU. Under
+``torch.jit.trace``, ``torch.compile``, ``torch.export``, ``torch.func`` and autocast the
+composed layers run.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from ..cell import Cell, autocast_casts, check_input
 from ..engine import check_lengths
 from ..cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from .bidirectional import Bidirectional, BidirectionalState
+from .direct_kernel import plain_kind, prefers_direct, run_direct, run_direct_packed
 from .recurrent import Recurrent
 from .stack import Stack
 
@@ -96,6 +106,7 @@ class _TorchStyleRNN(nn.Module):
                     self._torch_names[torch_name] = f"{path}.cell.{pname}"
                     ties.append((torch_name, cell, pname, tuple(p.shape)))
         self._ties = tuple(ties)
+        self._tied_cells = tuple(dict.fromkeys(t[1] for t in ties))  # one per layer and direction, in order
         self._tie_of = {t[0]: t for t in ties}
         for torch_name, tied, pname, _ in ties:
             nn.Module.register_parameter(self, torch_name, tied._parameters[pname])
@@ -215,8 +226,7 @@ class _TorchStyleRNN(nn.Module):
         if packed:
             if lengths is not None:
                 raise ValueError(f"{owner}: lengths is given by the PackedSequence; do not pass it too")
-            x, lengths = pad_packed_sequence(input)
-            batched = True
+            x, batched = input.data.unsqueeze(1), True  # (N, 1, I): checked as steps of one sequence
         else:
             check_input(owner, input, ranks=(3, 2), features=None,
                         layout=" (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched")
@@ -228,15 +238,25 @@ class _TorchStyleRNN(nn.Module):
                     raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{owner}: input has {x.shape[-1]} features per step, expected {self.input_size}")
-        stack, weight = self._resolved_stack(owner)
-        if x.dtype != weight.dtype:
-            raise TypeError(f"{owner}: input has dtype {x.dtype} but the weights are {weight.dtype}; "
-                            f"convert one of them (input.to({weight.dtype}) or module.to({x.dtype}))")
-        if not packed:
+        stack, weights = self._resolved_stack(owner)
+        if x.dtype != weights[0].dtype:
+            raise TypeError(f"{owner}: input has dtype {x.dtype} but the weights are {weights[0].dtype}; "
+                            f"convert one of them (input.to({weights[0].dtype}) or module.to({x.dtype}))")
+        kind = plain_kind(self, x)
+        if packed:
+            if kind is not None and prefers_direct(kind, x, int(input.batch_sizes.shape[0]), weights):
+                return self._packed_direct(owner, kind, input, hx, weights)
+            x, lengths = pad_packed_sequence(input)
+        else:
             lengths = check_lengths(owner, lengths, x.shape[0], x.shape[1])
-        state = None if hx is None else self._unflatten_hx(owner, hx, x, batched)
-        out, finals = stack(x, state, lengths=lengths)
-        hn = self._flatten_state(finals)
+        flat = None if hx is None else self._checked_hx(owner, hx, x, batched)
+        if (kind is not None and prefers_direct(kind, x, x.shape[0], weights) and x.shape[0] > 0 and x.shape[1] > 0
+                and (lengths is None or int(lengths.min()) > 0)):
+            out, hn = run_direct(kind, x, flat, weights, has_bias=self.bias, num_layers=self.num_layers,
+                                 bidirectional=self.bidirectional, sizes=self._state_sizes(), lengths=lengths)
+        else:
+            out, finals = stack(x, None if flat is None else self._per_layer(flat), lengths=lengths)
+            hn = self._flatten_state(finals)
         if packed:
             sorted_idx = input.sorted_indices
             ordered = out if sorted_idx is None else out.index_select(1, sorted_idx)
@@ -250,8 +270,17 @@ class _TorchStyleRNN(nn.Module):
             out = out.transpose(0, 1)
         return out, (hn if self.mode == "LSTM" else hn[0])
 
-    def _resolved_stack(self, owner: str) -> tuple[Stack, Tensor]:
-        """The stack to run and the weight ``weight_ih_l0`` it runs with.
+    def _packed_direct(self, owner: str, kind: str, input: PackedSequence, hx, weights: list[Tensor]):
+        """nn.LSTM's own call on a PackedSequence (:func:`~.direct_kernel.run_direct_packed`)."""
+        batch = int(input.batch_sizes[0])
+        like = input.data[:1].unsqueeze(0).expand(1, batch, -1)  # (1, B, I): what hx is checked against
+        flat = None if hx is None else self._checked_hx(owner, hx, like, True)
+        out, hn = run_direct_packed(kind, input, flat, weights, has_bias=self.bias, num_layers=self.num_layers,
+                                    bidirectional=self.bidirectional, sizes=self._state_sizes())
+        return out, (hn if self.mode == "LSTM" else hn[0])
+
+    def _resolved_stack(self, owner: str) -> tuple[Stack, list[Tensor]]:
+        """The stack to run and the weights it runs with, in torch.nn's flat order (``_flat_weights``).
 
         Where every torch name holds the cell's own Parameter, the live stack (the usual case:
         a few dictionary lookups per call). Where one holds something else -- a pruned or
@@ -263,16 +292,17 @@ class _TorchStyleRNN(nn.Module):
         """
         params = self._parameters
         given: Optional[dict[nn.Module, dict[str, Tensor]]] = None
-        first: Optional[Tensor] = None
+        weights: list[Tensor] = []
         for name, cell, pname, shape in self._ties:
-            current: Optional[Tensor] = params.get(name)
-            if current is None or current is not cell._parameters.get(pname):
-                current = self._current(owner, name, shape)
-                given = {} if given is None else given
-                given.setdefault(cell, {})[pname] = current
-            first = current if first is None else first
-        assert first is not None  # weight_ih_l0 always exists
-        return (self.stack if given is None else _twin(self.stack, given)), first
+            tied = params.get(name)
+            if tied is not None and tied is cell._parameters.get(pname):
+                weights.append(tied)
+                continue
+            current = self._current(owner, name, shape)
+            given = {} if given is None else given
+            given.setdefault(cell, {})[pname] = current
+            weights.append(current)
+        return (self.stack if given is None else _twin(self.stack, given)), weights
 
     def _current(self, owner: str, name: str, shape: tuple[int, ...]) -> Tensor:
         try:
@@ -292,7 +322,9 @@ class _TorchStyleRNN(nn.Module):
     def _state_sizes(self) -> tuple[int, ...]:
         return (self.hidden_size,)
 
-    def _unflatten_hx(self, owner: str, hx, x: Tensor, batched: bool):
+    def _checked_hx(self, owner: str, hx, x: Tensor, batched: bool) -> list[Tensor]:
+        """``hx`` checked against time-major ``x`` ``(T, B, I)``: its tensors ``(L·D, B, ·)`` (a batch axis
+        added to an unbatched call's)."""
         names, sizes = self._state_names(), self._state_sizes()
         parts = (hx,) if len(names) == 1 else hx
         if len(names) == 1 and not isinstance(hx, Tensor):
@@ -313,6 +345,11 @@ class _TorchStyleRNN(nn.Module):
             if h.device != x.device:
                 raise ValueError(f"{owner}: {name} is on {h.device}, expected {x.device} like the input")
             flat.append(h if batched else h.unsqueeze(1))
+        return flat
+
+    def _per_layer(self, flat: list[Tensor]) -> tuple:
+        """The checked flat states as the stack takes them: one state per layer (a pair per direction)."""
+        directions = 2 if self.bidirectional else 1
         layers = []
         for layer in range(self.num_layers):
             per_dir = [self._cell_state([f[layer * directions + d] for f in flat]) for d in range(directions)]
