@@ -112,3 +112,27 @@ def _one_hx(h: Tensor) -> tuple[Tensor]:
 
 def _from_one_hx(hx: tuple[Tensor, ...]) -> Tensor:
     return hx[0]
+
+
+class HiddenStateCell(GatedCell):
+    """A gated cell whose state is its output ``h`` (GRU, layer-normalized GRU, MGU): its step,
+    its :meth:`~torchcells.Cell.feedback_step` (recurrent dropout) and its
+    :meth:`~torchcells.Cell.candidate_step` (candidate dropout) are one ``_step(x, h, fed, drop)``:
+    ``fed`` (``h`` unless recurrent dropout masks it) is what the recurrent products read, ``drop``
+    (if any) is applied to the candidate, and the update mixes in the state's own ``h``."""
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        h = self._prepare(x, state)
+        return self._step(x, h, h, None)
+
+    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
+        """The step with the recurrent products reading ``fed``; ``h_t`` mixes in the state's ``h``."""
+        return self._step(x, h, fed, None)
+
+    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The step with ``drop`` on the candidate (the cell's docstring gives its equation)."""
+        return self._step(x, h, h, drop)
+
+    def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
+              ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError

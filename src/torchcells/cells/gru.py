@@ -38,10 +38,10 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from ..cell import TorchKernelForm
-from ._gated import GatedCell
+from ._gated import HiddenStateCell
 
 
-class GRUCell(GatedCell):
+class GRUCell(HiddenStateCell):
     """One GRU step (reset-after, torch.nn.GRUCell's parameters).
 
     Equations: docs/zoo/gru.md (``GATES = ("r", "z", "n")``).
@@ -73,22 +73,11 @@ class GRUCell(GatedCell):
         """nn.GRU's recurrence: reset after only (not for a subclass: it may change the step)."""
         return self._kernel_form("gru") if self.reset_after and type(self) is GRUCell else None
 
-    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        h = self._prepare(x, state)
-        return self._step(x, h, h, None)
-
-    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
-        """The step with the recurrent products reading ``fed``; ``h_t`` mixes in the state's ``h``."""
-        return self._step(x, h, fed, None)
-
-    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """The step with ``drop`` on the candidate: ``h_t = (1 − z_t) ⊙ drop(n_t) + z_t ⊙ h_{t−1}``."""
-        return self._step(x, h, h, drop)
-
     def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
               ) -> tuple[Tensor, Tensor]:
         """One step: ``fed`` (``h`` unless recurrent dropout masks it) into the recurrent products,
-        ``drop`` (if any) on the candidate ``n``, the state's ``h`` in the update."""
+        ``drop`` (if any) on the candidate ``n``, the state's ``h`` in the update:
+        ``h_t = (1 − z_t) ⊙ drop(n_t) + z_t ⊙ h_{t−1}``."""
         if not self.reset_after:
             return self._reset_before(x, h, fed, drop)
         gi = F.linear(x, self.weight_ih, self.bias_ih)

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._gated import GatedCell
+from ._gated import GatedCell, HiddenStateCell
 from .lstm import LSTMState, _candidate
 
 __all__ = ["LayerNormGRUCell", "LayerNormLSTMCell"]
@@ -131,7 +131,7 @@ class LayerNormLSTMCell(_LayerNormCell):
         return h, LSTMState(h, c)
 
 
-class LayerNormGRUCell(_LayerNormCell):
+class LayerNormGRUCell(_LayerNormCell, HiddenStateCell):
     """One layer-normalized GRU step (reset-after, as torch's GRU).
 
     Equations: the module's (``GATES = ("r", "z", "n")``; ``n`` is the candidate,
@@ -156,20 +156,9 @@ class LayerNormGRUCell(_LayerNormCell):
         super().__init__(input_size, hidden_size, device=device, dtype=dtype)
         self.reset_parameters()
 
-    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        h = self._prepare(x, state)
-        return self._step(x, h, h, None)
-
-    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
-        """The step with the recurrent product reading ``fed``; ``h_t`` mixes in the state's ``h``."""
-        return self._step(x, h, fed, None)
-
-    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """The step with ``drop`` on the candidate ``n_t``."""
-        return self._step(x, h, h, drop)
-
     def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
               ) -> tuple[Tensor, Tensor]:
+        """One step (see :class:`~._gated.HiddenStateCell`), ``drop`` on the candidate ``n_t``."""
         a, b = self._normalized(x, fed)
         a_r, a_z, a_n = a.chunk(3, -1)
         b_r, b_z, b_n = b.chunk(3, -1)

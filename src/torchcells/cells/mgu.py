@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._gated import GatedCell
+from ._gated import HiddenStateCell
 
 __all__ = ["MGUCell"]
 
 
-class MGUCell(GatedCell):
+class MGUCell(HiddenStateCell):
     """One MGU step: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ tanh(W_ih x_t + W_hh (f_t ⊙ h_{t−1}) + b)``.
 
     Equations and rows: docs/zoo/gru.md (``GATES = ("f", "h")``: the forget gate ``f``, then the
@@ -61,20 +61,9 @@ class MGUCell(GatedCell):
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self.reset_parameters()
 
-    def forward(self, x: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        h = self._prepare(x, state)
-        return self._step(x, h, h, None)
-
-    def feedback_step(self, x: Tensor, h: Tensor, fed: Tensor) -> tuple[Tensor, Tensor]:
-        """The step with both recurrent products reading ``fed``; ``h_t`` mixes in the state's ``h``."""
-        return self._step(x, h, fed, None)
-
-    def candidate_step(self, x: Tensor, h: Tensor, drop: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """The step with ``drop`` on the candidate: ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ drop(h̃_t)``."""
-        return self._step(x, h, h, drop)
-
     def _step(self, x: Tensor, h: Tensor, fed: Tensor, drop: Optional[Callable[[Tensor], Tensor]]
               ) -> tuple[Tensor, Tensor]:
+        """One step (see :class:`~._gated.HiddenStateCell`): ``h_t = (1 − f_t) ⊙ h_{t−1} + f_t ⊙ drop(h̃_t)``."""
         H = self.hidden_size
         w_hh, b_hh = self.weight_hh, self.bias_hh
         i_f, i_h = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, -1)
