@@ -56,3 +56,17 @@ class TwoWidthCell(Cell):
         m = torch.tanh(self.a(x) + self.b(h)) * torch.sigmoid(m)
         h = torch.tanh(self.w(m) + self.u(h))
         return h, (h, m)
+
+
+class Annealed(Cell):
+    """An Elman-like cell whose step reads a public float the user may set between calls (a
+    temperature annealed during training): a Python value a trace would bake in."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.lin = nn.Linear(input_size + hidden_size, hidden_size)
+        self.temperature = 1.0
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)) / self.temperature)
+        return h, h

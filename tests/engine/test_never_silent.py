@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchcells as tc
-from fixture_cells import UserLSTMCell
+from fixture_cells import Annealed, UserLSTMCell
 from torchcells.engine.derive import _key
 
 T, B, I, H = 4, 3, 3, 4
@@ -252,19 +252,6 @@ def test_cells_that_differ_only_in_a_value_read_do_not_share_a_trace(change):
 
 
 
-class Annealed(tc.Cell):
-    """A public float set before every call (a temperature annealed during training)."""
-
-    def __init__(self) -> None:
-        super().__init__(I, H)
-        self.lin = torch.nn.Linear(I + H, H)
-        self.temperature = 1.0
-
-    def forward(self, x, h):
-        h = torch.tanh(self.lin(torch.cat([x, h], -1)) / self.temperature)
-        return h, h
-
-
 def _calls(cell, values) -> None:
     layer, x = tc.Recurrent(cell, engine="fused"), torch.randn(T, B, I)
     for v in values:
@@ -275,7 +262,7 @@ def _calls(cell, values) -> None:
 def test_a_value_that_changes_at_every_call_is_named_once():
     from torchcells.engine.derive import RETRACES_IN_A_ROW
 
-    cell = Annealed()
+    cell = Annealed(I, H)
     values = [1.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 1)]
     with pytest.warns(UserWarning, match=r"Annealed\(3→4\) was traced again at each of its last 8 calls .*"
                                          r"attribute temperature of the cell changed every time; make it a buffer"):
@@ -290,8 +277,8 @@ def test_a_value_that_changes_a_few_times_is_not_named():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _calls(Annealed(), [1.0, 0.5, 0.25] * RETRACES_IN_A_ROW)  # three values, each traced once
-        _calls(Annealed(), [1.0 + i for i in range(RETRACES_IN_A_ROW - 1)])  # fewer changes than the limit
+        _calls(Annealed(I, H), [1.0, 0.5, 0.25] * RETRACES_IN_A_ROW)  # three values, each traced once
+        _calls(Annealed(I, H), [1.0 + i for i in range(RETRACES_IN_A_ROW - 1)])  # fewer changes than the limit
 
 
 def _closure_forward():
@@ -381,7 +368,7 @@ def test_auto_stops_tracing_a_cell_whose_value_keeps_changing_and_fuses_it_again
     builds = []
     real_build = derive._build
     monkeypatch.setattr(derive, "_build", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    cell = Annealed()
+    cell = Annealed(I, H)
     layer, x = tc.Recurrent(cell), torch.randn(T + 8, B, I, requires_grad=True)  # long enough to fuse
     with pytest.warns(UserWarning, match="engine='auto' runs this cell on the reference loop"):
         for i in range(3 * derive.RETRACES_IN_A_ROW):
@@ -401,4 +388,4 @@ def test_a_named_fused_engine_keeps_tracing_a_changing_value():
     from torchcells.engine.derive import RETRACES_IN_A_ROW
 
     with pytest.warns(UserWarning, match="was traced again"):
-        _calls(Annealed(), [7.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 3)])  # values no other test traced
+        _calls(Annealed(I, H), [7.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 3)])  # values no other test traced

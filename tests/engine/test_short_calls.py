@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixture_cells import UserLSTMCell
+from fixture_cells import Annealed, UserLSTMCell
 
-from torchcells import Cell, GRUCell, LSTMCell, MinGRUCell, Recurrent
+from torchcells import GRUCell, LSTMCell, MinGRUCell, Recurrent
 from torchcells.engine.call import open_call
 from torchcells.engine.paths import choose, get, short_call
 
@@ -54,21 +54,8 @@ def test_short_calls_give_the_loops_results_exactly(name, steps):
                 assert torch.equal(a, b)
 
 
-class Tempered(Cell):
-    """An Elman-like cell whose step reads a Python float the user may change between calls."""
-
-    def __init__(self) -> None:
-        super().__init__(I, H)
-        self.lin = torch.nn.Linear(I + H, H)
-        self.temperature = 1.0
-
-    def forward(self, x, h):
-        h = torch.tanh(self.lin(torch.cat([x, h], -1)) / self.temperature)
-        return h, h
-
-
 def test_a_value_changed_between_streaming_steps_is_seen():
-    cell = Tempered()
+    cell = Annealed(I, H)
     layer = Recurrent(cell)
     x = torch.randn(B, I)
     h = cell.init_state(B)
