@@ -25,9 +25,6 @@ class Allocator:
     name: str
     env: dict[str, str] = field(default_factory=dict)
 
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.env.items()) or "glibc malloc's defaults"
-
 
 # glibc returns blocks over its mmap threshold (128 KiB, growing to 32 MiB) to the OS when freed, so every call
 # page-faults its large buffers in again; thresholds above any block this benchmark allocates keep them mapped.
