@@ -257,6 +257,44 @@ def test_hoisting_moves_the_input_product_out_of_the_step():
     assert program.n_hoisted == 1 and step_outputs[0] is step_outputs[1]  # y is the state leaf h
 
 
+class CenteredInput(tc.Cell):
+    """An input region that mixes a step's rows (each x_t centred on its batch mean): hoisting it over
+    the T·B folded rows would centre on the sequence's mean; it must keep per-step rows (vmap)."""
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self.ih, self.hh = nn.Linear(I, H), nn.Linear(H, H, bias=False)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.ih(x - x.mean(0, keepdim=True)) + self.hh(h))
+        return h, h
+
+
+@pytest.mark.parametrize("make, folds", [(lambda: tc.LSTMCell(I, H), True), (lambda: tc.GRUCell(I, H), True),
+                                         (CenteredInput, False)], ids=["lstm", "gru", "batch-mean"])
+def test_the_input_region_runs_on_folded_rows_only_where_it_treats_each_row_on_its_own(make, folds):
+    from torchcells.engine import hoist
+
+    cell = make().double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    program = trace_cell(cell, x[0], cell.init_state(B, dtype=torch.float64))
+    params = program.params(cell)
+    assert hoist._row_wise(program.input_fn, x, params) is folds
+    got = hoist.hoisted(program, x, params)
+    want = [torch.stack(step) for step in zip(*(program.input_fn(x[t], *params) for t in range(T)))]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(sum(g.sum() for g in got), [x, *params], allow_unused=True)
+    refs = torch.autograd.grad(sum(w.sum() for w in want), [x, *params], allow_unused=True)
+    for g, r in zip(grads, refs):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, atol=1e-12, rtol=0)
+    slow = tc.Recurrent(cell, engine="loop")
+    fast = tc.Recurrent(cell, engine="fused")
+    torch.testing.assert_close(fast(x)[0], slow(x)[0], atol=1e-12, rtol=0)
+
+
 def test_weight_gradient_of_the_recurrent_product_is_batched_over_time():
     cell = tc.GRUCell(I, H)
     kernels = derive_module.fused_program(cell, torch.randn(B, I), cell.init_state(B), masked=False)

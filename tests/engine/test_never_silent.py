@@ -389,3 +389,32 @@ def test_a_named_fused_engine_keeps_tracing_a_changing_value():
 
     with pytest.warns(UserWarning, match="was traced again"):
         _calls(Annealed(I, H), [7.0 + 0.01 * i for i in range(RETRACES_IN_A_ROW + 3)])  # values no other test traced
+
+
+class MatCell(tc.Cell):
+    """A step reading its weights as they are (no transpose): the native runtime's per-step product reads
+    ``W`` itself, and the backward keeps it from the forward."""
+
+    def __init__(self) -> None:
+        super().__init__(I, H)
+        self.U = torch.nn.Parameter(torch.randn(I, H, dtype=torch.float64) / 4)
+        self.W = torch.nn.Parameter(torch.randn(H, H, dtype=torch.float64) / 4)
+
+    def forward(self, x, h):
+        h = torch.tanh(x @ self.U + h @ self.W)
+        return h, h
+
+
+@pytest.mark.parametrize("engine, native", [("loop", "1"), ("fused", "1"), ("fused", "0")],
+                         ids=["loop", "fused-native", "fused-python"])
+def test_a_weight_changed_in_place_between_forward_and_backward_is_an_error_on_every_path(engine, native,
+                                                                                        monkeypatch):
+    """As torch's own autograd: the backward would read the changed weight, so it refuses (the Python
+    loop's refusal is torch's message about a view made without grad whose base changed in place)."""
+    monkeypatch.setenv("TORCHCELLS_NATIVE", native)
+    layer = tc.Recurrent(MatCell(), engine=engine)
+    y = layer(torch.randn(T, B, I, dtype=torch.float64))[0]
+    with torch.no_grad():
+        layer.cell.W.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation|modified inplace"):
+        y.sum().backward()

@@ -514,35 +514,52 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
   std::vector<at::Tensor> inputs;
   std::vector<at::Tensor> dest(static_cast<size_t>(n_out) + saved_kind.size());
   OnceCache once;
-  for (int64_t t = 0; t < T; ++t) {
-    inputs.clear();
-    for (const auto& h : run.hoisted) inputs.push_back(h.select(0, t));
-    for (size_t s = 0; s < n_s; ++s) inputs.push_back(history[s].select(0, t));
-    for (const auto& c : run.consts) inputs.push_back(c);
-    if (run.valid.has_value()) inputs.push_back(run.valid->select(0, t));
-    for (const auto& e : run.extras) inputs.push_back(e);
-    // new state leaves go straight into the history; y into ys; per-step saved values into their buffers
-    for (size_t s = 0; s < n_s; ++s) dest[s + 1] = history[s].select(0, t + 1);
-    if (y_alias < 0 && ys.defined()) dest[0] = ys.select(0, t);
-    for (size_t j = 0; j < saved_kind.size(); ++j) {
-      dest[n_out + j] = (saved_kind[j] == SK_PER_STEP && saved[j].defined()) ? saved[j].select(0, t) : at::Tensor();
-    }
-    std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
-    if (y_alias < 0 && !ys.defined()) {
-      auto shape = out[0].sizes().vec();
-      shape.insert(shape.begin(), T);
-      ys = at::empty(shape, out[0].options());
-      ys.select(0, 0).copy_(out[0]);
-    }
-    for (size_t j = 0; j < saved_kind.size(); ++j) {
-      if (saved_kind[j] == SK_PER_STEP && !saved[j].defined()) {
-        const at::Tensor& v = out[n_out + j];
-        auto shape = v.sizes().vec();
+  {
+    // The drivers run inside an autograd Function (executors/native.py), which records nothing
+    // done here: the steps run below autograd and view tracking (each per-step view and call
+    // costs less). What is returned is made after this block, as views autograd knows.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t t = 0; t < T; ++t) {
+      inputs.clear();
+      for (const auto& h : run.hoisted) inputs.push_back(h.select(0, t));
+      for (size_t s = 0; s < n_s; ++s) inputs.push_back(history[s].select(0, t));
+      for (const auto& c : run.consts) inputs.push_back(c);
+      if (run.valid.has_value()) inputs.push_back(run.valid->select(0, t));
+      for (const auto& e : run.extras) inputs.push_back(e);
+      // new state leaves go straight into the history; y into ys; per-step saved values into their buffers
+      for (size_t s = 0; s < n_s; ++s) dest[s + 1] = history[s].select(0, t + 1);
+      if (y_alias < 0 && ys.defined()) dest[0] = ys.select(0, t);
+      for (size_t j = 0; j < saved_kind.size(); ++j) {
+        dest[n_out + j] = (saved_kind[j] == SK_PER_STEP && saved[j].defined()) ? saved[j].select(0, t) : at::Tensor();
+      }
+      std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
+      if (y_alias < 0 && !ys.defined()) {
+        auto shape = out[0].sizes().vec();
         shape.insert(shape.begin(), T);
-        saved[j] = at::empty(shape, v.options());
-        saved[j].select(0, 0).copy_(v);
-      } else if (saved_kind[j] == SK_ONCE && t == 0) {
-        saved[j] = out[n_out + j].contiguous();
+        ys = at::empty(shape, out[0].options());
+        ys.select(0, 0).copy_(out[0]);
+      }
+      for (size_t j = 0; j < saved_kind.size(); ++j) {
+        if (saved_kind[j] == SK_PER_STEP && !saved[j].defined()) {
+          const at::Tensor& v = out[n_out + j];
+          auto shape = v.sizes().vec();
+          shape.insert(shape.begin(), T);
+          saved[j] = at::empty(shape, v.options());
+          saved[j].select(0, 0).copy_(v);
+        } else if (saved_kind[j] == SK_ONCE && t == 0) {
+          saved[j] = out[n_out + j].contiguous();
+        }
+      }
+    }
+  }
+  // A once-saved value that lies in a per-sequence input (a weight) is made again as a view of
+  // that input, sharing its version counter: a change to the weight before the backward is caught.
+  for (size_t j = 0; j < saved_kind.size(); ++j) {
+    if (saved_kind[j] != SK_ONCE || !saved[j].defined()) continue;
+    for (const at::Tensor& c : run.consts) {
+      if (c.defined() && c.has_storage() && saved[j].has_storage() && saved[j].is_alias_of(c)) {
+        saved[j] = c.as_strided(saved[j].sizes(), saved[j].strides(), saved[j].storage_offset());
+        break;
       }
     }
   }
@@ -563,6 +580,7 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
 // least chunk_rows rows.
 // Returns [*d_hoisted (or undefined), *d_state, *d_consts (summed), *summed deferred products].
 std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in forward_sequence
   const int64_t T = run.steps;
   const int64_t n_c = run.n_consts;
   const int64_t n_grads = run.n_grads;
