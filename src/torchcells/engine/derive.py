@@ -22,7 +22,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, fx, nn
@@ -412,6 +412,18 @@ def _batch_size(step_fn: fx.GraphModule, n_h: int, n_s: int) -> Any:
     raise TraceError("no input of the step has the batch size")
 
 
+def _grad(outs: Sequence[Tensor], wrt: list[Tensor], tangents: Sequence[Tensor], *, checked: bool) -> tuple:
+    """``torch.autograd.grad(outs, wrt, tangents, allow_unused=True)``; unless ``checked``, straight
+    to the autograd engine without grad's checks of the tangents against the outputs (the tangents
+    here are made as zeros like the outputs): their first use imports torch's symbolic-shapes module
+    and sympy, 0.25-0.4 s of a first call in a fresh process. Where torch lacks the engine entry
+    point, grad itself."""
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    if checked or run is None:
+        return torch.autograd.grad(outs, wrt, tangents, allow_unused=True)
+    return run(tuple(outs), tuple(tangents), False, False, tuple(wrt), True, accumulate_grad=False)
+
+
 def _derive(fn: Callable[..., tuple], args: list[Tensor],
             mode: Any = None) -> tuple[fx.GraphModule, fx.GraphModule, int]:
     """Forward and backward graphs of one step, derived from ``fn`` by tracing its joint.
@@ -437,7 +449,7 @@ def _derive(fn: Callable[..., tuple], args: list[Tensor],
         counts["outputs"] = len(outs)
         tangents = flat[n_args:]
         wrt = [p for p, d in zip(primals, differentiable) if d]
-        grads = iter(torch.autograd.grad(outs, wrt, tangents, allow_unused=True))
+        grads = iter(_grad(outs, wrt, tangents, checked=mode is not None))
         return (*outs, *[next(grads) if d else None for d in differentiable])
 
     with torch.enable_grad(), (mode if mode is not None else contextlib.nullcontext()):

@@ -21,7 +21,7 @@ Most input regions need no vmap at all: an ``addmm``/``mm`` on the step's rows, 
 operations, splits along a feature dim and dtype casts treat each row of ``x_t`` on its own,
 so the region over ``T·B`` folded rows *is* the region over every step, in one call and
 without vmap's dispatch (about 1 ms a call at B=8, T=200). :func:`_row_wise` proves that
-once per region and shapes, over meta tensors: every operation reading the rows is one of
+once per region and shapes, over one step's values: every operation reading the rows is one of
 those, each other operand broadcasts over the rows (fewer dims, or a size-1 leading dim),
 and every output is rows. Anything else (a convolution, a reshape with the batch size in
 it, a random draw, a reduction) keeps vmap.
@@ -70,7 +70,7 @@ def _row_wise(gm: fx.GraphModule, x: Tensor, params: list[Tensor]) -> bool:
 
 
 class _RowWise(fx.Interpreter):
-    """Runs the region over meta tensors, marking what depends on the rows of ``x_t`` (its first
+    """Runs the region over one step's values, marking what depends on the rows of ``x_t`` (its first
     placeholder) and refusing (:class:`_NotRowWise`) any operation that could mix rows."""
 
     _SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int,
@@ -84,10 +84,12 @@ class _RowWise(fx.Interpreter):
         self.rows: set[fx.Node] = set()
 
     def proves(self, x: Tensor, params: list[Tensor]) -> bool:
-        meta = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in (x[0], *params)]
+        # one step's real values (a meta run would import torch's compiler stack, ~1 s, for
+        # decompositions; this is one step's input product)
         try:
-            outs = self.run(*meta)
-        except Exception:  # _NotRowWise, or an operation without a meta kernel: keep vmap
+            with torch.no_grad():
+                outs = self.run(*[t.detach() for t in (x[0], *params)])
+        except Exception:  # _NotRowWise, or an operation that failed here: keep vmap
             return False
         out_node = next(n for n in self.graph.nodes if n.op == "output")
         flat = out_node.args[0] if isinstance(out_node.args[0], (tuple, list)) else [out_node.args[0]]
