@@ -101,9 +101,9 @@ class Recurrent(nn.Module):
     def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):
         owner = self.short_name()
-        x, state, lens, unbatched = self._checked(owner, x, state, lengths, batch_first=self.batch_first)
+        x, state, lens, unbatched, known = self._checked(owner, x, state, lengths, batch_first=self.batch_first)
         outputs, final, states = self._run(owner, x, state, lens, all_states, reverse=self.reverse)
-        _vouch(self, state, final, x)
+        _vouch(self, state, final, x, known)
         if unbatched:
             outputs = outputs.squeeze(1)
             final = map_state(lambda s: s.squeeze(0), final)
@@ -143,17 +143,18 @@ class Recurrent(nn.Module):
             raise ValueError(f"{owner}: step input should have {rank + 1} or {rank} dimensions (B, ...), or (...) "
                              f"unbatched (one step, no time axis), got {x_t.dim()} with shape {tuple(x_t.shape)}")
         x = x_t.unsqueeze(0) if isinstance(x_t, Tensor) else x_t  # (1, B, ...) or (1, ...) unbatched
-        x, state, _, unbatched = self._checked(owner, x, state, None, batch_first=False)
+        x, state, _, unbatched, known = self._checked(owner, x, state, None, batch_first=False)
         outputs, final, _ = self._run(owner, x, state, None, False, reverse=False)
-        _vouch(self, state, final, x)
+        _vouch(self, state, final, x, known)
         if unbatched:
             return outputs[0, 0], map_state(lambda s: s.squeeze(0), final)
         return outputs[0], final
 
     def _checked(self, owner: str, x: Tensor, state: Optional[State], lengths: Optional[Lengths], *,
-                 batch_first: bool) -> tuple[Tensor, State, Optional[Tensor], bool]:
+                 batch_first: bool) -> tuple[Tensor, State, Optional[Tensor], bool, Any]:
         """The call's input time-major ``(T, B, ...)``, its initial state, its lengths (``None``: all
-        full) and whether it came unbatched, after every check a layer call makes."""
+        full), whether it came unbatched, and the state's skeleton where the state is the one the last
+        call returned (:func:`_vouched`; else ``None``), after every check a layer call makes."""
         cell = self.cell
         step_rank = getattr(cell, "step_rank", 1)
         layout = "(B, T, ...)" if batch_first else "(T, B, ...)"
@@ -178,12 +179,15 @@ class Recurrent(nn.Module):
         lens = check_lengths(owner, lengths, steps, batch)
         if unbatched and lengths is not None:
             raise ValueError(f"{owner}: lengths is for batched input; an unbatched input is one sequence")
+        known = None
         if state is None:
             state = cell.init_state(batch, device=x.device, dtype=x.dtype)
-        elif not _vouched(self, state, x):
-            expected = cell.init_state(batch, device="meta", dtype=x.dtype)
-            state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
-        return x, state, lens, unbatched
+        else:
+            known = _vouched(self, state, x)
+            if known is None:
+                expected = cell.init_state(batch, device="meta", dtype=x.dtype)
+                state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
+        return x, state, lens, unbatched, known
 
     def _run(self, owner: str, x: Tensor, state: State, lens: Optional[Tensor], all_states: bool, *,
              reverse: bool) -> tuple[Tensor, State, Optional[State]]:
@@ -223,32 +227,41 @@ def _named(owner: str, cell: str, error: Exception) -> Exception:
 _RETURNED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _vouch(layer: nn.Module, given: State, final: State, x: Tensor) -> None:
+def _vouch(layer: nn.Module, given: State, final: State, x: Tensor, known: Any = None) -> None:
     """Remember ``final`` for ``layer``'s next call if it has the structure, shapes, dtypes and
     devices of ``given`` (the call's checked initial state), each leaf in ``x``'s dtype (none let
-    through by autocast) and on its device: then the state check would pass it unchanged, and :func:`_vouched` may let it through. Not while recording a graph (the identity
-    would become a guard of it)."""
+    through by autocast) and on its device: then the state check would pass it unchanged, and
+    :func:`_vouched` may let it through. ``known``: ``given``'s skeleton where :func:`_vouched`
+    passed it this call (its leaves are then of ``x``'s dtype and device already). Not while
+    recording a graph (the identity would become a guard of it)."""
     if _recording():
         return
     skeleton = _skeleton(final)
-    if skeleton == _skeleton(given) and all(t.dtype == x.dtype and t.device == x.device for t in state_leaves(final)):
+    if known is not None:
+        fits = skeleton == known
+    else:
+        fits = skeleton == _skeleton(given) and all(t.dtype == x.dtype and t.device == x.device
+                                                    for t in state_leaves(final))
+    if fits:
         _RETURNED[layer] = (final, layer.cell, x.shape[1], x.dtype, x.device, skeleton)  # one store
     else:
         _RETURNED.pop(layer, None)
 
 
-def _vouched(layer: nn.Module, state: Any, x: Tensor) -> bool:
-    """Whether ``state`` is the very object ``layer``'s last call returned (:func:`_vouch`), handed
-    back to the same cell for a call of the same dtype and device, its leaves still of the shapes
+def _vouched(layer: nn.Module, state: Any, x: Tensor) -> Any:
+    """``state``'s skeleton if ``state`` is the very object ``layer``'s last call returned
+    (:func:`_vouch`), handed back to the same cell for a call of the same dtype and device, its leaves still of the shapes
     (the batch size among them), dtypes and devices they had (a tensor's can change in place):
     the check it passed then holds now. Saves the cell's ``init_state`` on the meta device at each
-    step of a stream, most of the cost of checking a state."""
+    step of a stream, most of the cost of checking a state. ``None`` where not."""
     record = _RETURNED.get(layer)
     if record is None or record[0] is not state or _recording():
-        return False
+        return None
     _, cell, batch, dtype, device, skeleton = record
-    return (cell is layer.cell and batch == x.shape[1] and dtype == x.dtype and device == x.device
-            and _skeleton(state) == skeleton)
+    if (cell is layer.cell and batch == x.shape[1] and dtype == x.dtype and device == x.device
+            and _skeleton(state) == skeleton):
+        return skeleton
+    return None
 
 
 def _skeleton(state: Any) -> Any:
