@@ -1,8 +1,9 @@
 """Shared test configuration: a derandomized hypothesis profile, tensor comparisons and the reference loop.
 
 Helpers are handed to tests as fixtures (``close``, ``tolerances``, ``reference_loop``;
-``onnx_table_once`` for the tests that export to ONNX) rather than imported, so they work whatever import mode pytest runs with and whatever other
-``conftest.py`` files sit in sub-folders. What a test needs while it is collected (its
+``onnx_table_once`` for the tests that export to ONNX) rather than imported, so they work
+whatever import mode pytest runs with and whatever other ``conftest.py`` files sit in
+sub-folders. What a test needs while it is collected (its
 parametrize tables) is a module of the tests' own, imported by name: ``fixture_cells``
 (cells written for the tests), ``cell_table`` (tests/cells/, the table of cells) and
 ``pytorch2_modes`` (tests/engine/, the PyTorch 2 columns of the mode matrix); their
