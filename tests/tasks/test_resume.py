@@ -8,6 +8,7 @@ from torchcells.tasks.base import recurrent_cells
 from torchcells.tasks.checkpoint import CHECKPOINT, CONFIG
 
 TINY = dict(hidden=8, batch_size=16, limit=48, lr=1e-2)
+pytestmark = pytest.mark.usefixtures("vowels_parsed_once")  # parsed once for the module (conftest)
 
 
 def curve(result):
