@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -22,18 +23,28 @@ def built_runtime() -> Path:
     return Path(lib.__file__)
 
 
-def test_a_sound_build_passes_the_probe_and_gets_a_checksum(tmp_path):
-    copy = tmp_path / built_runtime().name
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory) -> tuple[Path, Optional[str]]:
+    """A copy of the sound build, without a checksum, and what ``damaged`` said of it the first time
+    (the probe process's verdict, which records the checksum): one probe for the tests below."""
+    copy = tmp_path_factory.mktemp("probed") / built_runtime().name
     shutil.copyfile(built_runtime(), copy)
-    assert build.damaged(copy) is None
-    assert (tmp_path / (copy.name + ".sha256")).read_text().strip() == build._checksum(copy)
+    return copy, build.damaged(copy)
+
+
+def test_a_sound_build_passes_the_probe_and_gets_a_checksum(probed):
+    copy, first = probed
+    assert first is None
+    assert copy.with_name(copy.name + ".sha256").read_text().strip() == build._checksum(copy)
     assert build.damaged(copy) is None  # now by its checksum, without a probe
 
 
-def test_a_truncated_build_is_refused_by_its_checksum(tmp_path):
-    copy = tmp_path / built_runtime().name
-    shutil.copyfile(built_runtime(), copy)
-    assert build.damaged(copy) is None
+def test_a_truncated_build_is_refused_by_its_checksum(probed, tmp_path):
+    sound, first = probed
+    assert first is None
+    copy = tmp_path / sound.name
+    for path in (sound, sound.with_name(sound.name + ".sha256")):  # the build and the checksum its probe recorded
+        shutil.copyfile(path, tmp_path / path.name)
     data = copy.read_bytes()
     copy.write_bytes(data[: len(data) // 2])
     assert build.damaged(copy) == "its checksum differs from the one recorded when it was last loaded"
