@@ -1,8 +1,9 @@
 """Shared test configuration: a derandomized hypothesis profile, tensor comparisons and the reference loop.
 
-Helpers are handed to tests as fixtures (``close``, ``tolerances``, ``reference_loop``)
-rather than imported, so they work whatever import mode pytest runs with and whatever other
-``conftest.py`` files sit in sub-folders. What a test needs while it is collected (its
+Helpers are handed to tests as fixtures (``close``, ``tolerances``, ``reference_loop``;
+``onnx_table_once`` for the tests that export to ONNX) rather than imported, so they work
+whatever import mode pytest runs with and whatever other ``conftest.py`` files sit in
+sub-folders. What a test needs while it is collected (its
 parametrize tables) is a module of the tests' own, imported by name: ``fixture_cells``
 (cells written for the tests), ``cell_table`` (tests/cells/, the table of cells) and
 ``pytorch2_modes`` (tests/engine/, the PyTorch 2 columns of the mode matrix); their
@@ -140,3 +141,42 @@ def reference_loop() -> Callable[..., tuple[Any, ...]]:
     """``reference_loop(cell, x, state, lengths=None, *, reverse=False, all_states=False)``:
     :func:`run_reference_loop`, the hand-written loop every layer and engine is checked against."""
     return run_reference_loop
+
+
+# --------------------------------------------------------------------------------------
+# torch.onnx.export(dynamo=True) builds its table of ONNX translations anew on every call:
+# onnxscript's torchlib functions are listed by parsing each one's source (about 500 of them,
+# 0.5 s a call; 0.7 s with the table around it). The list depends only on the installed onnxscript,
+# so the tests that export build it once per session. Every export still translates with the same
+# table, so each file and each refusal is the one a user gets.
+# --------------------------------------------------------------------------------------
+class _TorchlibListedOnce:
+    """Stands in for the ``onnxscript_apis`` module that torch's ONNX registry reads: the same
+    module, its ``get_torchlib_ops()`` listed once and handed out as a new list each call."""
+
+    def __init__(self, apis: Any) -> None:
+        self._apis, self._listed = apis, None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._apis, name)
+
+    def get_torchlib_ops(self) -> list:
+        if self._listed is None:
+            self._listed = tuple(self._apis.get_torchlib_ops())
+        return list(self._listed)
+
+
+@pytest.fixture(scope="session")
+def onnx_table_once():
+    """Tests that call ``torch.onnx.export(dynamo=True)`` (or ``torchcells.export_onnx``) use this:
+    torch's table of onnxscript functions is listed once for the session (see above)."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # no onnxscript, or another torch: nothing to share
+        _registration = None
+    if not hasattr(_registration, "onnxscript_apis"):  # a torch that reads the table elsewhere: leave it
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_registration, "onnxscript_apis", _TorchlibListedOnce(_registration.onnxscript_apis))
+        yield

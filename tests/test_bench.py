@@ -142,6 +142,7 @@ def test_autocast_and_new_batch_rows_measure_both_sides():
     assert "B = 3, 4" in rows[-1].note
 
 
+@pytest.mark.usefixtures("onnx_table_once")  # torch.onnx lists its table of onnxscript functions once (conftest)
 def test_compile_and_onnx_rows_measure_both_sides():
     pytest.importorskip("onnxruntime")
     rows = compile_rows(runs=2, shape=(2, 3, 4, 5), backend="aot_eager") + onnx_rows(runs=2, shape=(2, 3, 4, 5))

@@ -123,6 +123,7 @@ def test_cell_zoo_example():
     assert len(state) == 2 and state[1].h.shape == (4, 32)
 
 
+@pytest.mark.usefixtures("onnx_table_once")  # torch.onnx lists its table of onnxscript functions once (conftest)
 def test_export_example_runs_every_length_and_writes_a_checked_file(tmp_path, monkeypatch):
     onnxruntime = pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)

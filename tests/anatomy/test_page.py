@@ -163,8 +163,9 @@ def colour_counts(rows: list[bytes], ch: int, colours: dict[str, tuple[int, int,
 
 @needs_chromium
 def test_the_page_renders_in_headless_chromium(page, tmp_path):
-    shot = tmp_path / "page.png"
-    done = chromium(f"--screenshot={shot}", "--window-size=1200,3400", page.as_uri(), profile=tmp_path / "p1")
+    shot = tmp_path / "page.png"  # one browser run: the screenshot and the DOM it rendered
+    done = chromium(f"--screenshot={shot}", "--window-size=1200,3400", "--dump-dom", page.as_uri(),
+                    profile=tmp_path / "p")
     assert shot.exists(), done.stderr[-2000:]
     assert console_lines(done.stderr) == []  # no errors or messages of any kind
     w, h, ch, rows = read_png(shot)
@@ -175,7 +176,7 @@ def test_the_page_renders_in_headless_chromium(page, tmp_path):
     assert counts["learned (yellow)"] > 5_000, counts         # gate boxes and cells were drawn
     assert counts["pointwise (pink)"] > 1_000, counts
     assert counts["state (blue)"] > 300, counts
-    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "p2").stdout
+    dom = done.stdout
     for ident in ("model-diagram", "unrolled-diagram", "cell-diagram-0"):
         assert f'id="{ident}"' in dom
     assert dom.count("<svg") >= 4 and "What is a cell, what is a layer" in dom

@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 import torchcells as tc
 
 I = 3  # the matrix's input width; B and the lengths T below differ from it and from H (dynamo ties equal sizes)
+B = 6  # the compiled column's batch: apart from I, H and every length it compiles at
 
 #: (path, column) pairs that refuse, with what the error says
 REFUSES = {
@@ -57,15 +58,15 @@ def compiled(layer: tc.Recurrent, loop: tc.Recurrent) -> None:
     model = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
     if (_engine(layer), "compiled") in REFUSES:
         with pytest.raises(Exception, match=REFUSES[(_engine(layer), "compiled")]):
-            model(torch.randn(7, 2, I, dtype=torch.float64))
+            model(torch.randn(7, B, I, dtype=torch.float64))
         return
     params = [p for p in layer.parameters() if p.requires_grad]
     loop_params = [p for p in loop.parameters() if p.requires_grad]
     unrolled = _engine(layer) == "loop"   # dynamo unrolls the loop, once per T: shorter lengths cost less
-    lengths = (5, 6) if unrolled else (7, 11)
+    lengths = (2, 5) if unrolled else (7, 11)
     for steps in lengths:
         recompile_is_an_error = steps != lengths[0] and not unrolled
-        x = torch.randn(steps, 2, I, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(steps, B, I, dtype=torch.float64, requires_grad=True)
         with torch._dynamo.config.patch(error_on_recompile=recompile_is_an_error):
             loss, out = _loss(model, x)
             got = [out, *torch.autograd.grad(loss, [x, *params])]

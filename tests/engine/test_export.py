@@ -27,6 +27,7 @@ from torchcells.engine.paths import choose
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.usefixtures("onnx_table_once")  # torch.onnx lists its onnxscript table once (conftest)
 
 I, H = 3, 4
 T0, B0 = 5, 3                            # the example's sizes

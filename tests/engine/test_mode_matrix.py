@@ -28,6 +28,7 @@ import torchcells as tc
 from fixture_cells import TwoWidthCell, UserLSTMCell
 
 T, I, H = 5, 3, 4
+pytestmark = pytest.mark.usefixtures("onnx_table_once")  # the onnx column: torch.onnx lists its table once
 TIGHT = dict(atol=1e-12, rtol=1e-10)
 
 CELLS: dict[str, Callable[[], nn.Module]] = {

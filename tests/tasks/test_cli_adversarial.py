@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -149,12 +150,12 @@ def test_two_runs_at_once_one_refused(tmp_path):
     """A real second process while the first holds the lock (it waits in its first epoch)."""
     gate = tmp_path / "gate"
     first = subprocess.Popen([sys.executable, "-c", f"""
-import pathlib, sys, torchcells.tasks.training as t
+import pathlib, sys, time, torchcells.tasks.training as t
 real = t._train_epoch
 def waiting(*a, **k):
     pathlib.Path({str(gate)!r}).write_text("in")
     while pathlib.Path({str(gate)!r}).read_text() != "go":
-        pass
+        time.sleep(0.01)  # not spinning: the second process needs the CPU meanwhile
     return real(*a, **k)
 t._train_epoch = waiting
 from torchcells.cli import main
@@ -163,6 +164,7 @@ sys.exit(main({[*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run")]!r}))
     try:
         while not gate.exists() or gate.read_text() != "in":
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            time.sleep(0.01)  # not spinning: the first process needs the CPU to get there
         second = subprocess.run([sys.executable, "-m", "torchcells", *TRAIN, "--epochs", "1", "--out",
                                  str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
         gate.write_text("go")
