@@ -791,9 +791,10 @@ std::vector<at::Tensor> linear_scan_backward(const at::Tensor& log_a, const at::
 // cache), the forward makes k with one product and computes a_t, b_t and h_t lane by lane in vector
 // registers; the backward makes k again and runs g_t = dL/dh_t + a_{t+1} g_{t+1} in reverse, writing
 // dL/dk_t (the coefficients recomputed from k), then the block's products for dL/dx, dL/dW, dL/db.
-// The arithmetic is the loop's step in linear space, written so that nothing overflows: sigma(v) and
-// sigma(-v) from e = exp(-|v|), minLSTM's normalized gates f', i' without the 0/0 where both gates
-// underflow (normalized_gates). Lanes split over threads as in linear_scan_forward.
+// The arithmetic is the loop's step in linear space, written so that nothing overflows (sigma from
+// e = exp(-|v|), minLSTM's normalized gates without the 0/0 where both gates underflow) and with one
+// division per lane group (min_gru_gates, min_lstm_gates). Lanes split over threads as in
+// linear_scan_forward; each lane's arithmetic is its own, whichever lanes share its vector.
 #define TC_SCAN_GATES(X) X(MIN_GRU) X(MIN_LSTM)
 #define X(name) SG_##name,
 enum ScanGates : int64_t { TC_SCAN_GATES(X) };
@@ -808,28 +809,6 @@ pybind11::dict scan_enums() {
   return all;
 }
 
-// sigma(v) and sigma(-v), each without overflow: e = exp(-|v|), r = 1 / (1 + e).
-template <typename Vec>
-inline void sigmoid_pair(const Vec& v, Vec& pos, Vec& neg) {
-  const Vec one(1);
-  const Vec e = v.abs().neg().exp();
-  const Vec r = one / (one + e);
-  const Vec er = e * r;
-  const Vec nonneg = v >= Vec(0);
-  pos = Vec::blendv(er, r, nonneg);
-  neg = Vec::blendv(r, er, nonneg);
-}
-
-// The candidate g(v) = v + 1/2 (v >= 0), sigma(v) (v < 0), and its derivative: 1, resp. sigma(v) sigma(-v).
-template <typename Vec>
-inline void candidate(const Vec& v, Vec& value, Vec& slope) {
-  Vec pos, neg;
-  sigmoid_pair(v, pos, neg);
-  const Vec nonneg = v >= Vec(0);
-  value = Vec::blendv(pos, v + Vec(0.5), nonneg);
-  slope = Vec::blendv(pos * neg, Vec(1), nonneg);
-}
-
 // One step's coefficients (a, b) of a lane group and what the backward needs of them.
 template <typename Vec>
 struct GateValues {
@@ -837,40 +816,88 @@ struct GateValues {
   Vec s_f, s_i;            // minLSTM: sigma(-k_f), sigma(-k_i) (with_slopes only)
 };
 
-// minLSTM's f' = f / (f + i) and i' = i / (f + i) with f = sigma(k_f), i = sigma(k_i) -- the loop's
-// sigma(d), sigma(-d) with d = log f - log i -- without logarithms and without the 0/0 where both
-// sigma underflow: sigma(k) = e^{min(k, 0)} / (1 + e^{-|k|}), so scaling f and i by
-// e^{-max(min(k_f, 0), min(k_i, 0))} (1 + e^{-|k_f|}) (1 + e^{-|k_i|}) leaves u = s_f (1 + e_i) and
-// v = s_i (1 + e_f), where one of s_f, s_i is 1 and the other e^{-|min(k_f, 0) - min(k_i, 0)|}:
-// f' = u / (u + v), with u + v >= 1.
+// Every sigma here is written from e = exp(-|v|), which never overflows: sigma(|v|) = 1 / (1 + e),
+// sigma(-|v|) = e / (1 + e). The divisions of a lane group are one: 1 / (p_1 p_2 ...) times the
+// other factors gives each 1 / p_q (every p_q is in [1, 4], or in [sqrt(min normal), 4] for
+// minLSTM's u + w below, so nothing over- or underflows).
+
+// sigma(v) and sigma(-v) from e = exp(-|v|) and r = 1 / (1 + e).
+template <typename Vec>
+inline void sigmoids(const Vec& v, const Vec& e, const Vec& r, Vec& pos, Vec& neg) {
+  const Vec er = e * r, nonneg = v >= Vec(0);
+  pos = Vec::blendv(er, r, nonneg);
+  neg = Vec::blendv(r, er, nonneg);
+}
+
+// The candidate g(v) = v + 1/2 (v >= 0), sigma(v) (v < 0), and its derivative 1, resp. sigma(v) sigma(-v).
+template <typename Vec>
+inline void candidate(const Vec& v, const Vec& e, const Vec& r, GateValues<Vec>& out) {
+  Vec pos, neg;
+  sigmoids(v, e, r, pos, neg);
+  const Vec nonneg = v >= Vec(0);
+  out.c = Vec::blendv(pos, v + Vec(0.5), nonneg);
+  out.dc = Vec::blendv(pos * neg, Vec(1), nonneg);
+}
+
+// minGRU: k = (k_z, k_h), a = sigma(-k_z) = 1 - z, b = z g(k_h).
+template <typename Vec>
+inline void min_gru_gates(const Vec* k, GateValues<Vec>& v) {
+  const Vec one(1);
+  const Vec ez = k[0].abs().neg().exp(), ec = k[1].abs().neg().exp();
+  const Vec pz = one + ez, pc = one + ec;
+  const Vec R = one / (pz * pc);
+  sigmoids(k[0], ez, pc * R, v.b_over_c, v.a);
+  candidate(k[1], ec, pz * R, v);
+}
+
+// minLSTM: k = (k_f, k_i, k_h), a = f' = f / (f + i), b = i' g(k_h) with i' = i / (f + i): the loop's
+// sigma(d), sigma(-d) with d = log f - log i, without logarithms and without the 0/0 where both
+// sigma underflow. With sigma(k) = n / (1 + e), n = e for k < 0 and 1 otherwise, f' = u / (u + w),
+// u = n_f (1 + e_i), w = n_i (1 + e_f). Where both n are below sqrt(min normal) (k_f, k_i < -43 in
+// float32) u and w are scaled by 1 / max(n_f, n_i) first: the larger becomes 1 + e, the smaller
+// exp(-|min(k_f, 0) - min(k_i, 0)|) (1 + e) -- an exp taken only for vectors that have such a lane.
 template <bool with_slopes, typename Vec>
-inline void normalized_gates(const Vec& kf, const Vec& ki, GateValues<Vec>& v) {
+inline void min_lstm_gates(const Vec* k, GateValues<Vec>& v) {
+  using scalar_t = typename Vec::value_type;
   const Vec one(1), zero(0);
-  const Vec ef = kf.abs().neg().exp(), ei = ki.abs().neg().exp();
-  const Vec mf = at::vec::minimum(kf, zero), mi = at::vec::minimum(ki, zero);
-  const Vec shrink = (mf - mi).abs().neg().exp();
-  const Vec f_first = mf >= mi;
-  const Vec u = Vec::blendv(shrink, one, f_first) * (one + ei);
-  const Vec w = Vec::blendv(one, shrink, f_first) * (one + ef);
-  const Vec r = one / (u + w);
+  const Vec ef = k[0].abs().neg().exp(), ei = k[1].abs().neg().exp(), ec = k[2].abs().neg().exp();
+  const Vec pf = one + ef, pi = one + ei, pc = one + ec;
+  const Vec nf = Vec::blendv(one, ef, k[0] < zero), ni = Vec::blendv(one, ei, k[1] < zero);
+  Vec u = nf * pi, w = ni * pf;
+  const Vec tiny = at::vec::maximum(nf, ni) < Vec(std::sqrt(std::numeric_limits<scalar_t>::min()));
+  if (tiny.zero_mask() != (1 << Vec::size()) - 1) {
+    const Vec mf = at::vec::minimum(k[0], zero), mi = at::vec::minimum(k[1], zero);
+    const Vec shrink = (mf - mi).abs().neg().exp(), f_first = mf >= mi;
+    u = Vec::blendv(u, Vec::blendv(shrink, one, f_first) * pi, tiny);
+    w = Vec::blendv(w, Vec::blendv(one, shrink, f_first) * pf, tiny);
+  }
+  const Vec sum = u + w;
+  Vec r, rc;
+  if constexpr (with_slopes) {  // and sigma(-k) = e / (1 + e) for k >= 0, 1 / (1 + e) below
+    const Vec fi = pf * pi, sc = sum * pc;
+    const Vec R = one / (fi * sc);
+    r = fi * pc * R;
+    rc = sum * fi * R;
+    const Vec rf = sc * pi * R, ri = sc * pf * R;
+    v.s_f = Vec::blendv(rf, ef * rf, k[0] >= zero);
+    v.s_i = Vec::blendv(ri, ei * ri, k[1] >= zero);
+  } else {
+    const Vec R = one / (sum * pc);
+    r = pc * R;
+    rc = sum * R;
+  }
   v.a = u * r;
   v.b_over_c = w * r;
-  if constexpr (with_slopes) {  // sigma(-k) = e / (1 + e) for k >= 0, 1 / (1 + e) below
-    const Vec rf = one / (one + ef), ri = one / (one + ei);
-    v.s_f = Vec::blendv(rf, ef * rf, kf >= zero);
-    v.s_i = Vec::blendv(ri, ei * ri, ki >= zero);
-  }
+  candidate(k[2], ec, rc, v);
 }
 
 template <int64_t kind, bool with_slopes = false, typename Vec>
 inline GateValues<Vec> gate_values(const Vec* k) {
   GateValues<Vec> v;
-  if constexpr (kind == SG_MIN_GRU) {  // k = (k_z, k_h): a = sigma(-k_z) = 1 - z, b = z g(k_h)
-    sigmoid_pair(k[0], v.b_over_c, v.a);
-    candidate(k[1], v.c, v.dc);
-  } else {  // k = (k_f, k_i, k_h): a = f', b = i' g(k_h)
-    normalized_gates<with_slopes>(k[0], k[1], v);
-    candidate(k[2], v.c, v.dc);
+  if constexpr (kind == SG_MIN_GRU) {
+    min_gru_gates(k, v);
+  } else {
+    min_lstm_gates<with_slopes>(k, v);
   }
   return v;
 }
@@ -925,17 +952,15 @@ void gated_forward_lanes(const scalar_t* k, const scalar_t* bias, const scalar_t
 
 template <typename scalar_t, int64_t kind>
 void gated_backward_lanes(const scalar_t* k, const scalar_t* bias, const scalar_t* h0, const scalar_t* h,
-                          const bool* valid,
-                          const scalar_t* gh, const scalar_t* glast, scalar_t* dk, scalar_t* carry,
-                          int64_t T, int64_t B, int64_t H, int64_t n0, int64_t n1) {
+                          const bool* valid, const scalar_t* gh, int64_t gh_t, int64_t gh_b, scalar_t* dk,
+                          scalar_t* carry, int64_t T, int64_t B, int64_t H, int64_t n0, int64_t n1) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t W = Vec::size(), G = n_gates<kind>();
-  if (glast != carry) std::copy(glast + n0, glast + n1, carry + n0);  // a_{t+1} g_{t+1}; at the end dL/dh0
-  for (int64_t t = T - 1; t >= 0; --t) {
+  for (int64_t t = T - 1; t >= 0; --t) {  // carry: a_{t+1} g_{t+1} in, a_t g_t out
     for_row_segments(n0, n1, H, [&](int64_t b, int64_t j0, int64_t j1) {
       const int64_t row = t * B + b;
       const scalar_t* prev = t == 0 ? h0 + b * H : h + (row - B) * H;
-      const scalar_t* grad = gh + row * H;
+      const scalar_t* grad = gh + t * gh_t + b * gh_b;  // dL/dh_t, rows at any strides
       scalar_t* c = carry + b * H;
       scalar_t* dkr = dk + row * G * H;
       if (valid != nullptr && !valid[row]) {  // a = 1, b = 0: g passes through, dL/dk = 0
@@ -1060,6 +1085,13 @@ std::vector<at::Tensor> gated_scan_backward(const at::Tensor& x, const at::Tenso
               "gated_scan_backward: expected h, grad_h (T, B, H), grad_last (B, H) of x's dtype, three flags");
   const auto hc = h.contiguous();
   auto carry = grad_last.contiguous().clone();  // a_{t+1} g_{t+1}; at the end dL/dh0
+  // dL/dh is read row by row at its own strides; only rows that are not contiguous are copied (a
+  // gradient of sum() is one number expanded: one row of it, expanded again).
+  auto gh = grad_h;
+  if (gh.stride(2) != 1) {
+    gh = gh.stride(0) == 0 && gh.stride(1) == 0 ? gh.select(0, 0).select(0, 0).contiguous().expand({T, B, H})
+                                                : gh.contiguous();
+  }
   at::Tensor gx, gw, gb;
   if (need[0]) gx = at::empty_like(a.x);
   if (need[1]) gw = at::zeros_like(a.weight);
@@ -1070,7 +1102,6 @@ std::vector<at::Tensor> gated_scan_backward(const at::Tensor& x, const at::Tenso
   for (int64_t t0 = (T - 1) / block * block; T > 0 && t0 >= 0; t0 -= block) {
     const int64_t n = std::min(block, T - t0);
     const auto kb = block_products(a, t0, n, buf);
-    const auto gh = grad_h.narrow(0, t0, n).contiguous();  // (a gradient of sum() is expanded: a small copy)
     auto dk = dk_buf.narrow(0, 0, n * B);
     AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "gated_scan_backward", [&] {
       const scalar_t* ph = hc.data_ptr<scalar_t>() + t0 * B * H;
@@ -1078,14 +1109,16 @@ std::vector<at::Tensor> gated_scan_backward(const at::Tensor& x, const at::Tenso
       const bool* vb = pv == nullptr ? nullptr : pv + t0 * B;
       const scalar_t* pk = kb.data_ptr<scalar_t>();
       const scalar_t* pb = a.bias.has_value() ? a.bias->data_ptr<scalar_t>() : nullptr;
-      const scalar_t* pg = gh.data_ptr<scalar_t>();
+      const scalar_t* pg = gh.data_ptr<scalar_t>() + t0 * gh.stride(0);
       scalar_t* pdk = dk.data_ptr<scalar_t>();
       scalar_t* pc = carry.data_ptr<scalar_t>();
       at::parallel_for(0, B * H, kScanLanes, [&](int64_t n0, int64_t n1) {
         if (gates == SG_MIN_GRU) {
-          gated_backward_lanes<scalar_t, SG_MIN_GRU>(pk, pb, p0, ph, vb, pg, pc, pdk, pc, n, B, H, n0, n1);
+          gated_backward_lanes<scalar_t, SG_MIN_GRU>(pk, pb, p0, ph, vb, pg, gh.stride(0), gh.stride(1), pdk, pc, n,
+                                                     B, H, n0, n1);
         } else {
-          gated_backward_lanes<scalar_t, SG_MIN_LSTM>(pk, pb, p0, ph, vb, pg, pc, pdk, pc, n, B, H, n0, n1);
+          gated_backward_lanes<scalar_t, SG_MIN_LSTM>(pk, pb, p0, ph, vb, pg, gh.stride(0), gh.stride(1), pdk, pc, n,
+                                                      B, H, n0, n1);
         }
       });
     });
