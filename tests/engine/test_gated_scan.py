@@ -151,6 +151,24 @@ def test_in_recurrent_with_only_some_gradients(cls, fused):
 
 
 @pytest.mark.parametrize("cls", CELLS)
+def test_batch_first_reads_strided_inputs_and_gradients(cls, fused):
+    """Batch-first: x and the outputs' gradient reach the pass transposed (rows at strides), time in blocks."""
+    fused.block(2)
+    cell = make(cls)
+    x = torch.randn(B, T, I, dtype=DT)
+    w = torch.randn(B, T, H, dtype=DT)
+    results = []
+    for engine in ("scan", "loop"):
+        xx = x.clone().requires_grad_()
+        cell.zero_grad()
+        out, final = tc.Recurrent(cell, engine=engine, batch_first=True)(xx)
+        ((out * w).sum() + final.sum()).backward()
+        results.append([out, final, xx.grad] + [p.grad.clone() for p in cell.parameters()])
+    assert fused.calls == 1
+    assert_same(*results)
+
+
+@pytest.mark.parametrize("cls", CELLS)
 def test_second_derivatives(cls, fused):
     fused.block(2, lanes=2 * 2)
     cell = make(cls, i=2, h=2)

@@ -39,7 +39,7 @@ from .native.records import enum_mismatch
 __all__ = ["BLOCK", "ScanGates", "gated_scan"]
 
 #: about how many numbers (steps × batch × hidden) of ``h`` one block of time holds.
-BLOCK = 2 ** 17
+BLOCK = 2 ** 16
 
 #: ``(k, h0) -> (every step's state, the last)``, differentiable: what second derivatives run.
 Reference = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]

@@ -34,6 +34,10 @@ How it is computed, and why:
   the same bits at any thread count; its backward (below) is one fused pass against
   reading order giving ``g``, ``∂L/∂log a`` and ``∂L/∂h_0``. Second derivatives
   (``create_graph``) and ``TORCHCELLS_NATIVE=0`` take the chunked scan.
+* **A known gating: one native call each way.** A cell that declares ``scan_gates()`` (the
+  minimal cells) has its coefficients computed inside the native pass from one product of the
+  input, forward and backward (:mod:`.gated_scan`), instead of the elementwise operations of its
+  ``scan_coefficients`` and their autograd; where that pass declines a call, what follows runs.
 * **Backward pass by hand.** The gradient of the recurrence is the same recurrence
   read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
   scan (and itself differentiable) rather than autograd through the cumulative ops.
