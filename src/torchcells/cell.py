@@ -36,6 +36,8 @@ overrides the ones it has, and the engine and anatomy read these names only):
 * ``CANDIDATES`` -- which of those blocks of rows are a candidate (the new content a step
   writes, an LSTM's ``g``, a GRU's ``n``), not a gate (default ``()``);
 * ``scan_coefficients(x)`` -- the step is linear in the state; enables the parallel scan;
+* ``scan_gates()`` -- those coefficients are a gating the engine knows (minGRU's, minLSTM's)
+  of one product of the input: the scan then runs them and the recurrence in one native pass;
 * ``torch_kernel()`` -- the cell is one of torch's own recurrences; enables its kernel;
 * ``state_roles()`` -- what each state tensor is (:data:`STATE_ROLES`), so that the
   wrappers know what they may touch: zoneout never averages a stabilizer, recurrent
@@ -63,7 +65,7 @@ from torch import Tensor, nn
 # A state is a tensor or a (possibly nested) tuple / NamedTuple of tensors.
 State = Union[Tensor, tuple]
 
-__all__ = ["Cell", "OPTIONAL_HOOKS", "STATE_ROLES", "State", "TorchKernelForm", "at_least_float32", "cell_name", "check_input", "check_state",
+__all__ = ["Cell", "OPTIONAL_HOOKS", "STATE_ROLES", "ScanGateForm", "State", "TorchKernelForm", "at_least_float32", "cell_name", "check_input", "check_state",
            "declares", "is_namedtuple", "map_state", "state_leaves"]
 
 
@@ -349,6 +351,15 @@ class Cell(nn.Module):
         """
         raise NotImplementedError(f"{self.short_name()} does not declare scan_coefficients()")
 
+    def scan_gates(self) -> Optional["ScanGateForm"]:
+        """Optional: declare that ``scan_coefficients`` is one of the gatings the engine knows
+        (:attr:`ScanGateForm.KINDS`) applied to one product of the input, so that the scan
+        computes the coefficients and runs the recurrence in one native pass (forward and
+        backward) instead of many elementwise operations and their autograd. The engine uses it
+        only where the class that defines it also defines ``scan_coefficients`` (a subclass that
+        changes one of them and not the other takes the plain scan). Not declared here (``None``)."""
+        return None
+
     def torch_kernel(self) -> Optional["TorchKernelForm"]:
         """Optional: declare that the cell computes one of torch's own recurrences, for
         ``engine="torch"``: its :class:`TorchKernelForm`, or ``None`` where this
@@ -399,7 +410,7 @@ class Cell(nn.Module):
 
 
 #: the optional hooks :func:`declares` knows: methods whose default declares nothing.
-OPTIONAL_HOOKS = ("scan_coefficients", "torch_kernel", "feedback_step", "candidate_step")
+OPTIONAL_HOOKS = ("scan_coefficients", "scan_gates", "torch_kernel", "feedback_step", "candidate_step")
 
 
 def declares(cell: Any, hook: str) -> bool:
@@ -449,6 +460,38 @@ class TorchKernelForm:
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
             raise ValueError(f"TorchKernelForm: kind should be one of {self.KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ScanGateForm:
+    """A scannable cell's coefficients as a known gating of one product (see ``Cell.scan_gates``).
+
+    The step's pre-activations are ``k_t = x_t Wᵀ + b`` ``(..., G·H)``, gate ``q`` in columns
+    ``q·H … (q+1)·H − 1``, and ``h_t = a_t ⊙ h_{t−1} + b_t`` with, for ``kind``:
+
+    * ``"min_gru"`` (``G = 2``, ``k = [k_z, k_h]``): ``a = σ(−k_z)``, ``b = σ(k_z) g(k_h)``;
+    * ``"min_lstm"`` (``G = 3``, ``k = [k_f, k_i, k_h]``): ``d = log σ(k_f) − log σ(k_i)``,
+      ``a = σ(d)``, ``b = σ(−d) g(k_h)``;
+
+    ``g(v) = v + ½`` for ``v ≥ 0``, ``σ(v)`` below (:mod:`torchcells.cells.minimal`).
+
+    Attributes:
+        kind: the gating, one of :attr:`KINDS`.
+        weight: ``W`` ``(G·H, I)``.
+        bias: ``b`` ``(G·H,)``, or ``None``.
+        coefficients: ``k`` ``(..., G·H)`` -> ``(log a, log b)`` ``(..., H)`` in torch operations:
+            the same numbers, differentiable any number of times (second derivatives run it).
+    """
+
+    KINDS: ClassVar[dict[str, int]] = {"min_gru": 2, "min_lstm": 3}  # kind -> G, the gates in k
+    kind: str
+    weight: Tensor
+    bias: Optional[Tensor]
+    coefficients: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"ScanGateForm: kind should be one of {tuple(self.KINDS)}, got {self.kind!r}")
 
 
 class PairState(NamedTuple):

@@ -116,6 +116,8 @@ def test_scan_equals_the_loop(cls, reverse, lengths, splits, all_states, split):
     h0 = torch.randn(B, H, dtype=DT) * 3  # negative entries too: the h0 term is linear
     calls = []
     coefficients = cell.scan_coefficients
+    # (set on the instance, this wrapper also makes the fused pass of engine/gated_scan.py decline:
+    # this test is the plain scan's; tests/engine/test_gated_scan.py is the fused pass's)
     cell.scan_coefficients = lambda x: calls.append(x.shape[0]) or coefficients(x)
     got, want = run_both(cell, x, h0, lengths=lengths, reverse=reverse, all_states=all_states)
     assert calls == ([3, 3, 1] if splits == (4, 3, True) else [T])  # one call per block of time

@@ -20,7 +20,10 @@ whole sequence can be computed by a parallel scan over time
 (:func:`torchcells.engine.scan.scan_linear`) instead of a loop. Each cell declares
 that structure with ``scan_coefficients(x) -> (log a, log b)``, computed in log space
 and in at least float32 (in bfloat16, rounding ``log b`` by ``|log b|·2⁻⁸`` made the
-scan's error three times the loop's; the products themselves stay in the mode's dtype).
+scan's error three times the loop's; the products themselves stay in the mode's dtype),
+and with ``scan_gates()``, which names that gating of one product (``"min_gru"``,
+``"min_lstm"``, :class:`~torchcells.cell.ScanGateForm`) so that on a CPU the engine runs the
+coefficients and the recurrence in one native pass.
 
 Parameters, gate ``k`` in rows ``k·H … (k+1)·H − 1`` (``gate_rows()``):
 
@@ -61,7 +64,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from ..cell import at_least_float32
+from ..cell import ScanGateForm, at_least_float32
 from ._gated import GatedCell
 
 __all__ = ["MinGRUCell", "MinLSTMCell"]
@@ -82,6 +85,34 @@ def log_g(v: Tensor) -> Tensor:
     """
     positive = torch.relu(v)
     return F.logsigmoid(v - positive) + torch.log1p(positive * 2)
+
+
+def min_gru_coefficients(k: Tensor) -> tuple[Tensor, Tensor]:
+    """minGRU's ``(log a, log b)`` ``(..., H)`` from its pre-activations ``k = [k_z, k_h]`` ``(..., 2H)``."""
+    k_z, k_h = at_least_float32(k).chunk(2, -1)
+    return _min_gru_log(-k_z, k_h)
+
+
+def _min_gru_log(minus_k_z: Tensor, k_h: Tensor) -> tuple[Tensor, Tensor]:
+    """``log a = log(1 − z) = log σ(−k_z)``, ``log b = log z + log g(k_h)`` with
+    ``log z = log σ(k_z) = k_z + log σ(−k_z)`` (as ``σ(k) = e^k σ(−k)``), which reuses
+    ``log a`` instead of a second pass of ``log σ``: finite for every finite input."""
+    log_a = F.logsigmoid(minus_k_z)
+    return log_a, log_a - minus_k_z + log_g(k_h)
+
+
+def min_lstm_coefficients(k: Tensor) -> tuple[Tensor, Tensor]:
+    """minLSTM's ``(log a, log b)`` ``(..., H)`` from its pre-activations ``k = [k_f, k_i, k_h]`` ``(..., 3H)``.
+
+    With ``d = log f − log i = log σ(k_f) − log σ(k_i)`` (``log σ(k) = −softplus(−k)``):
+    ``log f' = log σ(d)`` (as ``f' = f / (f + i) = σ(d)``), ``log i' = log σ(−d)``,
+    ``log b = log i' + log g(k_h)``. This is the paper's
+    ``−softplus(softplus(−k_f) − softplus(−k_i))`` without its four negations.
+    """
+    k_f, k_i, k_h = at_least_float32(k).chunk(3, -1)
+    d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+    log_a = F.logsigmoid(d)
+    return log_a, log_a - d + log_g(k_h)  # log σ(−d) = log σ(d) − d
 
 
 class _MinimalCell(GatedCell):
@@ -131,12 +162,8 @@ class MinGRUCell(_MinimalCell):
         return h, h
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``.
-
-        ``log a = log(1 − z) = log σ(−k_z)``, ``log b = log z + log g(k_h)`` with
-        ``log z = log σ(k_z) = k_z + log σ(−k_z)`` (as ``σ(k) = e^k σ(−k)``), which reuses
-        ``log a`` instead of a second pass of ``log σ``: finite for every finite input.
-        """
+        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``
+        (:func:`min_gru_coefficients` of the step's products)."""
         # Two products over weight slices rather than one split afterwards: the split's
         # backward would concatenate two sequence-sized gradients; the slices' backward
         # touches only the small weight. The update gate's product is taken with negated
@@ -145,8 +172,11 @@ class MinGRUCell(_MinimalCell):
         w, b = self.weight_ih, self.bias_ih
         minus_k_z = at_least_float32(F.linear(x, -w[:H], None if b is None else -b[:H]))
         k_h = at_least_float32(F.linear(x, w[H:], None if b is None else b[H:]))
-        log_a = F.logsigmoid(minus_k_z)
-        return log_a, log_a - minus_k_z + log_g(k_h)
+        return _min_gru_log(minus_k_z, k_h)
+
+    def scan_gates(self) -> ScanGateForm:
+        """``scan_coefficients`` as the ``"min_gru"`` gating of ``k = x W_ihᵀ + b_ih`` (:class:`ScanGateForm`)."""
+        return ScanGateForm("min_gru", self.weight_ih, self.bias_ih, min_gru_coefficients)
 
 
 class MinLSTMCell(_MinimalCell):
@@ -187,14 +217,10 @@ class MinLSTMCell(_MinimalCell):
         return h, h
 
     def scan_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``.
+        """``(log a, log b)`` ``(..., H)`` with ``h_t = a_t ⊙ h_{t−1} + b_t`` for inputs ``x`` ``(..., I)``
+        (:func:`min_lstm_coefficients` of the step's products)."""
+        return min_lstm_coefficients(F.linear(x, self.weight_ih, self.bias_ih))
 
-        With ``d = log f − log i = log σ(k_f) − log σ(k_i)`` (``log σ(k) = −softplus(−k)``):
-        ``log f' = log σ(d)`` (as ``f' = f / (f + i) = σ(d)``), ``log i' = log σ(−d)``,
-        ``log b = log i' + log g(k_h)``. This is the paper's
-        ``−softplus(softplus(−k_f) − softplus(−k_i))`` without its four negations.
-        """
-        k_f, k_i, k_h = at_least_float32(F.linear(x, self.weight_ih, self.bias_ih)).chunk(3, -1)
-        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
-        log_a = F.logsigmoid(d)
-        return log_a, log_a - d + log_g(k_h)  # log σ(−d) = log σ(d) − d
+    def scan_gates(self) -> ScanGateForm:
+        """``scan_coefficients`` as the ``"min_lstm"`` gating of ``k = x W_ihᵀ + b_ih`` (:class:`ScanGateForm`)."""
+        return ScanGateForm("min_lstm", self.weight_ih, self.bias_ih, min_lstm_coefficients)

@@ -34,6 +34,10 @@ How it is computed, and why:
   the same bits at any thread count; its backward (below) is one fused pass against
   reading order giving ``g``, ``∂L/∂log a`` and ``∂L/∂h_0``. Second derivatives
   (``create_graph``) and ``TORCHCELLS_NATIVE=0`` take the chunked scan.
+* **A known gating: one native call each way.** A cell that declares ``scan_gates()`` (the
+  minimal cells) has its coefficients computed inside the native pass from one product of the
+  input, forward and backward (:mod:`.gated_scan`), instead of the elementwise operations of its
+  ``scan_coefficients`` and their autograd; where that pass declines a call, what follows runs.
 * **Backward pass by hand.** The gradient of the recurrence is the same recurrence
   read backwards, ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, so the backward pass is one more
   scan (and itself differentiable) rather than autograd through the cumulative ops.
@@ -63,8 +67,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..cell import Cell, at_least_float32, autocast_casts, declares
+from ..cell import Cell, ScanGateForm, at_least_float32, autocast_casts, declares
 from .call import Call, Result, bracket
+from .gated_scan import gated_scan
 from .native import library
 
 __all__ = ["CHUNK", "CPU_BLOCK", "CPU_BLOCK_MIN_STEPS", "scan_call", "scan_linear"]
@@ -96,25 +101,15 @@ def scan_linear(cell: Cell, x: Tensor, state: Tensor, *, lengths: Optional[Tenso
 
 def scan_call(call: Call) -> Result:
     """The scan over a forward call (:mod:`.call`): a padded step is the identity (``a = 1, b = 0``)."""
-    cell, x, state = call.cell, call.x, call.state
-    steps = call.steps
-    if steps == 0:
+    x, state = call.x, call.state
+    if call.steps == 0:
         outputs = state.new_zeros((0,) + tuple(state.shape))
         return outputs, state, (outputs.clone() if call.all_states else None)
     valid = None if call.valid is None else call.valid.unsqueeze(-1)  # (T, B, 1)
     dtype = loop_dtype(x, state)
     state = at_least_float32(state.to(dtype))
-    block = steps
-    if x.device.type == "cpu":
-        block = max(CPU_BLOCK_MIN_STEPS, CPU_BLOCK // max(1, state.numel()), 1)
-    # (split, not slicing: the gradient of a slice is a zero-filled copy of all of x)
-    blocks = x.split(block)
-    masks = [None] * len(blocks) if valid is None else valid.split(block)
-    parts, h = [], state
-    for x_block, mask in zip(blocks, masks):
-        part, h = _scan_block(cell, x_block, h, mask)
-        parts.append(part)
-    hs = parts[0] if len(parts) == 1 else torch.cat(parts)
+    fused = gated_scan(call, state, lambda form: _reference(form, valid))
+    hs, h = fused if fused is not None else _scan_blocks(call, state, valid)
     hs, h = hs.to(dtype), h.to(dtype)
     # Padded steps carried each sequence's last valid state to step T - 1: h is the final state.
     outputs = hs if valid is None else hs.masked_fill(~valid, 0)
@@ -122,6 +117,21 @@ def scan_call(call: Call) -> Result:
     if call.all_states:  # a tensor apart from outputs (the bracket's zeroing copies it where there are lengths)
         states = hs.clone() if valid is None else hs
     return outputs, h, states
+
+
+def _scan_blocks(call: Call, state: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Every step's state and the last from the cell's ``scan_coefficients``, block by block of time."""
+    x, block = call.x, call.steps
+    if x.device.type == "cpu":
+        block = max(CPU_BLOCK_MIN_STEPS, CPU_BLOCK // max(1, state.numel()), 1)
+    # (split, not slicing: the gradient of a slice is a zero-filled copy of all of x)
+    blocks = x.split(block)
+    masks = [None] * len(blocks) if valid is None else valid.split(block)
+    parts, h = [], state
+    for x_block, mask in zip(blocks, masks):
+        part, h = _scan_block(call.cell, x_block, h, mask)
+        parts.append(part)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), h
 
 
 def loop_dtype(x: Tensor, state: Tensor) -> torch.dtype:
@@ -134,8 +144,22 @@ def loop_dtype(x: Tensor, state: Tensor) -> torch.dtype:
 def _scan_block(cell: Any, x: Tensor, h0: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Every step's state ``(T, B, H)`` over a block of inputs ``x`` ``(T, B, I)`` from ``h0``, and the
     last, in ``h0``'s dtype (at least float32, see the module docstring)."""
-    log_a, log_b = (t.to(h0.dtype) for t in cell.scan_coefficients(x))
-    b = log_b.exp()
+    log_a, log_b = cell.scan_coefficients(x)
+    return _scan_coefficients(log_a, log_b, h0, valid)
+
+
+def _reference(form: ScanGateForm, valid: Optional[Tensor]) -> Any:
+    """``(k, h0) -> (every step's state, the last)`` from the form's differentiable ``coefficients``
+    of the pre-activations ``k`` (what second derivatives of :func:`.gated_scan.gated_scan` run)."""
+    def run(k: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        log_a, log_b = form.coefficients(k)
+        return _scan_coefficients(log_a, log_b, h0, valid)
+    return run
+
+
+def _scan_coefficients(log_a: Tensor, log_b: Tensor, h0: Tensor, valid: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The scan of ``h_t = a_t ⊙ h_{t−1} + b_t`` from ``(log a, log b)`` ``(T, B, H)`` and ``h0``, in ``h0``'s dtype."""
+    log_a, b = log_a.to(h0.dtype), log_b.to(h0.dtype).exp()
     if valid is not None:  # a padded step carries the state through unchanged: a = 1, b = 0
         log_a = log_a.masked_fill(~valid, 0)
         b = b.masked_fill(~valid, 0)

@@ -802,6 +802,354 @@ std::vector<at::Tensor> linear_scan_backward(const at::Tensor& log_a, const at::
   return {g, gla, gh0};
 }
 
+
+// ---- The scan path's gated recurrence: product, coefficients and recurrence together (engine/gated_scan.py) ----
+// For the minimal cells the coefficients a_t, b_t of h_t = a_t h_{t-1} + b_t are a fixed elementwise
+// function of the step's pre-activations k_t = x_t W^T + b. A block of steps at a time (its k stays in
+// cache), the forward makes k with one product and computes a_t, b_t and h_t lane by lane in vector
+// registers; the backward makes k again and runs g_t = dL/dh_t + a_{t+1} g_{t+1} in reverse, writing
+// dL/dk_t (the coefficients recomputed from k), then the block's products for dL/dx, dL/dW, dL/db.
+// The arithmetic is the loop's step in linear space, written so that nothing overflows (sigma from
+// e = exp(-|v|), minLSTM's normalized gates without the 0/0 where both gates underflow) and with one
+// division per lane group (min_gru_gates, min_lstm_gates). Lanes split over threads as in
+// linear_scan_forward; each lane's arithmetic is its own, whichever lanes share its vector.
+#define TC_SCAN_GATES(X) X(MIN_GRU) X(MIN_LSTM)
+#define X(name) SG_##name,
+enum ScanGates : int64_t { TC_SCAN_GATES(X) };
+#undef X
+
+pybind11::dict scan_enums() {
+  pybind11::dict all, d;
+#define X(name) d[#name] = static_cast<int64_t>(SG_##name);
+  TC_SCAN_GATES(X)
+#undef X
+  all["ScanGates"] = d;
+  return all;
+}
+
+// One step's coefficients (a, b) of a lane group and what the backward needs of them.
+template <typename Vec>
+struct GateValues {
+  Vec a, b_over_c, c, dc;  // a; b = b_over_c * c with c = g(k_h); dc = g'(k_h)
+  Vec s_f, s_i;            // minLSTM: sigma(-k_f), sigma(-k_i) (with_slopes only)
+};
+
+// Every sigma here is written from e = exp(-|v|), which never overflows: sigma(|v|) = 1 / (1 + e),
+// sigma(-|v|) = e / (1 + e). The divisions of a lane group are one: 1 / (p_1 p_2 ...) times the
+// other factors gives each 1 / p_q (every p_q is in [1, 4], or in [sqrt(min normal), 4] for
+// minLSTM's u + w below, so nothing over- or underflows).
+
+// sigma(v) and sigma(-v) from e = exp(-|v|) and r = 1 / (1 + e).
+template <typename Vec>
+inline void sigmoids(const Vec& v, const Vec& e, const Vec& r, Vec& pos, Vec& neg) {
+  const Vec er = e * r, nonneg = v >= Vec(0);
+  pos = Vec::blendv(er, r, nonneg);
+  neg = Vec::blendv(r, er, nonneg);
+}
+
+// The candidate g(v) = v + 1/2 (v >= 0), sigma(v) (v < 0), and its derivative 1, resp. sigma(v) sigma(-v).
+template <typename Vec>
+inline void candidate(const Vec& v, const Vec& e, const Vec& r, GateValues<Vec>& out) {
+  Vec pos, neg;
+  sigmoids(v, e, r, pos, neg);
+  const Vec nonneg = v >= Vec(0);
+  out.c = Vec::blendv(pos, v + Vec(0.5), nonneg);
+  out.dc = Vec::blendv(pos * neg, Vec(1), nonneg);
+}
+
+// minGRU: k = (k_z, k_h), a = sigma(-k_z) = 1 - z, b = z g(k_h).
+template <typename Vec>
+inline void min_gru_gates(const Vec* k, GateValues<Vec>& v) {
+  const Vec one(1);
+  const Vec ez = k[0].abs().neg().exp(), ec = k[1].abs().neg().exp();
+  const Vec pz = one + ez, pc = one + ec;
+  const Vec R = one / (pz * pc);
+  sigmoids(k[0], ez, pc * R, v.b_over_c, v.a);
+  candidate(k[1], ec, pz * R, v);
+}
+
+// minLSTM: k = (k_f, k_i, k_h), a = f' = f / (f + i), b = i' g(k_h) with i' = i / (f + i): the loop's
+// sigma(d), sigma(-d) with d = log f - log i, without logarithms and without the 0/0 where both
+// sigma underflow. With sigma(k) = n / (1 + e), n = e for k < 0 and 1 otherwise, f' = u / (u + w),
+// u = n_f (1 + e_i), w = n_i (1 + e_f). Where both n are below sqrt(min normal) (k_f, k_i < -43 in
+// float32) u and w are scaled by 1 / max(n_f, n_i) first: the larger becomes 1 + e, the smaller
+// exp(-|min(k_f, 0) - min(k_i, 0)|) (1 + e) -- an exp taken only for vectors that have such a lane.
+template <bool with_slopes, typename Vec>
+inline void min_lstm_gates(const Vec* k, GateValues<Vec>& v) {
+  using scalar_t = typename Vec::value_type;
+  const Vec one(1), zero(0);
+  const Vec ef = k[0].abs().neg().exp(), ei = k[1].abs().neg().exp(), ec = k[2].abs().neg().exp();
+  const Vec pf = one + ef, pi = one + ei, pc = one + ec;
+  const Vec nf = Vec::blendv(one, ef, k[0] < zero), ni = Vec::blendv(one, ei, k[1] < zero);
+  Vec u = nf * pi, w = ni * pf;
+  const Vec tiny = at::vec::maximum(nf, ni) < Vec(std::sqrt(std::numeric_limits<scalar_t>::min()));
+  if (tiny.zero_mask() != (1 << Vec::size()) - 1) {
+    const Vec mf = at::vec::minimum(k[0], zero), mi = at::vec::minimum(k[1], zero);
+    const Vec shrink = (mf - mi).abs().neg().exp(), f_first = mf >= mi;
+    u = Vec::blendv(u, Vec::blendv(shrink, one, f_first) * pi, tiny);
+    w = Vec::blendv(w, Vec::blendv(one, shrink, f_first) * pf, tiny);
+  }
+  const Vec sum = u + w;
+  Vec r, rc;
+  if constexpr (with_slopes) {  // and sigma(-k) = e / (1 + e) for k >= 0, 1 / (1 + e) below
+    const Vec fi = pf * pi, sc = sum * pc;
+    const Vec R = one / (fi * sc);
+    r = fi * pc * R;
+    rc = sum * fi * R;
+    const Vec rf = sc * pi * R, ri = sc * pf * R;
+    v.s_f = Vec::blendv(rf, ef * rf, k[0] >= zero);
+    v.s_i = Vec::blendv(ri, ei * ri, k[1] >= zero);
+  } else {
+    const Vec R = one / (sum * pc);
+    r = pc * R;
+    rc = sum * R;
+  }
+  v.a = u * r;
+  v.b_over_c = w * r;
+  candidate(k[2], ec, rc, v);
+}
+
+template <int64_t kind, bool with_slopes = false, typename Vec>
+inline GateValues<Vec> gate_values(const Vec* k) {
+  GateValues<Vec> v;
+  if constexpr (kind == SG_MIN_GRU) {
+    min_gru_gates(k, v);
+  } else {
+    min_lstm_gates<with_slopes>(k, v);
+  }
+  return v;
+}
+
+template <int64_t kind>
+constexpr int64_t n_gates() { return kind == SG_MIN_GRU ? 2 : 3; }
+
+// The lanes [n0, n1) of the N = B*H, walked as row segments of one sequence b each.
+template <typename F>
+inline void for_row_segments(int64_t n0, int64_t n1, int64_t H, F&& f) {
+  for (int64_t n = n0; n < n1;) {
+    const int64_t b = n / H, j0 = n - b * H, j1 = std::min<int64_t>(H, j0 + (n1 - n));
+    f(b, j0, j1);
+    n += j1 - j0;
+  }
+}
+
+// The G gates' pre-activations of lanes [j, j + m) of one row of k (and the bias, where there is one).
+template <int64_t G, typename scalar_t, typename Vec>
+inline void load_preactivations(const scalar_t* kr, const scalar_t* bias, int64_t H, int64_t j, int64_t m, Vec* kv) {
+  for (int64_t q = 0; q < G; ++q) {
+    kv[q] = Vec::loadu(kr + q * H + j, m);
+    if (bias != nullptr) kv[q] = kv[q] + Vec::loadu(bias + q * H + j, m);
+  }
+}
+
+template <typename scalar_t, int64_t kind>
+void gated_forward_lanes(const scalar_t* k, const scalar_t* bias, const scalar_t* h0, const bool* valid, scalar_t* h,
+                         int64_t T, int64_t B, int64_t H, int64_t n0, int64_t n1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size(), G = n_gates<kind>();
+  for (int64_t t = 0; t < T; ++t) {
+    for_row_segments(n0, n1, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const int64_t row = t * B + b;
+      const scalar_t* prev = t == 0 ? h0 + b * H : h + (row - B) * H;
+      scalar_t* out = h + row * H;
+      if (valid != nullptr && !valid[row]) {  // a padded step carries the state: a = 1, b = 0
+        std::copy(prev + j0, prev + j1, out + j0);
+        return;
+      }
+      const scalar_t* kr = k + row * G * H;
+      for (int64_t j = j0; j < j1; j += W) {  // a partial vector at the end: the same arithmetic
+        const int64_t m = std::min<int64_t>(W, j1 - j);
+        Vec kv[G];
+        load_preactivations<G>(kr, bias, H, j, m, kv);
+        const auto v = gate_values<kind>(kv);
+        at::vec::fmadd(v.a, Vec::loadu(prev + j, m), v.b_over_c * v.c).store(out + j, m);
+      }
+    });
+  }
+}
+
+template <typename scalar_t, int64_t kind>
+void gated_backward_lanes(const scalar_t* k, const scalar_t* bias, const scalar_t* h0, const scalar_t* h,
+                          const bool* valid, const scalar_t* gh, int64_t gh_t, int64_t gh_b, scalar_t* dk,
+                          scalar_t* carry, int64_t T, int64_t B, int64_t H, int64_t n0, int64_t n1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size(), G = n_gates<kind>();
+  for (int64_t t = T - 1; t >= 0; --t) {  // carry: a_{t+1} g_{t+1} in, a_t g_t out
+    for_row_segments(n0, n1, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const int64_t row = t * B + b;
+      const scalar_t* prev = t == 0 ? h0 + b * H : h + (row - B) * H;
+      const scalar_t* grad = gh + t * gh_t + b * gh_b;  // dL/dh_t, rows at any strides
+      scalar_t* c = carry + b * H;
+      scalar_t* dkr = dk + row * G * H;
+      if (valid != nullptr && !valid[row]) {  // a = 1, b = 0: g passes through, dL/dk = 0
+        for (int64_t j = j0; j < j1; ++j) c[j] += grad[j];
+        for (int64_t q = 0; q < G; ++q) std::fill(dkr + q * H + j0, dkr + q * H + j1, scalar_t(0));
+        return;
+      }
+      const scalar_t* kr = k + row * G * H;
+      for (int64_t j = j0; j < j1; j += W) {
+        const int64_t m = std::min<int64_t>(W, j1 - j);
+        Vec kv[G];
+        load_preactivations<G>(kr, bias, H, j, m, kv);
+        const auto v = gate_values<kind, true>(kv);
+        const Vec g = Vec::loadu(grad + j, m) + Vec::loadu(c + j, m);
+        const Vec before = Vec::loadu(prev + j, m);
+        if constexpr (kind == SG_MIN_GRU) {  // da/dk_z = -a z, db/dk_z = a z g(k_h)
+          (g * v.a * v.b_over_c * (v.c - before)).store(dkr + j, m);
+        } else {  // dL/dd = g f' i' (h_{t-1} - g(k_h)); dd/dk_f = sigma(-k_f), dd/dk_i = -sigma(-k_i)
+          const Vec dd = g * v.a * v.b_over_c * (before - v.c);
+          (dd * v.s_f).store(dkr + j, m);
+          (dd.neg() * v.s_i).store(dkr + H + j, m);
+        }
+        (g * v.b_over_c * v.dc).store(dkr + (G - 1) * H + j, m);
+        (v.a * g).store(c + j, m);
+      }
+    });
+  }
+}
+
+// The arguments of a gated scan: x (T, B, I), the stacked weight (G*H, I) and bias (G*H) of
+// one dtype (float32/float64), h0 (B, H), valid (T, B) bool or none; block: steps per block.
+struct GatedArgs {
+  at::Tensor x, weight, h0, valid;
+  c10::optional<at::Tensor> bias;
+  int64_t gates, block, T, B, I, H, G;
+};
+
+GatedArgs gated_args(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     const at::Tensor& h0, const c10::optional<at::Tensor>& valid, int64_t gates, int64_t block,
+                     const char* name) {
+  TORCH_CHECK(gates == SG_MIN_GRU || gates == SG_MIN_LSTM, name, ": unknown gates ", gates);
+  const int64_t G = gates == SG_MIN_GRU ? 2 : 3;
+  TORCH_CHECK(x.dim() == 3 && h0.dim() == 2 && weight.dim() == 2 && x.size(1) == h0.size(0) &&
+                  weight.size(0) == G * h0.size(1) && weight.size(1) == x.size(2) && block > 0,
+              name, ": expected x (T, B, I), weight (G*H, I), h0 (B, H) and block > 0");
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK((dtype == at::kFloat || dtype == at::kDouble) && weight.scalar_type() == dtype &&
+                  h0.scalar_type() == dtype && (!bias.has_value() || bias->scalar_type() == dtype),
+              name, ": expected x, weight, bias and h0 of one dtype, float32 or float64");
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == weight.size(0)), name,
+              ": expected bias (G*H)");
+  TORCH_CHECK(!valid.has_value() || (valid->scalar_type() == at::kBool && valid->dim() == 2 &&
+                                     valid->size(0) == x.size(0) && valid->size(1) == x.size(1)),
+              name, ": expected valid (T, B) bool");
+  GatedArgs a;
+  a.x = x.contiguous();
+  a.weight = weight.contiguous();
+  a.bias = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
+  a.h0 = h0.contiguous();
+  a.valid = valid.has_value() ? valid->contiguous() : at::Tensor();
+  a.gates = gates;
+  a.block = block;
+  a.T = x.size(0), a.B = x.size(1), a.I = x.size(2), a.H = h0.size(1), a.G = G;
+  return a;
+}
+
+// x W^T for the steps [t0, t0 + n), into buf (a buffer of at least n*B*G*H numbers); the passes add
+// the bias as they read it (addmm would first copy it into every row).
+at::Tensor block_products(const GatedArgs& a, int64_t t0, int64_t n, at::Tensor& buf) {
+  auto kb = buf.narrow(0, 0, n * a.B);
+  at::mm_out(kb, a.x.narrow(0, t0, n).reshape({n * a.B, a.I}), a.weight.t());
+  return kb;
+}
+
+// Forward: h (T, B, H) of the gated scan over x, a block of steps at a time: the block's
+// pre-activations (one product, kept in cache) then its coefficients and recurrence in one pass.
+at::Tensor gated_scan_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                              const at::Tensor& h0, const c10::optional<at::Tensor>& valid, int64_t gates,
+                              int64_t block) {
+  const auto a = gated_args(x, weight, bias, h0, valid, gates, block, "gated_scan_forward");
+  const int64_t T = a.T, B = a.B, H = a.H;
+  auto h = at::empty({T, B, H}, a.x.options());
+  auto buf = at::empty({std::min(block, T) * B, a.G * H}, a.x.options());
+  const bool* pv = a.valid.defined() ? a.valid.data_ptr<bool>() : nullptr;
+  for (int64_t t0 = 0; t0 < T; t0 += block) {
+    const int64_t n = std::min(block, T - t0);
+    const auto kb = block_products(a, t0, n, buf);
+    AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "gated_scan_forward", [&] {
+      const scalar_t* pk = kb.data_ptr<scalar_t>();
+      const scalar_t* pb = a.bias.has_value() ? a.bias->data_ptr<scalar_t>() : nullptr;
+      scalar_t* ph = h.data_ptr<scalar_t>() + t0 * B * H;
+      const scalar_t* p0 = t0 == 0 ? a.h0.data_ptr<scalar_t>() : ph - B * H;
+      const bool* vb = pv == nullptr ? nullptr : pv + t0 * B;
+      at::parallel_for(0, B * H, kScanLanes, [&](int64_t n0, int64_t n1) {
+        if (gates == SG_MIN_GRU) {
+          gated_forward_lanes<scalar_t, SG_MIN_GRU>(pk, pb, p0, vb, ph, n, B, H, n0, n1);
+        } else {
+          gated_forward_lanes<scalar_t, SG_MIN_LSTM>(pk, pb, p0, vb, ph, n, B, H, n0, n1);
+        }
+      });
+    });
+  }
+  return h;
+}
+
+// Backward, blocks in reverse: the block's pre-activations again (a product is cheaper than
+// keeping k), dL/dk of the block in one pass against time (the carry g passed from block to
+// block), then dL/dx = dk W, dL/dW += dk^T x, dL/db += sum dk for the block. Returns
+// (grad_x, grad_weight, grad_bias, grad_h0); grad_x, grad_weight and grad_bias are undefined where
+// their flag in `need` (x, weight, bias) is false.
+std::vector<at::Tensor> gated_scan_backward(const at::Tensor& x, const at::Tensor& weight,
+                                            const c10::optional<at::Tensor>& bias, const at::Tensor& h0,
+                                            const at::Tensor& h, const c10::optional<at::Tensor>& valid,
+                                            const at::Tensor& grad_h, const at::Tensor& grad_last, int64_t gates,
+                                            int64_t block, std::vector<bool> need) {
+  const auto a = gated_args(x, weight, bias, h0, valid, gates, block, "gated_scan_backward");
+  const int64_t T = a.T, B = a.B, H = a.H, GH = a.G * a.H;
+  TORCH_CHECK(h.dim() == 3 && h.size(0) == T && h.size(1) == B && h.size(2) == H && grad_h.sizes() == h.sizes() &&
+                  grad_last.sizes() == a.h0.sizes() && h.scalar_type() == a.x.scalar_type() &&
+                  grad_h.scalar_type() == a.x.scalar_type() && grad_last.scalar_type() == a.x.scalar_type() &&
+                  need.size() == 3,
+              "gated_scan_backward: expected h, grad_h (T, B, H), grad_last (B, H) of x's dtype, three flags");
+  const auto hc = h.contiguous();
+  auto carry = grad_last.contiguous().clone();  // a_{t+1} g_{t+1}; at the end dL/dh0
+  // dL/dh is read row by row at its own strides; only rows that are not contiguous are copied (a
+  // gradient of sum() is one number expanded: one row of it, expanded again).
+  auto gh = grad_h;
+  if (gh.stride(2) != 1) {
+    gh = gh.stride(0) == 0 && gh.stride(1) == 0 ? gh.select(0, 0).select(0, 0).contiguous().expand({T, B, H})
+                                                : gh.contiguous();
+  }
+  at::Tensor gx, gw, gb;
+  if (need[0]) gx = at::empty_like(a.x);
+  if (need[1]) gw = at::zeros_like(a.weight);
+  if (need[2] && a.bias.has_value()) gb = at::zeros_like(*a.bias);
+  auto buf = at::empty({std::min(block, T) * B, GH}, a.x.options());
+  auto dk_buf = at::empty_like(buf);
+  const bool* pv = a.valid.defined() ? a.valid.data_ptr<bool>() : nullptr;
+  for (int64_t t0 = (T - 1) / block * block; T > 0 && t0 >= 0; t0 -= block) {
+    const int64_t n = std::min(block, T - t0);
+    const auto kb = block_products(a, t0, n, buf);
+    auto dk = dk_buf.narrow(0, 0, n * B);
+    AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "gated_scan_backward", [&] {
+      const scalar_t* ph = hc.data_ptr<scalar_t>() + t0 * B * H;
+      const scalar_t* p0 = t0 == 0 ? a.h0.data_ptr<scalar_t>() : ph - B * H;
+      const bool* vb = pv == nullptr ? nullptr : pv + t0 * B;
+      const scalar_t* pk = kb.data_ptr<scalar_t>();
+      const scalar_t* pb = a.bias.has_value() ? a.bias->data_ptr<scalar_t>() : nullptr;
+      const scalar_t* pg = gh.data_ptr<scalar_t>() + t0 * gh.stride(0);
+      scalar_t* pdk = dk.data_ptr<scalar_t>();
+      scalar_t* pc = carry.data_ptr<scalar_t>();
+      at::parallel_for(0, B * H, kScanLanes, [&](int64_t n0, int64_t n1) {
+        if (gates == SG_MIN_GRU) {
+          gated_backward_lanes<scalar_t, SG_MIN_GRU>(pk, pb, p0, ph, vb, pg, gh.stride(0), gh.stride(1), pdk, pc, n,
+                                                     B, H, n0, n1);
+        } else {
+          gated_backward_lanes<scalar_t, SG_MIN_LSTM>(pk, pb, p0, ph, vb, pg, gh.stride(0), gh.stride(1), pdk, pc, n,
+                                                      B, H, n0, n1);
+        }
+      });
+    });
+    if (gx.defined()) {
+      auto gxb = gx.narrow(0, t0, n).view({n * B, a.I});
+      at::mm_out(gxb, dk, a.weight);
+    }
+    if (gw.defined()) gw.addmm_(dk.t(), a.x.narrow(0, t0, n).reshape({n * B, a.I}));
+    if (gb.defined()) gb.add_(dk.sum(0));
+  }
+  return {gx, gw, gb, carry};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -903,4 +1251,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vector_width", [] { return static_cast<int64_t>(at::vec::Vectorized<float>::size()); },
         "float lanes per vector register in this build");
   m.def("enums", &exported_enums, "the names and values of the enums a plan is written in (see records.py)");
+  m.def("gated_scan_forward", &gated_scan_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("h0"),
+        py::arg("valid"), py::arg("gates"), py::arg("block"),
+        "h (T, B, H) of a scan cell's gating of x W^T + b: product, coefficients and recurrence, a block at a time");
+  m.def("gated_scan_backward", &gated_scan_backward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("h0"),
+        py::arg("h"), py::arg("valid"), py::arg("grad_h"), py::arg("grad_last"), py::arg("gates"), py::arg("block"),
+        py::arg("need"), "(grad_x, grad_weight, grad_bias, grad_h0) of gated_scan_forward, blocks in reverse");
+  m.def("scan_enums", &scan_enums, "the names and values of the scan's gate kinds (see engine/gated_scan.py)");
 }
