@@ -169,21 +169,9 @@ def test_batch_first_reads_strided_inputs_and_gradients(cls, fused):
 
 
 @pytest.mark.parametrize("cls", CELLS)
-def test_second_derivatives(cls, fused):
+def test_second_derivatives(cls, fused, scan_gradchecks):
     fused.block(2, lanes=2 * 2)
-    cell = make(cls, i=2, h=2)
-    x = torch.randn(5, 2, 2, dtype=DT, requires_grad=True)
-    h0 = torch.randn(2, 2, dtype=DT, requires_grad=True)
-    lengths = torch.tensor([3, 5])
-    names = [n for n, _ in cell.named_parameters()]
-
-    def f(x, h0, *weights):
-        with torch.nn.utils.stateless._reparametrize_module(cell, dict(zip(names, weights))):
-            out, final, _ = scan_linear(cell, x, h0, lengths=lengths, reverse=True)
-        return out, final
-    inputs = (x, h0, *(p.detach().clone().requires_grad_() for p in cell.parameters()))
-    assert torch.autograd.gradcheck(f, inputs)
-    assert torch.autograd.gradgradcheck(f, inputs)
+    scan_gradchecks(make(cls, i=2, h=2), reverse=True)
     assert fused.calls > 0
 
 

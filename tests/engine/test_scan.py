@@ -261,22 +261,9 @@ def test_long_float32_sequence_stays_accurate(cls, native, monkeypatch):
 @pytest.mark.parametrize("cls", CELLS)
 @REVERSE
 @pytest.mark.parametrize("splits", [None, (2, 2, False)], ids=["native", "python-chunks-blocks"])
-def test_gradcheck(cls, reverse, splits, split):
+def test_gradcheck(cls, reverse, splits, split, scan_gradchecks):
     split(splits, batch_times_hidden=2 * 2)
-    cell = make(cls, i=2, h=2)
-    x = torch.randn(5, 2, 2, dtype=DT, requires_grad=True)
-    h0 = torch.randn(2, 2, dtype=DT, requires_grad=True)
-    lengths = torch.tensor([3, 5])
-    names = [n for n, _ in cell.named_parameters()]
-
-    def f(x, h0, *weights):
-        p = dict(zip(names, weights))
-        with torch.nn.utils.stateless._reparametrize_module(cell, p):
-            out, final, _ = scan_linear(cell, x, h0, lengths=lengths, reverse=reverse)
-        return out, final
-    inputs = (x, h0, *(p.detach().clone().requires_grad_() for p in cell.parameters()))
-    assert torch.autograd.gradcheck(f, inputs)
-    assert torch.autograd.gradgradcheck(f, inputs)
+    scan_gradchecks(make(cls, i=2, h=2), reverse=reverse)
 
 
 @pytest.mark.parametrize("cls", CELLS)
