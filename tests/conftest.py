@@ -166,32 +166,6 @@ class _TorchlibListedOnce:
         return list(self._listed)
 
 
-def scan_gradchecks(cell: Any, *, reverse: bool) -> None:
-    """gradcheck and gradgradcheck of :func:`~torchcells.engine.scan.scan_linear` over ``cell``
-    (float64, ``input_size = hidden_size = 2``): ``x`` (5, 2, 2), ``h0`` and every parameter, with
-    lengths 3 and 5."""
-    from torchcells.engine.scan import scan_linear
-
-    x = torch.randn(5, 2, 2, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([3, 5])
-    names = [n for n, _ in cell.named_parameters()]
-
-    def f(x, h0, *weights):
-        with torch.nn.utils.stateless._reparametrize_module(cell, dict(zip(names, weights))):
-            out, final, _ = scan_linear(cell, x, h0, lengths=lengths, reverse=reverse)
-        return out, final
-    inputs = (x, h0, *(p.detach().clone().requires_grad_() for p in cell.parameters()))
-    assert torch.autograd.gradcheck(f, inputs)
-    assert torch.autograd.gradgradcheck(f, inputs)
-
-
-@pytest.fixture(name="scan_gradchecks")
-def _scan_gradchecks() -> Callable[..., None]:
-    """``scan_gradchecks(cell, reverse=...)``: :func:`scan_gradchecks`."""
-    return scan_gradchecks
-
-
 @pytest.fixture(scope="session")
 def onnx_table_once():
     """Tests that call ``torch.onnx.export(dynamo=True)`` (or ``torchcells.export_onnx``) use this:

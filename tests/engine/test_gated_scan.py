@@ -22,6 +22,7 @@ from torchcells.engine import gated_scan as gated_module
 from torchcells.engine import unroll
 from torchcells.engine.native import available as native_available, library, notice as native_notice
 from torchcells.engine.scan import scan_linear
+from scan_harness import engine_results, scan_gradchecks
 
 DT = torch.float64
 TOL = {"atol": 1e-12, "rtol": 1e-11}
@@ -54,17 +55,6 @@ def fused(monkeypatch):
 def make(cls, *, dtype=DT, i=I, h=H, bias=True, seed=0):
     torch.manual_seed(seed)
     return cls(i, h, bias=bias, dtype=dtype)
-
-
-def run(engine, cell, x, h0, **kw):
-    """Outputs, final state, states (or None) and the gradients of x, h0 and every parameter."""
-    xx, hh = x.detach().clone().requires_grad_(), h0.detach().clone().requires_grad_()
-    cell.zero_grad()
-    out, final, states = engine(cell, xx, hh, **kw)
-    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
-    loss = (out * weights).sum() + (final ** 2).sum() + (0 if states is None else (states ** 3).sum())
-    loss.backward()
-    return [out, final, states, xx.grad, hh.grad] + [p.grad.clone() for p in cell.parameters()]
 
 
 def assert_same(got, want, tol=TOL):
@@ -103,9 +93,9 @@ def test_fused_scan_equals_the_loop(cls, reverse, lengths, block, all_states, fu
     x = torch.randn(T, B, I, dtype=DT) * 2
     h0 = torch.randn(B, H, dtype=DT) * 3  # negative entries too
     kw = dict(lengths=lengths, reverse=reverse, all_states=all_states)
-    got = run(scan_linear, cell, x, h0, **kw)
+    got = engine_results(scan_linear, cell, x, h0, **kw)
     assert fused.calls == 1
-    assert_same(got, run(unroll, cell, x, h0, **kw))
+    assert_same(got, engine_results(unroll, cell, x, h0, **kw))
     if lengths is not None:
         torch.testing.assert_close(got[1][1], h0[1], rtol=0, atol=0)  # length 0 keeps its state
 
@@ -119,10 +109,10 @@ def test_without_bias_and_with_garbage_in_padded_steps(cls, fused):
     dirty = x.clone()
     for b, n in enumerate(LENGTHS.tolist()):
         dirty[n:, b] = float("nan")
-    got = run(scan_linear, cell, dirty, h0, lengths=LENGTHS, reverse=True)
+    got = engine_results(scan_linear, cell, dirty, h0, lengths=LENGTHS, reverse=True)
     assert fused.calls == 1
     got[3] = got[3].nan_to_num(0.0)  # x's gradient at padded steps: zero where x was NaN
-    assert_same(got, run(unroll, cell, x, h0, lengths=LENGTHS, reverse=True))
+    assert_same(got, engine_results(unroll, cell, x, h0, lengths=LENGTHS, reverse=True))
 
 
 @pytest.mark.parametrize("cls", CELLS)
@@ -169,7 +159,7 @@ def test_batch_first_reads_strided_inputs_and_gradients(cls, fused):
 
 
 @pytest.mark.parametrize("cls", CELLS)
-def test_second_derivatives(cls, fused, scan_gradchecks):
+def test_second_derivatives(cls, fused):
     fused.block(2, lanes=2 * 2)
     scan_gradchecks(make(cls, i=2, h=2), reverse=True)
     assert fused.calls > 0
@@ -186,13 +176,13 @@ def test_float32_far_past_underflow(cls, fused):
     steps = torch.tensor([-120.0, -95.0, -200.0, 3.0, -150.0, 60.0, -90.0, 0.0, -1.0, 40.0])
     x = steps.reshape(-1, 1, 1).expand(-1, 2, 1).contiguous()
     h0 = torch.tensor([[0.5, -0.25, 2.0], [-1.0, 0.0, 0.75]])
-    got = run(scan_linear, cell, x, h0)
+    got = engine_results(scan_linear, cell, x, h0)
     assert fused.calls == 1
     for part in got:
         if part is not None:
             assert torch.isfinite(part).all()
-    loop = run(unroll, cell, x, h0)
-    exact = run(unroll, cell.double(), x.double(), h0.double())  # (the cell itself, now in float64)
+    loop = engine_results(unroll, cell, x, h0)
+    exact = engine_results(unroll, cell.double(), x.double(), h0.double())  # (the cell itself, now in float64)
     for g, lp, e in zip(got, loop, exact):
         if e is None:
             continue
@@ -211,7 +201,7 @@ def test_the_same_at_one_and_two_threads(cls, fused):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(run(scan_linear, cell, x, h0))
+            results.append(engine_results(scan_linear, cell, x, h0))
     finally:
         torch.set_num_threads(threads)
     assert fused.calls == 2

@@ -23,6 +23,7 @@ from torchcells.engine import scan as scan_module
 from torchcells.engine import unroll
 from torchcells.engine.native import available as native_available, notice as native_notice
 from torchcells.engine.scan import scan_linear
+from scan_harness import engine_results, scan_gradchecks
 
 DT = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-10}
@@ -73,13 +74,7 @@ def run_both(cell, x, h0, **kw):
     """Outputs, final state, states and gradients of (x, h0, parameters) from both engines."""
     results = []
     for engine in (scan_linear, unroll):
-        xx, hh = x.detach().clone().requires_grad_(), h0.detach().clone().requires_grad_()
-        cell.zero_grad()
-        out, final, states = engine(cell, xx, hh, **kw)
-        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
-        loss = (out * weights).sum() + (final ** 2).sum() + (0 if states is None else (states ** 3).sum())
-        loss.backward()
-        grads = [xx.grad, hh.grad] + [p.grad.clone() for p in cell.parameters()]
+        out, final, states, *grads = engine_results(engine, cell, x, h0, **kw)
         results.append((out, final, states, grads))
     return results
 
@@ -261,7 +256,7 @@ def test_long_float32_sequence_stays_accurate(cls, native, monkeypatch):
 @pytest.mark.parametrize("cls", CELLS)
 @REVERSE
 @pytest.mark.parametrize("splits", [None, (2, 2, False)], ids=["native", "python-chunks-blocks"])
-def test_gradcheck(cls, reverse, splits, split, scan_gradchecks):
+def test_gradcheck(cls, reverse, splits, split):
     split(splits, batch_times_hidden=2 * 2)
     scan_gradchecks(make(cls, i=2, h=2), reverse=reverse)
 
