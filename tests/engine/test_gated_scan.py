@@ -77,7 +77,7 @@ def test_the_minimal_cells_declare_their_gating():
 
 
 def test_the_gatings_equal_the_runtimes():
-    assert {g.name: g.value for g in gated_module.ScanGates} == library().scan_enums()["ScanGates"]
+    assert {g.name: g.value for g in gated_module.ScanGates} == library().enums()["ScanGates"]
     assert set(ScanGateForm.KINDS) == {g.name.lower() for g in gated_module.ScanGates}
 
 

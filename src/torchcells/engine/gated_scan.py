@@ -24,7 +24,6 @@ scan, so the backward of this pass is itself differentiable.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor
 from ..cell import ScanGateForm, declares
 from .call import Call
 from .native import library
-from .native.records import enum_mismatch
+from .native.records import ScanGates
 
 __all__ = ["BLOCK", "ScanGates", "gated_scan"]
 
@@ -43,13 +42,6 @@ BLOCK = 2 ** 16
 
 #: ``(k, h0) -> (every step's state, the last)``, differentiable: what second derivatives run.
 Reference = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-class ScanGates(IntEnum):
-    """The gatings ``runtime.cpp`` knows (its ``TC_SCAN_GATES``), by :attr:`ScanGateForm.kind`."""
-
-    MIN_GRU = 0
-    MIN_LSTM = 1
 
 
 def gated_scan(call: Call, h0: Tensor,
@@ -95,16 +87,8 @@ def _fits(form: ScanGateForm, x: Tensor, h0: Tensor) -> bool:
 
 
 def _runtime() -> Any:
-    """The native runtime where it has this pass and its gatings equal :class:`ScanGates`, else ``None``."""
-    lib = library()
-    if lib is None or not hasattr(lib, "gated_scan_forward"):
-        return None
-    if "ok" not in _CHECKED:
-        _CHECKED["ok"] = enum_mismatch(lib.scan_enums(), {"ScanGates": ScanGates}) is None
-    return lib if _CHECKED["ok"] else None
-
-
-_CHECKED: dict[str, bool] = {}
+    """The native runtime, or ``None`` (its enums, :class:`ScanGates` among them, are checked as it loads)."""
+    return library()
 
 
 class _GatedScan(torch.autograd.Function):

@@ -95,8 +95,16 @@ class OperandSource(IntEnum):
 
 
 #: The enums shared with runtime.cpp, by the name its ``enums()`` gives them.
+class ScanGates(IntEnum):
+    """The gatings the scan's fused pass knows (``enum ScanGates``), by ``ScanGateForm.kind``
+    (:mod:`torchcells.engine.gated_scan`)."""
+
+    MIN_GRU = 0
+    MIN_LSTM = 1
+
+
 ENUMS: dict[str, type[IntEnum]] = {"Op": Op, "Layout": Layout, "ArgKind": ArgKind, "SavedKind": SavedKind,
-                                   "OperandSource": OperandSource}
+                                   "OperandSource": OperandSource, "ScanGates": ScanGates}
 
 
 def enum_mismatch(exported: Mapping[str, Mapping[str, int]],

@@ -37,6 +37,7 @@ namespace {
   X(TENSOR) X(INT) X(DOUBLE) X(BOOL) X(NONE) X(INTLIST) X(TENSORLIST) X(SCALAR_INT) X(SCALAR_DOUBLE) X(BOOLLIST)
 #define TC_SAVED_KIND(X) X(PER_STEP) X(ONCE) X(STATE_BEFORE) X(STATE_AFTER)
 #define TC_OPERAND_SOURCE(X) X(OWN_BUFFER) X(HOISTED_GRAD) X(SAVED) X(STATE_BEFORE) X(STATE_AFTER)
+#define TC_SCAN_GATES(X) X(MIN_GRU) X(MIN_LSTM)
 
 // Elementwise opcodes of the register machine.
 #define X(name) O_##name,
@@ -57,6 +58,10 @@ enum SavedKind : int64_t { TC_SAVED_KIND(X) };
 // Where an operand of a deferred weight-gradient product lies for all steps.
 #define X(name) OS_##name,
 enum OperandSource : int64_t { TC_OPERAND_SOURCE(X) };
+#undef X
+// The gatings of the scan's fused pass (engine/gated_scan.py).
+#define X(name) SG_##name,
+enum ScanGates : int64_t { TC_SCAN_GATES(X) };
 #undef X
 
 pybind11::dict exported_enums() {
@@ -81,6 +86,9 @@ pybind11::dict exported_enums() {
 #undef X
 #define X(name) d[#name] = static_cast<int64_t>(OS_##name);
   TC_EXPORT(TC_OPERAND_SOURCE, "OperandSource")
+#undef X
+#define X(name) d[#name] = static_cast<int64_t>(SG_##name);
+  TC_EXPORT(TC_SCAN_GATES, "ScanGates")
 #undef X
 #undef TC_EXPORT
   return all;
@@ -813,19 +821,6 @@ std::vector<at::Tensor> linear_scan_backward(const at::Tensor& log_a, const at::
 // e = exp(-|v|), minLSTM's normalized gates without the 0/0 where both gates underflow) and with one
 // division per lane group (min_gru_gates, min_lstm_gates). Lanes split over threads as in
 // linear_scan_forward; each lane's arithmetic is its own, whichever lanes share its vector.
-#define TC_SCAN_GATES(X) X(MIN_GRU) X(MIN_LSTM)
-#define X(name) SG_##name,
-enum ScanGates : int64_t { TC_SCAN_GATES(X) };
-#undef X
-
-pybind11::dict scan_enums() {
-  pybind11::dict all, d;
-#define X(name) d[#name] = static_cast<int64_t>(SG_##name);
-  TC_SCAN_GATES(X)
-#undef X
-  all["ScanGates"] = d;
-  return all;
-}
 
 // One step's coefficients (a, b) of a lane group and what the backward needs of them.
 template <typename Vec>
@@ -1257,5 +1252,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_scan_backward", &gated_scan_backward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("h0"),
         py::arg("h"), py::arg("valid"), py::arg("grad_h"), py::arg("grad_last"), py::arg("gates"), py::arg("block"),
         py::arg("need"), "(grad_x, grad_weight, grad_bias, grad_h0) of gated_scan_forward, blocks in reverse");
-  m.def("scan_enums", &scan_enums, "the names and values of the scan's gate kinds (see engine/gated_scan.py)");
 }
