@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m torchcells demo
 
+# One worker per CPU (at most 8; tests/conftest.py shares the CPUs' threads among them).
+# A single process: make test PYTEST_WORKERS=0
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses 8
 
 # The documentation site (MkDocs + Material + mkdocstrings) into site/; warnings are errors.
 docs: $(STAMP)

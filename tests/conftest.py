@@ -38,6 +38,22 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=200, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def _threads_per_worker() -> int:
+    """Intra-op threads for one pytest-xdist worker: the CPUs this process may use, shared out.
+
+    ``make test`` runs the suite in one worker per CPU (``-n auto``); each worker left at
+    torch's default (every CPU) would oversubscribe the machine, and torch's parallel regions
+    then wait on each other. Tests that are about thread counts set their own
+    (``tests/engine/test_threads.py``, the scans' and the fused drivers' thread tests).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(_threads_per_worker())
+
 # One place for the tolerances every parity test uses. float64 comparisons are
 # between mathematically identical computations that may only differ in the order
 # of floating-point sums; float32 ones between different kernels at float32 precision.

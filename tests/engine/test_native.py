@@ -221,6 +221,39 @@ def test_large_float32_products_run_on_packed_weights_and_equal_the_loop(name):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["user-lstm", "gru"])
+def test_groups_split_over_threads_equal_the_loop_at_one_two_and_three_threads(name):
+    """A fused group is split over threads above 4096 elements a step (here every group: B=64
+    rows of at least H=128 columns): values and gradients, float64, whatever the intra-op
+    thread count (make test's workers run at one thread each on a 2-CPU machine)."""
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.unroll import unroll
+
+    torch.manual_seed(0)
+    cell = (UserLSTMCell(8, 128) if name == "user-lstm" else tc.GRUCell(8, 128)).double()
+    x = torch.randn(6, 64, 8, dtype=torch.float64)
+    state = cell.init_state(64, dtype=torch.float64)
+    weights = torch.linspace(-1, 1, 128, dtype=torch.float64)
+
+    def results(path):
+        cell.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = path(cell, xx, state)[0]
+        (out * weights).sum().backward()
+        return [out.detach(), xx.grad, *[p.grad.clone() for p in cell.parameters()]]
+
+    want = results(unroll)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got = results(lambda *a: run_fused(*a, native=True))
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10, msg=lambda m: f"{threads} threads: {m}")
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_values_computed_once_per_sequence_follow_the_weights_between_sequences():
     """Run-once calls are cached per sequence: a weight changed between two calls is seen."""
     from torchcells.engine.fused import run_fused
