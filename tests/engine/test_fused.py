@@ -204,8 +204,9 @@ def test_fused_equals_loop_float32(name, runtime):
     cell = make(name, torch.float32)
     x = torch.randn(T, B, I)
     state = random_state(cell, torch.float32)
-    want, want_grads = run_and_grad(unroll, cell, x, state, lengths=LENGTHS, reverse=True)
-    got, got_grads = run_and_grad(fused_path(runtime), cell, x, state, lengths=LENGTHS, reverse=True)
+    kw = dict(lengths=LENGTHS, reverse=True, all_states=True)
+    want, want_grads = run_and_grad(unroll, cell, x, state, **kw)
+    got, got_grads = run_and_grad(fused_path(runtime), cell, x, state, **kw)
     for g, w in zip(got + got_grads, want + want_grads):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 

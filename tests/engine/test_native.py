@@ -22,7 +22,7 @@ from torchcells.engine.derive import fused_program
 from torchcells.engine.executors.native import native_plan
 from torchcells.engine.native import available, library, notice
 from torchcells.engine.native.plan import plan_graph
-from torchcells.engine.native.records import CallBlock, FusedBlock, OperandSource
+from torchcells.engine.native.records import CallBlock, FusedBlock, OperandSource, Packing, ProductBlock
 
 pytestmark = pytest.mark.skipif(not available(), reason=f"native runtime not built here: {notice()}")
 
@@ -121,8 +121,13 @@ def test_lstm_step_plans_to_one_product_and_one_fused_group():
     assert sum(isinstance(b, FusedBlock) for b in fw.blocks) == 1 and fw.n_calls <= 2
     fw_calls = [b for b in fw.blocks if isinstance(b, CallBlock)]
     bw_calls = [b for b in bw.blocks if isinstance(b, CallBlock)]
-    # h W_hhᵀ alone: the group adds the hoisted input part as it reads the gates
-    assert fw_calls[0].op == "aten::mm"
+    # h W_hhᵀ alone, first: the group adds the hoisted input part as it reads the gates; on W_hh's
+    # column blocks where this torch has the batch-reduce GEMM, else an aten::mm
+    first = fw.blocks[0]
+    if plan.packing is Packing.BLOCKS:
+        assert isinstance(first, ProductBlock) and first.cols == 4 * 8 and plan.fw_packed and plan.bw_packed
+    else:
+        assert isinstance(first, CallBlock) and first.op == "aten::mm"
     assert not any("split" in b.op for b in fw_calls)
     assert not any(b.op == "aten::cat" for b in bw_calls)
     # what reads per-sequence values only (the weights' transposes) runs once, not once per step
@@ -194,31 +199,58 @@ def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(m
     assert build.library() is None  # no second warning, no second build attempt
 
 
+@pytest.mark.parametrize("sizes", [(32, 16, 256), (5, 7, 37)], ids=["B32-H256", "B5-I7-H37"])
+@pytest.mark.parametrize("packing", list(Packing), ids=lambda p: p.name.lower())
 @pytest.mark.parametrize("name", ["user-lstm", "gru"])
-def test_large_float32_products_run_on_packed_weights_and_equal_the_loop(name):
+def test_float32_products_on_packed_weights_equal_the_loop(name, packing, sizes, monkeypatch):
+    """Per-step products on a weight laid out once per sequence: MKL's packed copy (large products
+    only) or column blocks for torch's batch-reduce GEMM (every size; 4·37 columns leave the last
+    block padded). Forward with and without grad, and every gradient, against the loop."""
+    from collections import OrderedDict
+
+    from torchcells.engine import derive
     from torchcells.engine.fused import run_fused
-    from torchcells.engine.native.plan import _mkl_packing
+    from torchcells.engine.native import plan as planner
     from torchcells.engine.unroll import unroll
 
-    if not _mkl_packing():
+    if packing is Packing.MKL and not planner._mkl_packing():
         pytest.skip("torch was built without MKL: products run unpacked")
+    if packing is Packing.BLOCKS and not library().has_blocked_products():
+        pytest.skip("this torch has no float32 batch-reduce GEMM")
+    monkeypatch.setattr(planner, "product_packing", lambda: packing)
+    monkeypatch.setattr(derive, "_CACHE", OrderedDict())  # plans made before kept their packing
+    batch, inputs, hidden = sizes
     torch.manual_seed(0)
-    cell = UserLSTMCell(16, 256) if name == "user-lstm" else tc.GRUCell(16, 256)
-    x = torch.randn(4, 32, 16)
-    state = cell.init_state(32)
-    kernels = fused_program(cell, x[0], state, masked=False)
-    plan = native_plan(kernels)
-    calls = [b.op for p in (plan.forward, plan.backward) for b in p.blocks if isinstance(b, CallBlock)]
-    assert calls.count("mkl::_mkl_linear") == 2  # h W_hhᵀ forward, δ W_hh backward
-    results = []
-    for path in (unroll, lambda *a: run_fused(*a, native=True)):
+    cell = UserLSTMCell(inputs, hidden) if name == "user-lstm" else tc.GRUCell(inputs, hidden)
+    x = torch.randn(4, batch, inputs)
+    state = cell.init_state(batch)
+    plan = native_plan(fused_program(cell, x[0], state, masked=False))
+    assert plan.packing is packing
+    blocks = [b for p in (plan.forward, plan.backward, plan.inference) for b in p.blocks]
+    n_packed = (sum(isinstance(b, ProductBlock) for b in blocks) if packing is Packing.BLOCKS
+                else sum(isinstance(b, CallBlock) and b.op == "mkl::_mkl_linear" for b in blocks))
+    large = batch * hidden * 4 * hidden >= 2_000_000
+    # h W_hhᵀ forward (training and inference programs), δ W_hh backward
+    assert n_packed == (3 if packing is Packing.BLOCKS or large else 0)
+
+    def results(path):
         cell.zero_grad()
         xx = x.clone().requires_grad_()
+        with torch.no_grad():
+            quiet = path(cell, x, state)[0]
         out = path(cell, xx, state)[0]
         (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-        results.append([out.detach(), xx.grad, *[p.grad for p in cell.parameters()]])
-    for got, want in zip(*results[::-1]):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+        return [quiet, out.detach(), xx.grad, *[p.grad.clone() for p in cell.parameters()]]
+
+    want = results(unroll)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):  # the blocks of a product are shared out over threads
+            torch.set_num_threads(threads)
+            for got, w in zip(results(lambda *a: run_fused(*a, native=True)), want):
+                torch.testing.assert_close(got, w, atol=2e-5, rtol=1e-4, msg=lambda m: f"{threads} threads: {m}")
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", ["user-lstm", "gru"])

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..native import build
-from ..native.records import NativePlan
+from ..native.records import NativePlan, Packing
 from ..native.sequence import run_backward, run_forward
 from .base import SequenceInputs, SequenceNode, SequenceOutputs, Trained
 
@@ -88,8 +88,7 @@ class NativeExecutor:
         kernels = inputs.kernels
         plan = _plan(kernels)
         state = [s.contiguous() for s in inputs.state]
-        # one contiguous copy of each per-sequence value (a transposed weight): faster products
-        consts = [c.contiguous() for c in inputs.consts]
+        consts = _contiguous_consts(plan, inputs.consts)
         ys, final, history, saved = run_forward(build.library(), plan, kernels.n_outputs, inputs.hoisted, state,
                                                 consts, inputs.valid, inputs.steps, save=True)
         memo = _Memo(kernels, plan, [(h.shape, h.dtype) for h in inputs.hoisted], [s is not None for s in saved],
@@ -118,11 +117,20 @@ class NativeExecutor:
         return [*result[:n_h + n_s], *d_consts]
 
     def infer(self, inputs: SequenceInputs, want_states: bool) -> SequenceOutputs:
+        plan = _plan(inputs.kernels)
         state = [s.contiguous() for s in inputs.state]
-        consts = [c.contiguous() for c in inputs.consts]
-        ys, final, history, _ = run_forward(build.library(), _plan(inputs.kernels), inputs.kernels.n_outputs,
-                                            inputs.hoisted, state, consts, inputs.valid, inputs.steps, save=False)
+        ys, final, history, _ = run_forward(build.library(), plan, inputs.kernels.n_outputs, inputs.hoisted, state,
+                                            _contiguous_consts(plan, inputs.consts), inputs.valid, inputs.steps,
+                                            save=False)
         return SequenceOutputs(ys, final, [h[1:] for h in history] if want_states else None)
+
+
+def _contiguous_consts(plan: NativePlan, consts: Sequence[Tensor]) -> list[Tensor]:
+    """The per-sequence values as the drivers take them: one contiguous copy of each (a transposed
+    weight: faster products and views), except a weight whose products run on its column blocks
+    (made from it directly, one copy; what else reads it reads views)."""
+    blocked = set(plan.fw_packed) if plan.packing is Packing.BLOCKS else set()
+    return [c if i in blocked else c.contiguous() for i, c in enumerate(consts)]
 
 
 def _plan(kernels: "FusedKernels") -> NativePlan:

@@ -11,7 +11,10 @@ Every node of the graph becomes either
   read in place), rows broadcast over ``R``, per-row values, or scalars. A ``cat``
   of group results along the last dimension is written in place by the group.
 * a **call**: any other aten operation (``addmm``, ``mm``, ``sum``, views),
-  called from C++ through the dispatcher with its arguments encoded here.
+  called from C++ through the dispatcher with its arguments encoded here;
+* a **product** of a per-step float32 ``A`` by a per-sequence ``W``, on a copy of ``W``
+  made once per sequence (:class:`~.records.Packing`): its column blocks, run by
+  torch's batch-reduce GEMM (a :class:`~.records.ProductBlock`), or MKL's packed form.
 
 A graph is planned by :class:`_Planner` in passes (blocks, folded cats, splits read
 in place, slots, encoding); each group is encoded by :class:`_GroupEncoder`. The
@@ -28,11 +31,12 @@ import torch
 from torch import fx
 
 from .records import (Alloc, ArgKind, Block, CallArg, CallBlock, DeferredPair, FusedBlock, GroupInput, GroupOutput,
-                      Instr, Layout, NativePlan, Op, Operand, OperandSource, ProgramSpec, SavedKind, SavedPlace)
+                      Instr, Layout, NativePlan, Op, Operand, OperandSource, PACKED_INPUTS, PRODUCT_BLOCK_COLS,
+                      Packing, ProductBlock, ProgramSpec, SavedKind, SavedPlace)
 
 aten = torch.ops.aten
 
-__all__ = ["NotNative", "plan_graph", "plan_step"]
+__all__ = ["NotNative", "plan_graph", "plan_step", "product_packing"]
 
 
 class NotNative(Exception):
@@ -164,14 +168,15 @@ class _Group:
 
 def plan_graph(graph: fx.Graph, input_alias: Optional[list[int]] = None,
                outputs: Optional[list] = None, packed: Optional[list[fx.Node]] = None,
-               per_sequence: Optional[set] = None) -> ProgramSpec:
+               per_sequence: Optional[set] = None, packing: Packing = Packing.MKL) -> ProgramSpec:
     """Plan ``graph`` (aten targets); ``input_alias[i]`` is the input slot placeholder ``i`` reads;
     ``outputs`` replaces the graph's own output list. ``packed``: placeholders ``B`` (per-sequence
-    ``[K, N]`` right operands of per-step products) whose MKL-packed form and ``Bᵀ`` come as two
-    extra inputs each, after the graph's own: ``mm(A, B)`` then runs on the packed weights.
+    ``[K, N]`` right operands of per-step products) whose copy laid out as ``packing`` says comes as
+    extra inputs after the graph's own (MKL: its packed form and ``Bᵀ``; BLOCKS: its column blocks):
+    ``mm(A, B)`` then runs on that copy.
     ``per_sequence``: placeholders that hold the same value at every step; a call that reads only
     those (or what such calls made) is marked to run once per sequence, not once per step."""
-    return _Planner(graph, input_alias, outputs, packed, per_sequence).plan()
+    return _Planner(graph, input_alias, outputs, packed, per_sequence, packing).plan()
 
 
 class _Planner:
@@ -179,14 +184,17 @@ class _Planner:
     slots, then the encoded program."""
 
     def __init__(self, graph: fx.Graph, input_alias: Optional[list[int]], outputs: Optional[list],
-                 packed: Optional[list[fx.Node]], per_sequence: Optional[set]) -> None:
+                 packed: Optional[list[fx.Node]], per_sequence: Optional[set], packing: Packing) -> None:
         self.graph = graph
         self.placeholders = _placeholders(graph)
         self.alias = input_alias if input_alias is not None else list(range(len(self.placeholders)))
         n_inputs = max(self.alias) + 1 if self.alias else 0
-        # per packed weight: the slots of its MKL-packed copy and of its transpose
-        self.pack_slots = {b: (n_inputs + 2 * k, n_inputs + 2 * k + 1) for k, b in enumerate(packed or [])}
-        self.n_inputs = n_inputs + 2 * len(self.pack_slots)
+        # per packed weight, the slots of its copy: (MKL-packed, transpose) or (column blocks,)
+        self.packing = packing
+        width = PACKED_INPUTS[packing]
+        self.pack_slots = {b: tuple(range(n_inputs + width * k, n_inputs + width * (k + 1)))
+                           for k, b in enumerate(packed or [])}
+        self.n_inputs = n_inputs + width * len(self.pack_slots)
         self.output_node = _output_node(graph)
         self.outputs = outputs
         # with an output list of its own: a group writes only values read outside it or listed there
@@ -342,9 +350,11 @@ class _Planner:
             return self._mm_call(a, w, b)
         return _encode_call(b, self.slot)
 
-    def _mm_call(self, a: fx.Node, w: fx.Node, node: fx.Node) -> CallBlock:
-        """``A @ W`` into ``node``'s slot: on MKL's packed copy of ``W`` where the planner was given one."""
+    def _mm_call(self, a: fx.Node, w: fx.Node, node: fx.Node) -> Union[CallBlock, ProductBlock]:
+        """``A @ W`` into ``node``'s slot: on the packed copy of ``W`` where the planner was given one."""
         out = self.slot[node]
+        if w in self.pack_slots and self.packing is Packing.BLOCKS:
+            return ProductBlock(self.slot[a], self.pack_slots[w][0], out, int(_val(w).shape[1]), PRODUCT_BLOCK_COLS)
         if w in self.pack_slots:
             mkl_w, orig = self.pack_slots[w]
             return CallBlock("mkl::_mkl_linear", "", [CallArg(ArgKind.TENSOR, self.slot[a]), CallArg(ArgKind.TENSOR, mkl_w),
@@ -553,9 +563,12 @@ def _encode_arg(v: Any, scalar: bool, slot: dict) -> Optional[CallArg]:
 
 
 def plan_step(fw: fx.Graph, bw: fx.Graph, *, n_outputs: int, n_hoisted: int, n_state: int,
-              n_const: int) -> NativePlan:
+              n_const: int, packing: Optional[Packing] = None) -> NativePlan:
     """Plan a derived step (aten targets): forward ``(*args) -> (*outs, *saved)`` and backward
-    ``(*saved, *tangents) -> (*grads, *deferred operand pairs)``; raises :class:`NotNative`."""
+    ``(*saved, *tangents) -> (*grads, *deferred operand pairs)``; raises :class:`NotNative`.
+    ``packing``: how per-step float32 products' per-sequence weights are laid out (``None``: the
+    best this torch offers, :func:`product_packing`)."""
+    packing = product_packing() if packing is None else packing
     results = list(_args(_output_node(fw))[0])
     outs, saved = results[:n_outputs], results[n_outputs:]
     placeholders = _placeholders(fw)
@@ -568,22 +581,22 @@ def plan_step(fw: fx.Graph, bw: fx.Graph, *, n_outputs: int, n_hoisted: int, n_s
         alias.append(index_of.setdefault(node, len(index_of)))
     unique = list(index_of)
     places = _saved_places(fw, unique, outs, n_hoisted, n_state, const_nodes)
-    fw_packed = _packable(fw, lambda n: n in const_nodes)
-    fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed, per_sequence=const_nodes)
-    inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes)
+    fw_packed = _packable(fw, lambda n: n in const_nodes, packing)
+    fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed, per_sequence=const_nodes, packing=packing)
+    inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes, packing=packing)
     bw_placeholders = _placeholders(bw)
     n_tangents = len(bw_placeholders) - len(saved)
     once = {p for i, p in enumerate(bw_placeholders[:len(saved)]) if places[alias[i]].kind == SavedKind.ONCE}
-    bw_packed = _packable(bw, lambda n: n in once)
+    bw_packed = _packable(bw, lambda n: n in once, packing)
     bw_spec = plan_graph(bw, alias + [len(unique) + k for k in range(n_tangents)], packed=bw_packed,
-                         per_sequence=once)
+                         per_sequence=once, packing=packing)
     y_alias = -1
     if outs and isinstance(outs[0], fx.Node):
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
     return NativePlan(fw_spec, bw_spec, inference, places, y_alias,
                       _deferred_pairs(bw_spec, len(placeholders), n_hoisted, places),
                       [placeholders.index(n) - n_hoisted - n_state for n in fw_packed],
-                      [alias[bw_placeholders.index(n)] for n in bw_packed])
+                      [alias[bw_placeholders.index(n)] for n in bw_packed], packing)
 
 
 def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: int, n_state: int,
@@ -617,12 +630,23 @@ def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: in
 # pays from about B=32, H=256 (measured: -20 % a product); smaller ones are slower packed.
 _PACK_MIN_MACS = 2_000_000
 
+def product_packing() -> Packing:
+    """BLOCKS where the native runtime was built with torch's float32 batch-reduce GEMM
+    (``at::native::cpublas::brgemm``): measured 10-50 % faster than MKL's ``sgemm`` (packed or not) on
+    the per-step products from B=8, H=128 to B=32, H=256, about even at B=64, H=512. Else MKL."""
+    from . import build
 
-def _packable(graph: fx.Graph, per_sequence: Callable[[fx.Node], bool]) -> list[fx.Node]:
+    lib = build.library()
+    return Packing.BLOCKS if lib is not None and lib.has_blocked_products() else Packing.MKL
+
+
+def _packable(graph: fx.Graph, per_sequence: Callable[[fx.Node], bool], packing: Packing) -> list[fx.Node]:
     """Placeholders ``W`` (per sequence: ``per_sequence(W)``) that are the right operand of a
-    float32 ``mm``/``addmm`` in ``graph`` large enough to gain from MKL's packed weights."""
-    if not _mkl_packing():
+    float32 ``mm``/``addmm`` in ``graph``: any size for column blocks, for MKL's packing those
+    large enough to gain from it."""
+    if packing is Packing.MKL and not _mkl_packing():
         return []
+    min_macs = _PACK_MIN_MACS if packing is Packing.MKL else 0
     found: list[fx.Node] = []
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
@@ -635,7 +659,7 @@ def _packable(graph: fx.Graph, per_sequence: Callable[[fx.Node], bool]) -> list[
         if (va is None or vw is None or va.dim() != 2 or vw.dim() != 2 or vw.dtype != torch.float32
                 or va.dtype != torch.float32):
             continue
-        if va.shape[0] * vw.shape[0] * vw.shape[1] >= _PACK_MIN_MACS:
+        if va.shape[0] * vw.shape[0] * vw.shape[1] >= min_macs:
             found.append(w)
     return found
 

@@ -6,9 +6,10 @@ Numbers the C++ side interprets are ``IntEnum`` members here and enums in
 (:func:`.build.library`) does not use a build whose table differs.
 
 A program is a list of blocks over a table of tensor slots: a :class:`CallBlock`
-(one aten operator called through the dispatcher) or a :class:`FusedBlock` (a group
+(one aten operator called through the dispatcher), a :class:`FusedBlock` (a group
 of elementwise operations over one ``[rows, cols]`` domain, run in vector
-registers). :class:`NativePlan` holds the three programs of one derived step and
+registers) or a :class:`ProductBlock` (a per-step product on a weight laid out in
+column blocks once per sequence, run by torch's batch-reduce GEMM). :class:`NativePlan` holds the three programs of one derived step and
 where the drivers find the values the backward reads.
 """
 
@@ -19,8 +20,8 @@ from enum import IntEnum
 from typing import Any, Mapping, Optional, Union
 
 __all__ = ["Alloc", "ArgKind", "Block", "CallArg", "CallBlock", "DeferredPair", "ENUMS", "FusedBlock", "GroupInput",
-           "GroupOutput", "Instr", "Layout", "NativePlan", "Op", "Operand", "OperandSource", "ProgramSpec",
-           "SavedKind", "SavedPlace", "enum_mismatch"]
+           "GroupOutput", "Instr", "Layout", "NativePlan", "Op", "Operand", "OperandSource", "PACKED_INPUTS",
+           "PRODUCT_BLOCK_COLS", "Packing", "ProductBlock", "ProgramSpec", "SavedKind", "SavedPlace", "enum_mismatch"]
 
 
 class Op(IntEnum):
@@ -95,6 +96,23 @@ class OperandSource(IntEnum):
 
 
 #: The enums shared with runtime.cpp, by the name its ``enums()`` gives them.
+class Packing(IntEnum):
+    """How the per-sequence right operands ``W`` (``[K, N]``) of per-step float32 products are laid out
+    once per sequence (Python-side only: the runtime reads the blocks a plan names)."""
+
+    MKL = 0     # MKL's packed copy of ``Wᵀ`` and ``Wᵀ`` itself (two inputs): ``mkl::_mkl_linear``
+    BLOCKS = 1  # ``W``'s columns in blocks (one input): a :class:`ProductBlock`
+
+
+#: Columns of ``W`` per block for :data:`Packing.BLOCKS` (a block of ``K`` rows stays in cache
+#: while the batch-reduce GEMM runs on it; 64 measured best or within noise of 32 and 128 from
+#: B=8, H=128 to B=64, H=512, forward and backward shapes).
+PRODUCT_BLOCK_COLS = 64
+
+#: Extra program inputs per packed weight, by packing.
+PACKED_INPUTS = {Packing.MKL: 2, Packing.BLOCKS: 1}
+
+
 class ScanGates(IntEnum):
     """The gatings the scan's fused pass knows (``enum ScanGates``), by ``ScanGateForm.kind``
     (:mod:`torchcells.engine.gated_scan`)."""
@@ -225,7 +243,28 @@ class FusedBlock:
                           allocs=[[a.slot, a.rows, a.cols] for a in self.allocs], n_regs=self.n_regs)
 
 
-Block = Union[CallBlock, FusedBlock]
+@dataclass
+class ProductBlock:
+    """``out = A @ W`` for a per-step ``A`` (``[M, K]``, float32) and a per-sequence ``W`` (``[K, cols]``)
+    held in slot ``blocks`` as its columns in blocks of ``block_cols`` (``[ceil(cols / block_cols), K,
+    block_cols]``, the last block padded), laid out once per sequence (:data:`Packing.BLOCKS`): one
+    batch-reduce GEMM call a block, the blocks shared out over threads."""
+
+    a: int
+    blocks: int
+    out: int
+    cols: int
+    block_cols: int
+
+    def reads(self) -> list[int]:
+        """The slots this product reads."""
+        return [self.a, self.blocks]
+
+    def add_to(self, program: Any) -> None:
+        program.add_product(a=self.a, blocks=self.blocks, out=self.out, cols=self.cols, block_cols=self.block_cols)
+
+
+Block = Union[CallBlock, FusedBlock, ProductBlock]
 
 
 @dataclass
@@ -286,8 +325,9 @@ class NativePlan:
     saved: list[SavedPlace]        # one per saved value, in the forward's order
     y_alias: int                   # the state leaf the forward's y is (its history is the output), or -1
     deferred: list[DeferredPair]   # one per deferred product, in const order
-    fw_packed: list[int] = field(default_factory=list)  # consts whose MKL-packed copy the forward reads
+    fw_packed: list[int] = field(default_factory=list)  # consts whose packed copy the forward reads
     bw_packed: list[int] = field(default_factory=list)  # once-saved values whose packed copy the backward reads
+    packing: Packing = Packing.MKL                      # how those copies are laid out
 
     def __post_init__(self) -> None:
         # what the drivers take, as plain ints (made once, not per call)

@@ -3,8 +3,12 @@
 // A program is a list of instructions over a table of tensor slots, planned in
 // Python from the derived forward/backward graphs (engine/native/plan.py, in the
 // records of engine/native/records.py, whose IntEnums mirror the enums below):
-//   * CALL   -- any aten operator, called through the dispatcher (boxed); per-step products
-//               on large float32 weights call mkl::_mkl_linear on weights packed once;
+//   * CALL   -- any aten operator, called through the dispatcher (boxed); where torch has no
+//               float32 batch-reduce GEMM, per-step products on large float32 weights call
+//               mkl::_mkl_linear on weights packed once;
+//   * PRODUCT -- a per-step float32 product A @ W on W laid out once per sequence in column
+//               blocks: one call of torch's batch-reduce GEMM (at::native::cpublas::brgemm)
+//               a block, the blocks shared out over threads;
 //   * FUSED  -- a group of elementwise operations over one 2-D domain [R, C],
 //               evaluated tile by tile in vector registers (at::vec), reading its
 //               inputs from strided views and writing only the values used
@@ -17,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <cmath>
 #include <type_traits>
@@ -137,10 +142,27 @@ struct Fused {
   int64_t n_regs;
 };
 
+// out = A @ W, W laid out as [ceil(cols / block_cols), K, block_cols] (records.ProductBlock).
+struct Product {
+  int64_t a, blocks, out, cols, block_cols;
+};
+
+enum class StepKind { call, fused, product };
+
 struct Step {
-  bool fused;
+  StepKind kind;
   size_t index;
 };
+
+// Multiply-adds a task of a product gets at least when its blocks are shared out over threads
+// (smaller products run on one: a parallel region costs more than it saves).
+constexpr int64_t kProductGrainMacs = int64_t(1) << 17;
+
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+constexpr bool kBlockedProducts = true;
+#else
+constexpr bool kBlockedProducts = false;
+#endif
 
 constexpr int64_t TILE = 128;
 // Elements per task when a fused group is split over threads (smaller groups run on one).
@@ -279,7 +301,7 @@ class Program {
       a.list = lists[k];
       call.args.push_back(std::move(a));
     }
-    steps_.push_back({false, calls_.size()});
+    steps_.push_back({StepKind::call, calls_.size()});
     calls_.push_back(std::move(call));
   }
 
@@ -295,8 +317,15 @@ class Program {
     }
     for (const auto& v : outputs) f.outputs.push_back({v[0], v[1], v[2], v[3]});
     for (const auto& v : allocs) f.allocs.emplace_back(v[0], std::vector<int64_t>(v.begin() + 1, v.end()));
-    steps_.push_back({true, fused_.size()});
+    steps_.push_back({StepKind::fused, fused_.size()});
     fused_.push_back(std::move(f));
+  }
+
+  void add_product(int64_t a, int64_t blocks, int64_t out, int64_t cols, int64_t block_cols) {
+    TORCH_CHECK(kBlockedProducts, "torchcells native: this build has no batch-reduce GEMM for blocked products");
+    TORCH_CHECK(cols > 0 && block_cols > 0, "torchcells native: a product needs cols > 0 and block_cols > 0");
+    steps_.push_back({StepKind::product, products_.size()});
+    products_.push_back({a, blocks, out, cols, block_cols});
   }
 
   // Runs the program on `inputs` (slots 0..n-1); `dest[k]`, when defined, is where output k goes.
@@ -317,8 +346,12 @@ class Program {
     }
     const bool reuse = once != nullptr && once->filled;
     for (const Step& s : steps_) {
-      if (s.fused) {
+      if (s.kind == StepKind::fused) {
         run_fused(fused_[s.index], slots, preset);
+        continue;
+      }
+      if (s.kind == StepKind::product) {
+        run_product(products_[s.index], slots, preset);
         continue;
       }
       const Call& call = calls_[s.index];
@@ -397,6 +430,47 @@ class Program {
     }
   }
 
+  static void run_product(const Product& p, std::vector<at::Tensor>& slots, const std::vector<at::Tensor>& preset) {
+    at::Tensor a = slots[p.a];
+    const at::Tensor& w = slots[p.blocks];
+    const int64_t N = p.cols, nb = p.block_cols;
+    TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kFloat, "torchcells native: a blocked product takes a 2-D "
+                "float32 left operand, got ", a.dim(), "-D ", a.scalar_type());
+    const int64_t M = a.size(0), K = a.size(1), n_blocks = (N + nb - 1) / nb;
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 3 && w.is_contiguous() && w.size(0) == n_blocks &&
+                    w.size(1) == K && w.size(2) == nb,
+                "torchcells native: a blocked product's weight should be [", n_blocks, ", ", K, ", ", nb,
+                "] float32 and contiguous, got ", w.sizes(), " ", w.scalar_type());
+    if (a.stride(1) != 1 || a.stride(0) < K) a = a.contiguous();
+    const at::Tensor& dest = preset[p.out];
+    const bool in_place = dest.defined() && dest.is_contiguous() && dest.scalar_type() == at::kFloat &&
+                          dest.dim() == 2 && dest.size(0) == M && dest.size(1) == N;
+    at::Tensor c = in_place ? dest : at::empty({M, N}, a.options());
+    if (M > 0 && K == 0) c.zero_();
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+    if (M > 0 && K > 0) {
+      const float* pa = a.data_ptr<float>();
+      const float* pw = w.data_ptr<float>();
+      float* pc = c.data_ptr<float>();
+      const int64_t lda = a.stride(0);
+      const int64_t grain = std::max<int64_t>(1, kProductGrainMacs / std::max<int64_t>(1, M * K * nb));
+      at::parallel_for(0, n_blocks, grain, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t n = std::min(nb, N - j * nb);
+          at::native::cpublas::brgemm(M, n, K, lda, nb, N, false, pa, pw + j * K * nb, pc + j * nb, false);
+        }
+        at::native::cpublas::brgemm_release(false);
+      });
+    }
+#endif
+    if (dest.defined() && !in_place) {
+      dest.copy_(c);
+      slots[p.out] = dest;
+    } else {
+      slots[p.out] = c;
+    }
+  }
+
   static void run_fused(const Fused& f, std::vector<at::Tensor>& slots, const std::vector<at::Tensor>& preset) {
     const size_t n_in = f.inputs.size();
     at::ScalarType dtype = at::ScalarType::Undefined;
@@ -462,6 +536,7 @@ class Program {
   std::vector<Step> steps_;
   std::vector<Call> calls_;
   std::vector<Fused> fused_;
+  std::vector<Product> products_;
 };
 
 // What forward_sequence reads: one struct with named fields, filled by sequence.py.
@@ -1155,7 +1230,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("doubles"), py::arg("lists"), py::arg("outs"), py::arg("once"))
       .def("add_fused", &Program::add_fused, py::arg("rows"), py::arg("cols"), py::arg("inputs"), py::arg("code"),
            py::arg("imms"), py::arg("outputs"), py::arg("allocs"), py::arg("n_regs"))
+      .def("add_product", &Program::add_product, py::arg("a"), py::arg("blocks"), py::arg("out"), py::arg("cols"),
+           py::arg("block_cols"))
       .def("run", &Program::run);
+  m.def("has_blocked_products", [] { return kBlockedProducts; },
+        "whether this build runs per-step float32 products on column blocks (torch's batch-reduce GEMM)");
   // The structs are made with every field named (one conversion, as cheap as positional
   // arguments); their fields stay readable and writable from Python.
   py::class_<ForwardRun>(m, "ForwardRun")

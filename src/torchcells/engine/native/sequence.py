@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .records import NativePlan
+from .records import PRODUCT_BLOCK_COLS, NativePlan, Packing
 
-__all__ = ["PRODUCT_ROWS", "run_backward", "run_forward", "packed_weights"]
+__all__ = ["PRODUCT_ROWS", "column_blocks", "run_backward", "run_forward", "packed_weights"]
 
 #: Rows per product for deferred weight-gradient operands collected step by step.
 PRODUCT_ROWS = 1024
@@ -30,7 +30,8 @@ def run_forward(lib: Any, plan: NativePlan, n_outputs: int, hoisted: list[Tensor
     """The forward over all steps (``state`` and ``consts`` contiguous): ``(ys, final leaves, histories
     [T+1, ...], saved)``; with ``save=False`` the inference program runs and nothing is saved."""
     run = lib.ForwardRun(hoisted=hoisted, state=state, consts=consts, valid=valid,
-                         extras=packed_weights([consts[i] for i in plan.fw_packed], hoisted, state),
+                         extras=packed_weights([consts[i] for i in plan.fw_packed], hoisted, state,
+                                               packing=plan.packing),
                          steps=steps, n_outputs=n_outputs, y_alias=plan.y_alias,
                          saved_kind=plan.saved_kinds if save else [], saved_index=plan.saved_indices if save else [])
     program = plan.forward if save else plan.inference
@@ -50,16 +51,21 @@ def run_backward(lib: Any, plan: NativePlan, kernels: Any, saved: list[Optional[
                           zero_like=zero_like, n_consts=kernels.program.n_const, n_grads=kernels.n_grads,
                           transposed=[kernels.transposed[k] for k in order], operand_source=plan.operand_sources,
                           operand_index=plan.operand_indices, steps=steps, chunk_rows=PRODUCT_ROWS,
-                          extras=packed_weights([saved[j] for j in plan.bw_packed], [], history, batch=batch))
+                          extras=packed_weights([saved[j] for j in plan.bw_packed], [], history, batch=batch,
+                                                packing=plan.packing))
     return lib.backward_sequence(plan.backward.build(lib), run)
 
 
 def packed_weights(operands: list, hoisted: list[Tensor], state: list[Tensor], *,
-                   batch: Optional[int] = None) -> list[Tensor]:
-    """For each per-sequence right operand ``W`` (``[K, N]``) of a per-step product: MKL's packed
-    copy of ``Wᵀ`` for ``batch`` rows, and ``Wᵀ`` itself (what ``mkl::_mkl_linear`` takes)."""
+                   batch: Optional[int] = None, packing: Packing = Packing.MKL) -> list[Tensor]:
+    """For each per-sequence right operand ``W`` (``[K, N]``) of a per-step product, its copy for the
+    sequence: with ``Packing.BLOCKS`` its columns in blocks (``[ceil(N / nb), K, nb]``, the last
+    block padded with zeros; what a :class:`~.records.ProductBlock` reads); with ``Packing.MKL``
+    MKL's packed copy of ``Wᵀ`` for ``batch`` rows, and ``Wᵀ`` itself (what ``mkl::_mkl_linear`` takes)."""
     if not operands:
         return []
+    if packing is Packing.BLOCKS:
+        return [column_blocks(w, PRODUCT_BLOCK_COLS) for w in operands]
     if batch is None:
         batch = (hoisted[0].shape[1] if hoisted else state[0].shape[0])
     extras: list[Tensor] = []
@@ -67,3 +73,15 @@ def packed_weights(operands: list, hoisted: list[Tensor], state: list[Tensor], *
         weight = w.t().contiguous()
         extras += [torch.ops.mkl._mkl_reorder_linear_weight(weight, batch), weight]
     return extras
+
+
+def column_blocks(w: Tensor, block_cols: int) -> Tensor:
+    """``w`` (``[K, N]``) as ``[ceil(N / block_cols), K, block_cols]``: block ``j`` holds columns
+    ``j·block_cols ...``, each block contiguous; the last one padded with zeros."""
+    k, n = w.shape
+    blocks = -(-n // block_cols)
+    if blocks * block_cols != n:
+        w = torch.nn.functional.pad(w, (0, blocks * block_cols - n))
+    out = torch.empty(blocks, k, block_cols, dtype=w.dtype, device=w.device)
+    out.permute(1, 0, 2).copy_(w.unflatten(1, (blocks, block_cols)))  # one copy, from any strides
+    return out
