@@ -32,14 +32,23 @@ def test_the_light_trace_records_what_make_fx_records_forward_and_backward():
 
 def test_a_first_fused_call_on_the_cpu_imports_no_compiler_stack():
     """Nor sympy (torch's symbolic shapes, which ``autograd.grad``'s checks import): together
-    about a second of a first call."""
+    about a second of a first call. Where the native runtime is built, loading it imports neither
+    ``torch.utils.cpp_extension`` nor setuptools (0.1 s) either."""
+    from torchcells.engine.native import available
+
+    heavy = ("torch._dynamo", "torch._inductor", "sympy", "torch.utils.cpp_extension", "setuptools")
     code = ("import sys, torch, torchcells as tc; from fixture_cells import UserLSTMCell; "
+            "from torchcells.engine.native import available; "
             "layer = tc.Recurrent(UserLSTMCell(3, 4), engine='fused'); "
             "layer(torch.randn(5, 2, 3, requires_grad=True))[0].sum().backward(); "
-            "print(*(m in sys.modules for m in ('torch._dynamo', 'torch._inductor', 'sympy')))")
+            f"print(available(), *(m in sys.modules for m in {heavy!r}))")
     tests = __file__.rsplit("/graph/", 1)[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, check=True)
-    assert out.stdout.split() == ["False", "False", "False"], out.stderr[-2000:]
+    built, *imported = out.stdout.split()
+    assert built == str(available()), out.stderr[-2000:]
+    # without a build, loading tries one: cpp_extension (and setuptools) are then imported by design
+    expected = ["False"] * (len(heavy) if available() else 3)
+    assert imported[:len(expected)] == expected, (dict(zip(heavy, imported)), out.stderr[-2000:])
 
 
 def test_a_data_dependent_step_is_left_to_make_fx():

@@ -110,7 +110,10 @@ def _load(name: str, **options: Any) -> Any:
     cached build is loaded only if it matches the checksum recorded when it was last
     loaded, or -- when there is none -- if a separate process loaded it; otherwise it is
     deleted and built again."""
-    from torch.utils import cpp_extension
+    built = _cached_build(name)
+    if built is not None and damaged(built) is None:
+        return _import(name, built)
+    from torch.utils import cpp_extension  # imports setuptools (~0.1 s): only where a build may run
 
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = folder / f"{name}.so"
@@ -131,6 +134,30 @@ def _load(name: str, **options: Any) -> Any:
             from ...files import write_atomic
             write_atomic(_checksum_file(built), _checksum(built))
     return lib
+
+
+def _cached_build(name: str) -> Optional[Path]:
+    """The cached build ``name``, found without importing ``torch.utils.cpp_extension`` (and with it
+    setuptools): where that module puts it for a CPU build -- ``$TORCH_EXTENSIONS_DIR/name``, else
+    ``<torch's user cache>/torch_extensions/py<version>_cpu/name``. ``None`` if it is not there; the
+    caller then asks ``cpp_extension`` itself, so a different layout in another torch costs that
+    import, never a rebuild."""
+    import torch
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        if torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None:
+            return None
+        try:
+            from torch import _appdirs
+
+            cache = os.path.realpath(_appdirs.user_cache_dir(appname="torch_extensions"))
+        except (ImportError, AttributeError, TypeError):  # a torch without it: ask cpp_extension
+            return None
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(cache, f"{python}_cpu")
+    built = Path(root) / name / f"{name}.so"
+    return built if built.exists() else None
 
 
 def _import(name: str, built: Path) -> Any:

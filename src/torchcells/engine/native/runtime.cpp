@@ -199,7 +199,12 @@ struct Machine {
     const int64_t C = f.cols;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, C));
     at::parallel_for(0, f.rows, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<scalar_t> regs_store(static_cast<size_t>(f.n_regs * TILE) + 64);
+      // the registers: one buffer per thread, kept between groups and steps (no allocation and
+      // no zeroing per group): every element a result is stored from is written before it is
+      // read; lanes past a tile's end hold what an earlier tile left, are computed and dropped
+      thread_local std::vector<scalar_t> regs_store;
+      const size_t need = static_cast<size_t>(f.n_regs * TILE) + 64;
+      if (regs_store.size() < need) regs_store.resize(need);
       scalar_t* base = regs_store.data();
       auto reg = [&](int64_t k) { return base + k * TILE; };
       for (int64_t r = r0; r < r1; ++r) {
