@@ -630,10 +630,18 @@ def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: in
 # pays from about B=32, H=256 (measured: -20 % a product); smaller ones are slower packed.
 _PACK_MIN_MACS = 2_000_000
 
+# Per-step products at least this large run on column blocks; smaller ones stay plain ``aten::mm``
+# calls. Measured in the whole layer against plain ``mm`` at B=8, H=128 (0.5 M multiply-adds a
+# product): even at 1 thread (0.99-1.01×), 1-2 % slower at 2 threads (the blocks' parallel region
+# costs about what splitting a 7 µs product saves); from B=32, H=256 (8 M) on, 4 % faster.
+_BLOCKS_MIN_MACS = 1_000_000
+
+
 def product_packing() -> Packing:
     """BLOCKS where the native runtime was built with torch's float32 batch-reduce GEMM
-    (``at::native::cpublas::brgemm``): measured 10-50 % faster than MKL's ``sgemm`` (packed or not) on
-    the per-step products from B=8, H=128 to B=32, H=256, about even at B=64, H=512. Else MKL."""
+    (``at::native::cpublas::brgemm``): measured alone 10-50 % faster than MKL's ``sgemm`` (packed or
+    not) on the per-step products from B=8, H=128 to B=32, H=256, about even at B=64, H=512; in the
+    whole layer 4 % faster at B=32 (see :data:`_BLOCKS_MIN_MACS` for small ones). Else MKL."""
     from . import build
 
     lib = build.library()
@@ -642,11 +650,10 @@ def product_packing() -> Packing:
 
 def _packable(graph: fx.Graph, per_sequence: Callable[[fx.Node], bool], packing: Packing) -> list[fx.Node]:
     """Placeholders ``W`` (per sequence: ``per_sequence(W)``) that are the right operand of a
-    float32 ``mm``/``addmm`` in ``graph``: any size for column blocks, for MKL's packing those
-    large enough to gain from it."""
+    float32 ``mm``/``addmm`` in ``graph`` large enough to gain from ``packing``."""
     if packing is Packing.MKL and not _mkl_packing():
         return []
-    min_macs = _PACK_MIN_MACS if packing is Packing.MKL else 0
+    min_macs = _PACK_MIN_MACS if packing is Packing.MKL else _BLOCKS_MIN_MACS
     found: list[fx.Node] = []
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
