@@ -67,6 +67,27 @@ def test_quick_run_has_every_goal_row_at_both_thread_counts_and_the_cpu():
     assert "- ISA: " in text and "- vendor: " in text and "--quick" in text
 
 
+def test_the_native_runtime_is_loaded_before_any_child_runs(monkeypatch):
+    """Its one-time build, where there is none yet, is not timed inside a child's first-call row."""
+    import subprocess
+
+    import torchcells.engine.native as native
+    from torchcells.bench import run_matrix
+
+    order: list[str] = []
+
+    def load() -> None:
+        order.append("library")
+        raise LookupError("stop here")
+
+    monkeypatch.setattr(native, "library", load)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: order.append("child"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: order.append("child"))
+    with pytest.raises(LookupError, match="stop here"):
+        run_matrix(1, progress=False)
+    assert order == ["library"]
+
+
 def test_plan_runs_every_allocator_and_thread_count_in_its_own_process():
     full = plan(quick=False)
     assert [(p.allocator.name, p.threads) for p in full] == [(a.name, (t,)) for a in ALLOCATORS for t in (1, 2)]

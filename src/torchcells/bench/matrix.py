@@ -142,6 +142,11 @@ def run_matrix(runs: int = 9, *, quick: bool = False, threads: Sequence[int] = T
     (whose times mean nothing) -- and merge their rows."""
     if runs < 1:
         raise ValueError(f"torchcells bench: runs should be at least 1, got {runs}")
+    # the native runtime's one-time build (where it is not built yet) happens here, untimed, not
+    # inside a child's first-call row
+    from ..engine.native import library
+
+    library()
     plans = plan(quick, threads, allocators)
     with tempfile.TemporaryDirectory(prefix="torchcells-bench-") as folder:
         outs = [str(Path(folder) / f"run{n}.json") for n in range(len(plans))]
