@@ -133,7 +133,7 @@ class SequenceNode(torch.autograd.Function):
         if torch.is_grad_enabled():  # autograd runs a backward with grad on only for create_graph=True
             from .second_order import differentiable_grads
             kernels, valid, steps, n_hoisted, n_saved, n_in = ctx.shape
-            rest = ctx.saved_tensors[n_saved:]
+            rest = _saved_tensors(ctx)[n_saved:]
             n_const = n_in - n_hoisted - n_s
             grads = differentiable_grads(kernels, ctx.device_type, valid, steps, list(rest[:n_s]),
                                          list(rest[n_s:n_s + n_const]), list(rest[n_s + n_const:]), d_ys, d_final,
@@ -145,7 +145,29 @@ class SequenceNode(torch.autograd.Function):
     @staticmethod
     def _first_order(ctx, d_ys: Optional[Tensor], d_final: list, d_states: list) -> list[Optional[Tensor]]:
         n_saved = ctx.shape[4]
-        return ctx.executor.backward(ctx.memo, ctx.saved_tensors[:n_saved], d_ys, d_final, d_states)
+        return ctx.executor.backward(ctx.memo, _saved_tensors(ctx)[:n_saved], d_ys, d_final, d_states)
+
+
+#: what torch says when a tensor saved for a backward changed in place after it was saved: the
+#: usual message, or -- for a view made without grad, as the Python loop's are -- another one
+_CHANGED_IN_PLACE = ("modified by an inplace operation", "has been modified inplace")
+
+
+def _saved_tensors(ctx: Any) -> tuple[Tensor, ...]:
+    """``ctx.saved_tensors``; a value changed in place since the forward (a weight an optimizer
+    step or ``p.mul_()`` changed before ``backward()``) is refused in the same words on every
+    executor, with torch's message after them."""
+    try:
+        return ctx.saved_tensors
+    except RuntimeError as e:
+        if not any(m in str(e) for m in _CHANGED_IN_PLACE):
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        raise RuntimeError(
+            "torchcells: a value the backward of a recurrent layer reads (a weight, a state or what the "
+            "input part made) was modified by an inplace operation after the forward ran -- an optimizer "
+            "step, p.mul_() or p.copy_() between forward and backward? Call backward() before changing it. "
+            f"torch says: {first}") from e
 
 
 def run_with_grad(executor: Executor, inputs: SequenceInputs, want_states: bool) -> SequenceOutputs:
