@@ -9,6 +9,7 @@ training frames' mean and deviation. The metric is the held-out accuracy (chance
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,11 +31,12 @@ def load_vowels(split: str) -> Split:
     except (OSError, ValueError) as e:
         raise TaskError(f"the Japanese vowels data is missing from the installed sktime ({e}); "
                         f"nothing is downloaded: reinstall sktime") from None
-    series = [[frame.iloc[i, j].to_numpy() for j in range(frame.shape[1])] for i in range(len(frame))]
-    lengths = torch.tensor([len(s[0]) for s in series], dtype=torch.int64)
+    cells = frame.to_numpy()  # one pandas Series (one coefficient over time) per utterance and column
+    series = [np.stack([cells[i, j].to_numpy() for j in range(cells.shape[1])], axis=1) for i in range(len(cells))]
+    lengths = torch.tensor([len(s) for s in series], dtype=torch.int64)
     inputs = torch.zeros(len(series), int(lengths.max()), FEATURES)
     for i, s in enumerate(series):
-        inputs[i, :lengths[i]] = torch.tensor(list(zip(*s)), dtype=torch.float32)
+        inputs[i, :lengths[i]] = torch.from_numpy(s.astype(np.float32))
     targets = torch.tensor([int(label) - 1 for label in labels], dtype=torch.int64)
     return Split(inputs, targets, lengths)
 
