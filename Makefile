@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m torchcells demo
 
-# One worker per CPU (at most 8; tests/conftest.py shares the CPUs' threads among them).
-# A single process: make test PYTEST_WORKERS=0
-PYTEST_WORKERS ?= auto
+# One pytest-xdist worker per CPU this process may use (nproc: its affinity; at most 8), each with its
+# share of the CPUs as torch's threads (tests/conftest.py). One process: make test PYTEST_WORKERS=0
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 8 ] && n=8; echo $$n)
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses 8
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The documentation site (MkDocs + Material + mkdocstrings) into site/; warnings are errors.
 docs: $(STAMP)

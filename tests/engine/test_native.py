@@ -250,6 +250,79 @@ def test_float32_products_on_packed_weights_equal_the_loop(name, packing, sizes,
         torch.set_num_threads(before)
 
 
+def test_a_blocked_product_equals_mm_for_any_left_operand_and_place():
+    """The product block run directly: strided, transposed, broadcast and empty left operands, a
+    padded last block, and preset places that are not contiguous or that share memory with A (the
+    GEMM then writes elsewhere first)."""
+    from torchcells.engine.native.sequence import column_blocks
+
+    lib = library()
+    if lib is None or not lib.has_blocked_products():
+        pytest.skip("no native runtime with the batch-reduce GEMM")
+
+    def product(a, w, dest=None):
+        program = lib.Program(3, [2])
+        program.add_product(a=0, blocks=1, out=2, cols=w.shape[1], block_cols=64)
+        return program.run([a, column_blocks(w, 64)], [] if dest is None else [dest])[0]
+
+    torch.manual_seed(0)
+    k, n = 100, 150
+    w = torch.randn(k, n)
+    lefts = [torch.randn(7, k), torch.randn(k, 1).t(), torch.randn(k).expand(1, k), torch.randn(7, 2 * k)[:, 5:5 + k],
+             torch.randn(7, 2 * k)[:, ::2], torch.randn(1, k).expand(5, k), torch.randn(0, k), torch.randn(k, 6).t()]
+    for a in lefts:
+        torch.testing.assert_close(product(a, w), a @ w, atol=1e-4, rtol=1e-5, msg=lambda m: f"{a.stride()}: {m}")
+    square = torch.randn(k, k)
+    a = torch.randn(6, k)
+    want = a @ square
+    torch.testing.assert_close(product(a, square, dest=a), want, atol=1e-4, rtol=1e-5)  # dest is A
+    torch.testing.assert_close(a, want, atol=1e-4, rtol=1e-5)                          # ... and holds the result
+    dest = torch.empty(n, 7).t()
+    a = torch.randn(7, k)
+    product(a, w, dest=dest)
+    torch.testing.assert_close(dest, a @ w, atol=1e-4, rtol=1e-5)
+
+
+def test_a_weight_no_block_reads_is_not_laid_out(monkeypatch):
+    """``h @ W`` added to a per-step value is planned as one ``addmm`` call: its weight gets no column
+    blocks (none would read them) and stays among the per-sequence values copied contiguous."""
+    from collections import OrderedDict
+
+    from torchcells.engine import derive
+    from torchcells.engine.native import plan as planner
+
+    if library() is None or not library().has_blocked_products():
+        pytest.skip("no native runtime with the batch-reduce GEMM")
+    monkeypatch.setattr(planner, "_BLOCKS_MIN_MACS", 0)
+    monkeypatch.setattr(derive, "_CACHE", OrderedDict())
+
+    class Added(tc.Cell):
+        def __init__(self) -> None:
+            super().__init__(8, 16)
+            self.U = torch.nn.Parameter(torch.randn(8, 16) / 4)
+            self.W = torch.nn.Parameter(torch.randn(16, 16) / 4)
+
+        def init_state(self, batch, **kw):
+            return torch.zeros(batch, 16, **kw)
+
+        def forward(self, x, h):
+            h = torch.tanh(x @ self.U + h @ self.W)
+            return h, h
+
+    cell = Added()
+    x = torch.randn(5, 4, 8)
+    plan = native_plan(fused_program(cell, x[0], cell.init_state(4), masked=False))
+    for program, packed in ((plan.forward, plan.fw_packed), (plan.backward, plan.bw_packed)):
+        read = {r for b in program.blocks for r in (b.reads() if not isinstance(b, FusedBlock)
+                                                    else [i.slot for i in b.inputs])}
+        first = program.n_inputs - len(packed)
+        assert all(first + k in read for k in range(len(packed))), (packed, program.blocks)
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.unroll import unroll
+    torch.testing.assert_close(run_fused(cell, x, cell.init_state(4), native=True)[0],
+                               unroll(cell, x, cell.init_state(4))[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["user-lstm", "gru"])
 def test_groups_split_over_threads_equal_the_loop_at_one_two_and_three_threads(name):
     """A fused group is split over threads above 4096 elements a step (here every group: B=64

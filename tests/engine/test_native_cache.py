@@ -58,6 +58,35 @@ def test_a_damaged_build_without_a_checksum_is_refused_by_the_probe(tmp_path):
     assert not (tmp_path / (copy.name + ".sha256")).exists()
 
 
+def test_a_damaged_cached_build_is_probed_once_before_the_lock_and_once_under_it(monkeypatch, tmp_path):
+    """Each probe is a process (up to minutes for a library that hangs as it loads): the light lookup
+    and cpp_extension's find the same file, which is probed once before the build lock, and once
+    more under it (another process may have rebuilt it meanwhile)."""
+    name = "torchcells_native_probe_count"
+    folder = tmp_path / "py_cpu" / name
+    folder.mkdir(parents=True)
+    damaged_copy = folder / f"{name}.so"
+    damaged_copy.write_bytes(built_runtime().read_bytes()[:4096])
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "py_cpu"))
+    probes: list[Path] = []
+    real = build.damaged
+
+    def counted(path: Path):
+        probes.append(path)
+        return real(path)
+
+    def no_build(*args, **kwargs):
+        raise RuntimeError("no build in this test")
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(build, "damaged", counted)
+    monkeypatch.setattr(cpp_extension, "load", no_build)
+    with pytest.warns(RuntimeWarning, match="unusable"), pytest.raises(RuntimeError, match="no build in this test"):
+        build._load(name)
+    assert probes == [damaged_copy, damaged_copy]
+
+
 def object_reusing_compiler(folder: Path, sound_build: Path, stderrs: list[Path]) -> Path:
     """A ``g++`` for ``CXX`` that answers the compile step of ``runtime.cpp`` with the object file of
     ``sound_build`` -- made from the same source, flags and torch, which is what the build's name

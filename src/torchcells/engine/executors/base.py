@@ -155,8 +155,9 @@ _CHANGED_IN_PLACE = ("modified by an inplace operation", "has been modified inpl
 
 def _saved_tensors(ctx: Any) -> tuple[Tensor, ...]:
     """``ctx.saved_tensors``; a value changed in place since the forward (a weight an optimizer
-    step or ``p.mul_()`` changed before ``backward()``) is refused in the same words on every
-    executor, with torch's message after them."""
+    step or ``p.mul_()`` changed before ``backward()``, or an output changed in place: the native
+    executor's outputs are views of what it saved) is refused in the same words on every executor,
+    with torch's message after them."""
     try:
         return ctx.saved_tensors
     except RuntimeError as e:
@@ -164,9 +165,10 @@ def _saved_tensors(ctx: Any) -> tuple[Tensor, ...]:
             raise
         first = (str(e).splitlines() or [""])[0]
         raise RuntimeError(
-            "torchcells: a value the backward of a recurrent layer reads (a weight, a state or what the "
-            "input part made) was modified by an inplace operation after the forward ran -- an optimizer "
-            "step, p.mul_() or p.copy_() between forward and backward? Call backward() before changing it. "
+            "torchcells: a value the backward of a recurrent layer reads (a weight, a state, one of the "
+            "layer's outputs, or what its input part made) was modified by an inplace operation after the "
+            "forward ran -- an optimizer step or p.mul_() on a weight, or an in-place change to an output, "
+            "between forward and backward? Call backward() before changing it. "
             f"torch says: {first}") from e
 
 

@@ -110,14 +110,14 @@ def _load(name: str, **options: Any) -> Any:
     cached build is loaded only if it matches the checksum recorded when it was last
     loaded, or -- when there is none -- if a separate process loaded it; otherwise it is
     deleted and built again."""
-    built = _cached_build(name)
-    if built is not None and damaged(built) is None:
-        return _import(name, built)
+    probed = _cached_build(name)
+    if probed is not None and damaged(probed) is None:
+        return _import(name, probed)
     from torch.utils import cpp_extension  # imports setuptools (~0.1 s): only where a build may run
 
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = folder / f"{name}.so"
-    if built.exists() and damaged(built) is None:
+    if built.exists() and built != probed and damaged(built) is None:  # each probe is a process: once here
         return _import(name, built)
     with _build_lock(folder.with_name(folder.name + ".lock")):
         if built.exists():  # built by the process this one waited for, or damaged

@@ -581,15 +581,14 @@ def plan_step(fw: fx.Graph, bw: fx.Graph, *, n_outputs: int, n_hoisted: int, n_s
         alias.append(index_of.setdefault(node, len(index_of)))
     unique = list(index_of)
     places = _saved_places(fw, unique, outs, n_hoisted, n_state, const_nodes)
-    fw_packed = _packable(fw, lambda n: n in const_nodes, packing)
-    fw_spec = plan_graph(fw, outputs=outs + unique, packed=fw_packed, per_sequence=const_nodes, packing=packing)
+    fw_spec, fw_packed = _planned(fw, _packable(fw, lambda n: n in const_nodes, packing), packing,
+                                  outputs=outs + unique, per_sequence=const_nodes)
     inference = plan_graph(fw, outputs=outs, packed=fw_packed, per_sequence=const_nodes, packing=packing)
     bw_placeholders = _placeholders(bw)
     n_tangents = len(bw_placeholders) - len(saved)
     once = {p for i, p in enumerate(bw_placeholders[:len(saved)]) if places[alias[i]].kind == SavedKind.ONCE}
-    bw_packed = _packable(bw, lambda n: n in once, packing)
-    bw_spec = plan_graph(bw, alias + [len(unique) + k for k in range(n_tangents)], packed=bw_packed,
-                         per_sequence=once, packing=packing)
+    bw_spec, bw_packed = _planned(bw, _packable(bw, lambda n: n in once, packing), packing,
+                                  input_alias=alias + [len(unique) + k for k in range(n_tangents)], per_sequence=once)
     y_alias = -1
     if outs and isinstance(outs[0], fx.Node):
         y_alias = next((s for s, o in enumerate(outs[1:]) if o is outs[0]), -1)
@@ -597,6 +596,26 @@ def plan_step(fw: fx.Graph, bw: fx.Graph, *, n_outputs: int, n_hoisted: int, n_s
                       _deferred_pairs(bw_spec, len(placeholders), n_hoisted, places),
                       [placeholders.index(n) - n_hoisted - n_state for n in fw_packed],
                       [alias[bw_placeholders.index(n)] for n in bw_packed], packing)
+
+
+def _planned(graph: fx.Graph, packed: list[fx.Node], packing: Packing, **options: Any) -> tuple[ProgramSpec,
+                                                                                                list[fx.Node]]:
+    """``plan_graph`` with the weights ``packed``, keeping only those a block of the program reads (a
+    weight whose product the planner wrote as a plain call -- an ``addmm`` adding a per-step value --
+    is neither laid out for nothing every call nor left uncopied); ``(program, weights kept)``."""
+    spec = plan_graph(graph, packed=packed, packing=packing, **options)
+    width = PACKED_INPUTS[packing]
+    first = spec.n_inputs - width * len(packed)
+    read = {r for block in spec.blocks for r in _reads(block)}
+    used = [w for k, w in enumerate(packed) if any(first + width * k + i in read for i in range(width))]
+    if len(used) == len(packed):
+        return spec, packed
+    return plan_graph(graph, packed=used, packing=packing, **options), used
+
+
+def _reads(block: Block) -> list[int]:
+    """The slots a block reads."""
+    return [i.slot for i in block.inputs] if isinstance(block, FusedBlock) else block.reads()
 
 
 def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: int, n_state: int,

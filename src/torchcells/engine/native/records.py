@@ -95,7 +95,6 @@ class OperandSource(IntEnum):
     STATE_AFTER = 4   # the same, after each step
 
 
-#: The enums shared with runtime.cpp, by the name its ``enums()`` gives them.
 class Packing(IntEnum):
     """How the per-sequence right operands ``W`` (``[K, N]``) of per-step float32 products are laid out
     once per sequence (Python-side only: the runtime reads the blocks a plan names)."""
@@ -121,6 +120,7 @@ class ScanGates(IntEnum):
     MIN_LSTM = 1
 
 
+#: The enums shared with runtime.cpp, by the name its ``enums()`` gives them.
 ENUMS: dict[str, type[IntEnum]] = {"Op": Op, "Layout": Layout, "ArgKind": ArgKind, "SavedKind": SavedKind,
                                    "OperandSource": OperandSource, "ScanGates": ScanGates}
 

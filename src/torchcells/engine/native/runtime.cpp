@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <cmath>
@@ -448,8 +449,11 @@ class Program {
                 "] float32 and contiguous, got ", w.sizes(), " ", w.scalar_type());
     if (a.stride(1) != 1 || a.stride(0) < K) a = a.contiguous();
     const at::Tensor& dest = preset[p.out];
+    // into the preset place when it is laid out as the product is and shares no memory with A
+    // (the GEMM reads A while it writes; the drivers never pass such places, a direct run might)
     const bool in_place = dest.defined() && dest.is_contiguous() && dest.scalar_type() == at::kFloat &&
-                          dest.dim() == 2 && dest.size(0) == M && dest.size(1) == N;
+                          dest.dim() == 2 && dest.size(0) == M && dest.size(1) == N &&
+                          at::get_overlap_status(a, dest) == at::MemOverlapStatus::No;
     at::Tensor c = in_place ? dest : at::empty({M, N}, a.options());
     if (M > 0 && K == 0) c.zero_();
 #ifdef CPUBLAS_BRGEMM_F32F32F32
