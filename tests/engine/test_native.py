@@ -195,6 +195,32 @@ def test_a_failed_build_warns_once_in_one_line_and_the_fused_engine_still_runs(m
     assert build.library() is None  # no second warning, no second build attempt
 
 
+def native_equals_loop_at_threads(cell, x, state, *, atol: float, rtol: float) -> None:
+    """The native fused path against the loop at 1, 2 and 3 intra-op threads: the output without
+    and with grad, the input's and every parameter's gradient."""
+    from torchcells.engine.fused import run_fused
+    from torchcells.engine.unroll import unroll
+
+    def results(path):
+        cell.zero_grad()
+        xx = x.clone().requires_grad_()
+        with torch.no_grad():
+            quiet = path(cell, x, state)[0]
+        out = path(cell, xx, state)[0]
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+        return [quiet, out.detach(), xx.grad, *[p.grad.clone() for p in cell.parameters()]]
+
+    want = results(unroll)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            for got, w in zip(results(lambda *a: run_fused(*a, native=True)), want):
+                torch.testing.assert_close(got, w, atol=atol, rtol=rtol, msg=lambda m: f"{threads} threads: {m}")
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("sizes", [(32, 16, 256), (5, 7, 37)], ids=["B32-H256", "B5-I7-H37"])
 @pytest.mark.parametrize("packing", list(Packing), ids=lambda p: p.name.lower())
 @pytest.mark.parametrize("name", ["user-lstm", "gru"])
@@ -205,9 +231,7 @@ def test_float32_products_on_packed_weights_equal_the_loop(name, packing, sizes,
     from collections import OrderedDict
 
     from torchcells.engine import derive
-    from torchcells.engine.fused import run_fused
     from torchcells.engine.native import plan as planner
-    from torchcells.engine.unroll import unroll
 
     if packing is Packing.MKL and not planner._mkl_packing():
         pytest.skip("torch was built without MKL: products run unpacked")
@@ -229,25 +253,7 @@ def test_float32_products_on_packed_weights_equal_the_loop(name, packing, sizes,
     large = batch * hidden * 4 * hidden >= 2_000_000
     # h W_hhᵀ forward (training and inference programs), δ W_hh backward
     assert n_packed == (3 if packing is Packing.BLOCKS or large else 0)
-
-    def results(path):
-        cell.zero_grad()
-        xx = x.clone().requires_grad_()
-        with torch.no_grad():
-            quiet = path(cell, x, state)[0]
-        out = path(cell, xx, state)[0]
-        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-        return [quiet, out.detach(), xx.grad, *[p.grad.clone() for p in cell.parameters()]]
-
-    want = results(unroll)
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):  # the blocks of a product are shared out over threads
-            torch.set_num_threads(threads)
-            for got, w in zip(results(lambda *a: run_fused(*a, native=True)), want):
-                torch.testing.assert_close(got, w, atol=2e-5, rtol=1e-4, msg=lambda m: f"{threads} threads: {m}")
-    finally:
-        torch.set_num_threads(before)
+    native_equals_loop_at_threads(cell, x, state, atol=2e-5, rtol=1e-4)  # blocks shared out over threads
 
 
 def test_a_blocked_product_equals_mm_for_any_left_operand_and_place():
@@ -313,8 +319,7 @@ def test_a_weight_no_block_reads_is_not_laid_out(monkeypatch):
     x = torch.randn(5, 4, 8)
     plan = native_plan(fused_program(cell, x[0], cell.init_state(4), masked=False))
     for program, packed in ((plan.forward, plan.fw_packed), (plan.backward, plan.bw_packed)):
-        read = {r for b in program.blocks for r in (b.reads() if not isinstance(b, FusedBlock)
-                                                    else [i.slot for i in b.inputs])}
+        read = {r for b in program.blocks for r in b.reads()}
         first = program.n_inputs - len(packed)
         assert all(first + k in read for k in range(len(packed))), (packed, program.blocks)
     from torchcells.engine.fused import run_fused
@@ -328,32 +333,11 @@ def test_groups_split_over_threads_equal_the_loop_at_one_two_and_three_threads(n
     """A fused group is split over threads above 4096 elements a step (here every group: B=64
     rows of at least H=128 columns): values and gradients, float64, whatever the intra-op
     thread count (make test's workers run at one thread each on a 2-CPU machine)."""
-    from torchcells.engine.fused import run_fused
-    from torchcells.engine.unroll import unroll
-
     torch.manual_seed(0)
     cell = (UserLSTMCell(8, 128) if name == "user-lstm" else tc.GRUCell(8, 128)).double()
     x = torch.randn(6, 64, 8, dtype=torch.float64)
     state = cell.init_state(64, dtype=torch.float64)
-    weights = torch.linspace(-1, 1, 128, dtype=torch.float64)
-
-    def results(path):
-        cell.zero_grad()
-        xx = x.clone().requires_grad_()
-        out = path(cell, xx, state)[0]
-        (out * weights).sum().backward()
-        return [out.detach(), xx.grad, *[p.grad.clone() for p in cell.parameters()]]
-
-    want = results(unroll)
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            got = results(lambda *a: run_fused(*a, native=True))
-            for g, w in zip(got, want):
-                torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10, msg=lambda m: f"{threads} threads: {m}")
-    finally:
-        torch.set_num_threads(before)
+    native_equals_loop_at_threads(cell, x, state, atol=1e-12, rtol=1e-10)
 
 
 def test_values_computed_once_per_sequence_follow_the_weights_between_sequences():

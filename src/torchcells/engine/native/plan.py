@@ -606,16 +606,11 @@ def _planned(graph: fx.Graph, packed: list[fx.Node], packing: Packing, **options
     spec = plan_graph(graph, packed=packed, packing=packing, **options)
     width = PACKED_INPUTS[packing]
     first = spec.n_inputs - width * len(packed)
-    read = {r for block in spec.blocks for r in _reads(block)}
+    read = {r for block in spec.blocks for r in block.reads()}
     used = [w for k, w in enumerate(packed) if any(first + width * k + i in read for i in range(width))]
     if len(used) == len(packed):
         return spec, packed
     return plan_graph(graph, packed=used, packing=packing, **options), used
-
-
-def _reads(block: Block) -> list[int]:
-    """The slots a block reads."""
-    return [i.slot for i in block.inputs] if isinstance(block, FusedBlock) else block.reads()
 
 
 def _saved_places(fw: fx.Graph, unique: list[fx.Node], outs: list, n_hoisted: int, n_state: int,

@@ -9,8 +9,9 @@ A program is a list of blocks over a table of tensor slots: a :class:`CallBlock`
 (one aten operator called through the dispatcher), a :class:`FusedBlock` (a group
 of elementwise operations over one ``[rows, cols]`` domain, run in vector
 registers) or a :class:`ProductBlock` (a per-step product on a weight laid out in
-column blocks once per sequence, run by torch's batch-reduce GEMM). :class:`NativePlan` holds the three programs of one derived step and
-where the drivers find the values the backward reads.
+column blocks once per sequence, run by torch's batch-reduce GEMM). :class:`NativePlan`
+holds the three programs of one derived step and where the drivers find the values the
+backward reads.
 """
 
 from __future__ import annotations
@@ -233,6 +234,10 @@ class FusedBlock:
     outputs: list[GroupOutput]
     allocs: list[Alloc]
     n_regs: int
+
+    def reads(self) -> list[int]:
+        """The slots this group reads."""
+        return [i.slot for i in self.inputs]
 
     def add_to(self, program: Any) -> None:
         program.add_fused(rows=self.rows, cols=self.cols,

@@ -425,14 +425,19 @@ class Program {
     TORCH_CHECK(results.size() == call.outs.size(), "torchcells native: ", call.op.schema().name(),
                 " returned ", results.size(), " tensors, expected ", call.outs.size());
     for (size_t k = 0; k < results.size(); ++k) {
-      const int64_t s = call.outs[k];
-      if (s < 0) continue;
-      if (preset[s].defined()) {
-        preset[s].copy_(results[k]);
-        slots[s] = preset[s];
-      } else {
-        slots[s] = results[k];
-      }
+      if (call.outs[k] >= 0) place(slots, preset, call.outs[k], results[k]);
+    }
+  }
+
+  // `value` into slot `s`: into its preset place (copied there unless it already is that place)
+  // where the driver gave one, else as it is.
+  static void place(std::vector<at::Tensor>& slots, const std::vector<at::Tensor>& preset, int64_t s,
+                    const at::Tensor& value) {
+    if (preset[s].defined() && !preset[s].is_same(value)) {
+      preset[s].copy_(value);
+      slots[s] = preset[s];
+    } else {
+      slots[s] = value;
     }
   }
 
@@ -472,12 +477,7 @@ class Program {
       });
     }
 #endif
-    if (dest.defined() && !in_place) {
-      dest.copy_(c);
-      slots[p.out] = dest;
-    } else {
-      slots[p.out] = c;
-    }
+    place(slots, preset, p.out, c);
   }
 
   static void run_fused(const Fused& f, std::vector<at::Tensor>& slots, const std::vector<at::Tensor>& preset) {
@@ -529,14 +529,8 @@ class Program {
     for (size_t k = 0; k < n_out; ++k) {
       const Output& o = f.outputs[k];
       if (o.slot < 0) continue;
-      if (o.into_slot >= 0) {
-        slots[o.slot] = outs[k];
-      } else if (preset[o.slot].defined() && !preset[o.slot].is_same(outs[k])) {
-        preset[o.slot].copy_(outs[k]);
-        slots[o.slot] = preset[o.slot];
-      } else {
-        slots[o.slot] = outs[k];
-      }
+      if (o.into_slot >= 0) slots[o.slot] = outs[k];
+      else place(slots, preset, o.slot, outs[k]);
     }
   }
 
