@@ -156,3 +156,181 @@ def test_threads_streaming_through_one_layer_each_get_their_own_results():
         for x_t, y in zip(xs[k], got[k]):
             expected, h = cell(x_t, h)
             assert torch.equal(y, expected)
+
+
+# --- a stream's step without gradients: one cell call, the engine not consulted -------------------
+
+@pytest.fixture
+def engine_watch(monkeypatch):
+    """Counts the layer calls that open an engine call (the full path); a streamed step does not."""
+    import torchcells.layers.recurrent as recurrent_module
+
+    opened = []
+
+    def counting(real):
+        def opens(*args, **kwargs):
+            opened.append(1)
+            return real(*args, **kwargs)
+        return opens
+
+    monkeypatch.setattr(recurrent_module, "run", counting(recurrent_module.run))
+    monkeypatch.setattr(recurrent_module, "run_chunked", counting(recurrent_module.run_chunked))
+    return opened
+
+
+@pytest.mark.parametrize("make_cell", CELLS, ids=IDS)
+@pytest.mark.parametrize("how", ["step", "layer", "batch-first", "reverse"])
+@torch.no_grad()
+def test_a_streamed_step_is_the_cell_call_bit_for_bit_without_opening_the_engine(make_cell, how, engine_watch):
+    torch.manual_seed(0)
+    cell = make_cell()
+    layer = Recurrent(cell, batch_first=how == "batch-first", reverse=how == "reverse")
+    xs = torch.randn(6, B, I, dtype=DT)
+    state = expected_state = cell.init_state(B, dtype=DT)
+    for k, x_t in enumerate(xs):
+        if how == "step":
+            y, state = layer.step(x_t, state)
+        else:
+            out, state = layer(x_t.unsqueeze(1 if how == "batch-first" else 0), state)
+            assert out.shape == ((B, 1, H) if how == "batch-first" else (1, B, H))
+            y = out[:, 0] if how == "batch-first" else out[0]
+        expected, expected_state = cell(x_t, expected_state)
+        assert torch.equal(y, expected)
+        for a, b in zip(leaves(state), leaves(expected_state)):
+            assert torch.equal(a, b)
+        assert type(state) is type(expected_state)
+    assert len(engine_watch) == 1   # only the first call, whose state the layer had not returned
+    assert not y.requires_grad
+
+
+@torch.no_grad()
+def test_a_streamed_output_is_its_own_tensor_as_the_full_calls_is():
+    cell = GRUCell(I, H, dtype=DT)   # its output is its new state
+    layer = Recurrent(cell)
+    y, h = layer.step(torch.randn(B, I, dtype=DT))
+    y, h = layer.step(torch.randn(B, I, dtype=DT), h)   # streamed
+    before = h.clone()
+    y.add_(1.0)
+    assert torch.equal(h, before)
+
+
+@pytest.mark.parametrize("what", ["grad", "lengths", "all-states", "two-steps", "fused", "checkpoint", "new-state"])
+def test_calls_the_stream_cannot_serve_open_the_engine(what, engine_watch):
+    cell = UserLSTMCell(I, H).to(DT)
+    layer = Recurrent(cell, engine="fused" if what == "fused" else "auto",
+                      checkpoint_steps=1 if what == "checkpoint" else None)
+    x = torch.randn(1, B, I, dtype=DT)
+    with torch.no_grad():
+        _, state = layer(x)
+    engine_watch.clear()
+    with torch.set_grad_enabled(what == "grad"):
+        if what == "lengths":
+            layer(x, state, lengths=[1] * B)
+        elif what == "all-states":
+            layer(x, state, all_states=True)
+        elif what == "two-steps":
+            layer(torch.cat([x, x]), state)
+        elif what == "new-state":
+            layer(x, tuple(s.clone() for s in state))
+        else:
+            layer(x, state)
+    assert len(engine_watch) == 1
+
+
+@torch.no_grad()
+def test_a_path_registered_without_short_steps_is_asked_by_a_stream(engine_watch):
+    from torchcells.engine.call import Path
+    from torchcells.engine.paths import register, unregister
+
+    asked = []
+
+    class Eager(Path):
+        name = "eager-test"
+
+        def accepts(self, call):
+            asked.append(call.steps)
+            return "declines everything"
+
+    layer = Recurrent(GRUCell(I, H, dtype=DT))
+    _, h = layer.step(torch.randn(B, I, dtype=DT))
+    register(Eager())
+    try:
+        layer.step(torch.randn(B, I, dtype=DT), h)
+    finally:
+        unregister("eager-test")
+    assert asked == [1] and len(engine_watch) == 2
+
+
+@torch.no_grad()
+def test_a_stream_still_refuses_what_the_layer_refuses():
+    layer = Recurrent(GRUCell(I, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    with pytest.raises(ValueError, match=r"Recurrent\(GRUCell\(3→5\)\): input has 7 features per step, expected 3"):
+        layer.step(torch.randn(B, 7, dtype=DT), h)
+    _, h = layer.step(x, h)
+    with pytest.raises(TypeError, match=r"Recurrent\(GRUCell\(3→5\)\): input has dtype torch.float32 but the cell's "
+                                        r"parameters are torch.float64"):
+        layer.step(x.float(), h)
+    _, h = layer.step(x, h)
+    layer.float()   # the weights change dtype; the state the layer returned stays float64
+    with pytest.raises(TypeError, match=r"input has dtype torch.float64 but the cell's parameters are torch.float32"):
+        layer.step(x, h)
+
+
+class Breaks(GRUCell):
+    """A GRU cell whose step returns a state of the wrong width once ``broken`` is set."""
+
+    broken = False
+
+    def forward(self, x, h):
+        y, new = super().forward(x, h)
+        return (y, new[:, :-1]) if self.broken else (y, new)
+
+
+@torch.no_grad()
+def test_a_cell_that_goes_wrong_mid_stream_is_named_as_the_layer_names_it():
+    cell = Breaks(I, H, dtype=DT)
+    layer = Recurrent(cell)
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    _, h = layer.step(x, h)
+    cell.broken = True
+    with pytest.raises(ValueError, match=r"^Recurrent\(Breaks\(3→5\)\): the cell.s forward returned a new state whose leaf 0 has shape \(2, 4\)") as streamed:
+        layer.step(x, h)
+    with pytest.raises(ValueError) as full:
+        layer(x.unsqueeze(0), h.clone())
+    assert str(streamed.value) == str(full.value)
+
+
+class Drawing(GRUCell):
+    """Counts the layer calls that start (``begin_call``)."""
+
+    begun = 0
+
+    def begin_call(self):
+        type(self).begun += 1
+
+
+@torch.no_grad()
+def test_each_streamed_step_starts_a_call_of_the_cell():
+    layer = Recurrent(Drawing(I, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    Drawing.begun = 0
+    _, h = layer.step(x)
+    for _ in range(3):
+        _, h = layer.step(x, h)
+        _, h = layer(x.unsqueeze(0), h)
+    assert Drawing.begun == 7
+
+
+def test_the_loop_runs_short_calls_only_outside_recording_and_transforms():
+    from torchcells.engine.paths import get, loop_runs_short
+
+    assert loop_runs_short("auto", 1) and loop_runs_short("loop", 100)
+    assert not loop_runs_short("fused", 1)
+    longest = min(p.short_steps for p in (get("scan"), get("torch"), get("fused")))
+    assert loop_runs_short("auto", longest) and not loop_runs_short("auto", longest + 1)
+    seen = []
+    torch.func.vmap(lambda t: seen.append(loop_runs_short("auto", 1)) or t)(torch.ones(2))
+    assert seen == [False]

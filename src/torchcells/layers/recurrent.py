@@ -14,8 +14,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..cell import Cell, State, autocast_casts, cell_name, check_input, check_state, map_state, state_leaves
+from ..cell import (Cell, State, autocast_casts, cell_name, check_input, check_state, check_step, map_state,
+                    state_leaves, step_pair)
 from ..engine import check_lengths, engines, run
+from ..engine.paths import loop_runs_short
 from ..engine.recompute import run_chunked
 from ..engine.lengths import Lengths
 
@@ -100,6 +102,10 @@ class Recurrent(nn.Module):
 
     def forward(self, x: Tensor, state: Optional[State] = None, *, lengths: Optional[Lengths] = None,
                 all_states: bool = False):
+        if lengths is None and not all_states:
+            streamed = _streamed(self, x, state, self.batch_first)
+            if streamed is not None:
+                return streamed
         owner = self.short_name()
         x, state, lens, unbatched, known = self._checked(owner, x, state, lengths, batch_first=self.batch_first)
         outputs, final, states = self._run(owner, x, state, lens, all_states, reverse=self.reverse)
@@ -143,6 +149,9 @@ class Recurrent(nn.Module):
             raise ValueError(f"{owner}: step input should have {rank + 1} or {rank} dimensions (B, ...), or (...) "
                              f"unbatched (one step, no time axis), got {x_t.dim()} with shape {tuple(x_t.shape)}")
         x = x_t.unsqueeze(0) if isinstance(x_t, Tensor) else x_t  # (1, B, ...) or (1, ...) unbatched
+        streamed = _streamed(self, x, state, False)
+        if streamed is not None:
+            return streamed[0][0], streamed[1]
         x, state, _, unbatched, known = self._checked(owner, x, state, None, batch_first=False)
         outputs, final, _ = self._run(owner, x, state, None, False, reverse=False)
         _vouch(self, state, final, x, known)
@@ -248,6 +257,49 @@ def _vouch(layer: nn.Module, given: State, final: State, x: Tensor, known: Any =
         _RETURNED.pop(layer, None)
 
 
+def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool) -> Optional[tuple[Tensor, State]]:
+    """``layer``'s call on ``x``, one batched time step, without gradients, from the state its last
+    call returned (:func:`_vouched`), run as the reference loop runs it (one cell call, its result
+    checked) without opening a call: ``(outputs, final_state)``, the very values the full call
+    gives. ``None`` where the full call must run -- another state, gradients, several steps,
+    lengths, a recording mode, an engine that would not run such a call on the loop -- or where it
+    might refuse (input of another rank, features, dtype or device; a weight of another dtype):
+    its checks then say why. One step of a stream costs the cell's call and a few look-ups."""
+    if torch.is_grad_enabled() or layer.checkpoint_steps is not None:
+        return None
+    record = _RETURNED.get(layer)
+    if record is None or record[0] is not state or not isinstance(x, Tensor):
+        return None
+    _, cell, batch, dtype, device, skeleton = record
+    rank = getattr(cell, "step_rank", 1)
+    if (cell is not layer.cell or x.dim() != rank + 2 or x.shape[int(batch_first)] != 1
+            or x.shape[1 - int(batch_first)] != batch or x.dtype != dtype or x.device != device):
+        return None
+    features = getattr(cell, "input_size", None)
+    weight = first_weight(cell)
+    if ((features is not None and x.shape[x.dim() - rank] != features)
+            or (weight is not None and weight.dtype != dtype) or _skeleton(state) != skeleton
+            or not loop_runs_short(layer.engine, 1)):
+        return None
+    begin_call = getattr(cell, "begin_call", None)
+    if callable(begin_call):
+        begin_call()
+    x_t = x[:, 0] if batch_first else x[0]
+    returned = cell(x_t, state)
+    try:
+        y, final = returned if isinstance(returned, tuple) and len(returned) == 2 else step_pair(cell_name(cell), returned)
+        fits = _skeleton(final) == skeleton  # the state's structure, shapes, dtypes and devices
+        if not (fits and isinstance(y, Tensor) and y.dim() > 0 and y.shape[0] == batch):
+            check_step(cell_name(cell), x_t, state, y, final)  # says what is wrong (the loop's check)
+    except (TypeError, ValueError) as e:
+        raise _named(layer.short_name(), cell_name(cell), e) from None
+    if fits:
+        _RETURNED[layer] = (final, cell, batch, dtype, device, skeleton)
+    else:
+        _RETURNED.pop(layer, None)
+    return torch.stack([y], int(batch_first)), final
+
+
 def _vouched(layer: nn.Module, state: Any, x: Tensor) -> Any:
     """``state``'s skeleton if ``state`` is the very object ``layer``'s last call returned
     (:func:`_vouch`), handed back to the same cell for a call of the same dtype and device, its leaves still of the shapes
@@ -269,7 +321,7 @@ def _skeleton(state: Any) -> Any:
     if isinstance(state, Tensor):
         return (state.shape, state.dtype, state.device)
     if isinstance(state, tuple):
-        return (type(state),) + tuple(_skeleton(s) for s in state)
+        return (type(state),) + tuple(map(_skeleton, state))
     return (type(state), id(state))  # anything else: never equal to another's
 
 

@@ -48,7 +48,7 @@ from .loop import LoopPath
 from .scan import ScanPath
 from .torch_kernel import TorchKernelPath
 
-__all__ = ["Path", "choose", "engines", "get", "paths", "register", "short_call", "unregister"]
+__all__ = ["Path", "choose", "engines", "get", "loop_runs_short", "paths", "register", "short_call", "unregister"]
 
 _REGISTRY: list[Path] = []
 
@@ -146,6 +146,25 @@ def short_call(call: Call) -> bool:
     if call.needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     return not (is_exporting() or ops.functorch_active())
+
+
+def loop_runs_short(engine: str, steps: int) -> bool:
+    """Whether a call of ``steps`` steps with ``engine``, made without gradients, runs on the
+    reference loop whatever else it holds: ``engine="loop"``, or ``"auto"`` with every path before
+    the loop leaving so short a call to it (:func:`short_call`'s other conditions hold too). A
+    layer's streaming step asks this instead of opening the call (:meth:`~torchcells.Recurrent.step`)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting() or ops.functorch_active():
+        return False
+    if engine == "loop":
+        return True
+    if engine != "auto":
+        return False
+    for path in _REGISTRY:
+        if path.name == "loop":
+            return True
+        if steps > path.short_steps:
+            return False
+    return False
 
 
 def _accepts(path: Path, call: Call) -> Optional[str]:
