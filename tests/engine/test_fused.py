@@ -2,8 +2,9 @@
 
 Table-driven over cells: every built-in cell and user cells with awkward features
 (a state leaf passed through unchanged, an output distinct from the state, ops
-naming dim 1 explicitly). Each row is checked with and without lengths, forwards
-and reversed, with every-step states, in float64 (tight) and float32, gradients
+naming dim 1 explicitly, weights on the left of their products). Each row is checked
+with and without lengths, forwards and reversed, with every-step states, in float64
+(tight) and float32, gradients
 included; inference (no grad) runs a save-nothing variant, also checked. Cells that
 cannot be traced fall back to the loop with a warning that says why.
 """
@@ -68,6 +69,20 @@ class DimOneCell(tc.Cell):
         return h, h
 
 
+class LeftWeightCell(tc.Cell):
+    """Weights on the left of their products (``W @ h.T``): their gradients' operands are collected
+    step by step (not read for all steps after the loop), one of them a step's input itself."""
+
+    def __init__(self, i: int, h: int) -> None:
+        super().__init__(i, h)
+        self.w = nn.Parameter(torch.randn(h, h) * 0.4)
+        self.u = nn.Parameter(torch.randn(h, i) * 0.4)
+
+    def forward(self, x, h):
+        h = torch.tanh((self.w @ h.T).T + (self.u @ x.T).T)
+        return h, h
+
+
 class ViewOutputCell(tc.Cell):
     """The output is a view (a slice) of the new state."""
 
@@ -119,6 +134,7 @@ CELLS = {
     "dim-one": lambda: DimOneCell(I, H),
     "view-output": lambda: ViewOutputCell(I, H),
     "layer-norm": lambda: NormedCell(I, H),
+    "left-weight": lambda: LeftWeightCell(I, H),
 }
 
 
