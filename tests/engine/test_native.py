@@ -457,3 +457,38 @@ def test_a_step_that_cannot_be_planned_makes_the_native_executor_decline_with_th
     assert type(out.grad_fn).__name__ == "_FusedSequenceBackward"
     for got, want in zip(*results[::-1]):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_a_run_once_value_reaches_the_place_of_every_step():
+    """A new state leaf made by a run-once call (it reads per-sequence values only) goes into the
+    history at every step: the value kept for later steps is the call's, not the driver's place
+    for step 0 (a view the driver moves along). No derived cell step is known to plan such a call;
+    the driver is run directly on a hand-planned program."""
+    from torchcells.engine.native.plan import _placeholders
+
+    def step(u_t, h, m, c, w):
+        h = torch.tanh(u_t + h)
+        return h, h, torch.ops.aten.mm(c, w)
+
+    gen = torch.Generator().manual_seed(0)
+    T, Bt, Hd = 5, 2, 3
+    u, h0, m0, c = (torch.randn(*shape, dtype=torch.float64, generator=gen)
+                    for shape in ((T, Bt, Hd), (Bt, Hd), (Bt, Hd), (Bt, Hd)))
+    w = torch.randn(Hd, Hd, dtype=torch.float64, generator=gen)
+    gm = make_fx(step)(u[0], h0, m0, c, w)
+    ph = _placeholders(gm.graph)
+    spec = plan_graph(gm.graph, per_sequence={ph[3], ph[4]})
+    assert any(isinstance(b, CallBlock) and b.once for b in spec.blocks)
+    lib = library()
+    run = lib.ForwardRun(hoisted=[u], state=[h0, m0], consts=[c, w], valid=None, extras=[], steps=T, n_outputs=3,
+                         y_alias=0, saved_kind=[], saved_index=[])
+    ys, h_final, m_final, h_hist, m_hist = lib.forward_sequence(spec.build(lib), run)
+    assert torch.equal(m_hist[0], m0)
+    for t in range(1, T + 1):
+        assert torch.equal(m_hist[t], c @ w), t
+    h = h0
+    for t in range(T):
+        h = torch.tanh(u[t] + h)
+        torch.testing.assert_close(h_hist[t + 1], h, atol=1e-12, rtol=0)  # the runtime's vector tanh
+        assert torch.equal(ys[t], h_hist[t + 1])
+    assert torch.equal(m_final, c @ w)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fixture_cells import UserLSTMCell
 
-from torchcells import GRUCell, LSTMCell, LSTMState, Recurrent
+from torchcells import Cell, GRUCell, LSTMCell, LSTMState, Recurrent
 
 DT = torch.float64
 I, H, B = 3, 5, 2
@@ -334,3 +334,80 @@ def test_the_loop_runs_short_calls_only_outside_recording_and_transforms():
     seen = []
     torch.func.vmap(lambda t: seen.append(loop_runs_short("auto", 1)) or t)(torch.ones(2))
     assert seen == [False]
+
+
+class Delay(Cell):
+    """Keeps its input as its state and returns the one before: a state that is the input itself."""
+
+    def __init__(self, size):
+        super().__init__(size, size)
+
+    def forward(self, x, h):
+        return h * 1, x
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@torch.no_grad()
+def test_a_stream_into_one_input_buffer_gives_the_full_calls_results(reverse):
+    """A real-time loop refills one buffer each step; a cell that keeps its input sees what the
+    full call (the reference loop) shows it: a reversed layer's call reads a reversed copy."""
+    def outputs(streamed):
+        layer = Recurrent(Delay(2), reverse=reverse)
+        buf = torch.zeros(1, 1, 2, dtype=DT)
+        state, got = None, []
+        for k in range(1, 7):
+            buf.fill_(float(k))
+            out, state = layer(buf, state if streamed else (state.clone() if state is not None else None))
+            got.append(out[0, 0, 0].item())
+        return got
+
+    assert outputs(streamed=True) == outputs(streamed=False)
+
+
+@torch.no_grad()
+def test_a_loop_registered_in_place_of_the_reference_loop_runs_every_call(engine_watch):
+    from torchcells.engine.paths import get, register, unregister
+    from torchcells.engine.paths.loop import LoopPath
+
+    ran = []
+
+    class Counted(LoopPath):
+        def run(self, call):
+            ran.append(call.steps)
+            return super().run(call)
+
+    layer = Recurrent(GRUCell(I, H, dtype=DT), engine="loop")
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    stock = unregister("loop")
+    try:
+        with pytest.raises(ValueError, match="engine should be one of"):
+            layer.step(x, h)   # no loop registered: the full call's error
+        register(Counted(), before=None)
+        _, h = layer.step(x, h)
+        _, h = layer.step(x, h)
+    finally:
+        unregister("loop")
+        register(stock, before=None)
+    assert ran == [1, 1] and get("loop") is stock
+
+
+class Picky(GRUCell):
+    """Refuses inputs above 100 in its own words."""
+
+    def forward(self, x, h):
+        if x.max() > 100:
+            raise ValueError(f"{self.short_name()}: forward got an input above 100")
+        return super().forward(x, h)
+
+
+@torch.no_grad()
+def test_a_cells_own_error_mid_stream_is_named_as_the_layer_names_it():
+    layer = Recurrent(Picky(I, H, dtype=DT))
+    x = torch.randn(B, I, dtype=DT)
+    _, h = layer.step(x)
+    with pytest.raises(ValueError) as streamed:
+        layer.step(x + 1000, h)
+    with pytest.raises(ValueError) as full:
+        layer.step(x + 1000, h.clone())
+    assert str(streamed.value) == str(full.value) == "Recurrent(Picky(3→5)): the cell's forward got an input above 100"

@@ -149,7 +149,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"{owner}: step input should have {rank + 1} or {rank} dimensions (B, ...), or (...) "
                              f"unbatched (one step, no time axis), got {x_t.dim()} with shape {tuple(x_t.shape)}")
         x = x_t.unsqueeze(0) if isinstance(x_t, Tensor) else x_t  # (1, B, ...) or (1, ...) unbatched
-        streamed = _streamed(self, x, state, False)
+        streamed = _streamed(self, x, state, False, stepping=True)
         if streamed is not None:
             return streamed[0][0], streamed[1]
         x, state, _, unbatched, known = self._checked(owner, x, state, None, batch_first=False)
@@ -257,14 +257,17 @@ def _vouch(layer: nn.Module, given: State, final: State, x: Tensor, known: Any =
         _RETURNED.pop(layer, None)
 
 
-def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool) -> Optional[tuple[Tensor, State]]:
+def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool, stepping: bool = False
+              ) -> Optional[tuple[Tensor, State]]:
     """``layer``'s call on ``x``, one batched time step, without gradients, from the state its last
     call returned (:func:`_vouched`), run as the reference loop runs it (one cell call, its result
     checked) without opening a call: ``(outputs, final_state)``, the very values the full call
     gives. ``None`` where the full call must run -- another state, gradients, several steps,
     lengths, a recording mode, an engine that would not run such a call on the loop -- or where it
     might refuse (input of another rank, features, dtype or device; a weight of another dtype):
-    its checks then say why. One step of a stream costs the cell's call and a few look-ups."""
+    its checks then say why. One step of a stream costs the cell's call and a few look-ups.
+    ``stepping``: a call of :meth:`Recurrent.step`, which reads forwards (a reversed layer's full
+    call hands the cell a reversed copy of its input, so the step gets a copy of its own there)."""
     if torch.is_grad_enabled() or layer.checkpoint_steps is not None:
         return None
     record = _RETURNED.get(layer)
@@ -285,8 +288,10 @@ def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool) -> Option
     if callable(begin_call):
         begin_call()
     x_t = x[:, 0] if batch_first else x[0]
-    returned = cell(x_t, state)
+    if layer.reverse and not stepping:  # the full call reads a reversed copy: one step of its own
+        x_t = x_t.clone()
     try:
+        returned = cell(x_t, state)
         y, final = returned if isinstance(returned, tuple) and len(returned) == 2 else step_pair(cell_name(cell), returned)
         fits = _skeleton(final) == skeleton  # the state's structure, shapes, dtypes and devices
         if not (fits and isinstance(y, Tensor) and y.dim() > 0 and y.shape[0] == batch):

@@ -370,9 +370,16 @@ class Program {
       run_call(call, slots, preset);
     }
     if (once != nullptr && !once->filled) {
+      // what a run-once call made, kept for the later steps: never the driver's place for it (a
+      // view the driver moves along; the value would be neither kept nor copied to later places)
       once->values.assign(static_cast<size_t>(n_slots_), at::Tensor());
       for (const Call& call : calls_) {
-        if (call.once) for (int64_t o : call.outs) if (o >= 0) once->values[o] = slots[o];
+        if (!call.once) continue;
+        for (int64_t o : call.outs) {
+          if (o < 0) continue;
+          const bool placed = preset[o].defined() && slots[o].is_same(preset[o]);
+          once->values[o] = placed ? slots[o].clone() : slots[o];
+        }
       }
       once->filled = true;
     }

@@ -151,18 +151,18 @@ def short_call(call: Call) -> bool:
 def loop_runs_short(engine: str, steps: int) -> bool:
     """Whether a call of ``steps`` steps with ``engine``, made without gradients, runs on the
     reference loop whatever else it holds: ``engine="loop"``, or ``"auto"`` with every path before
-    the loop leaving so short a call to it (:func:`short_call`'s other conditions hold too). A
-    layer's streaming step asks this instead of opening the call (:meth:`~torchcells.Recurrent.step`)."""
+    the loop leaving so short a call to it (:func:`short_call`'s other conditions hold too), the
+    registered ``"loop"`` being the reference loop itself (:class:`LoopPath`, not a subclass or a path
+    registered in its place). A layer's streaming step asks this instead of opening the call
+    (:meth:`~torchcells.Recurrent.step`)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting() or ops.functorch_active():
         return False
-    if engine == "loop":
-        return True
-    if engine != "auto":
+    if engine not in ("auto", "loop"):
         return False
     for path in _REGISTRY:
-        if path.name == "loop":
-            return True
-        if steps > path.short_steps:
+        if path.name == "loop":  # the reference loop itself, not a path registered in its place
+            return type(path) is LoopPath
+        if engine == "auto" and steps > path.short_steps:
             return False
     return False
 
