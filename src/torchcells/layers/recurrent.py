@@ -192,7 +192,7 @@ class Recurrent(nn.Module):
         if state is None:
             state = cell.init_state(batch, device=x.device, dtype=x.dtype)
         else:
-            known = _vouched(self, state, x)
+            known = _vouched(self, state, batch, x.dtype, x.device)
             if known is None:
                 expected = cell.init_state(batch, device="meta", dtype=x.dtype)
                 state = check_state(owner, expected, state, dtype=x.dtype, device=x.device)
@@ -251,8 +251,15 @@ def _vouch(layer: nn.Module, given: State, final: State, x: Tensor, known: Any =
     else:
         fits = skeleton == _skeleton(given) and all(t.dtype == x.dtype and t.device == x.device
                                                     for t in state_leaves(final))
-    if fits:
-        _RETURNED[layer] = (final, layer.cell, x.shape[1], x.dtype, x.device, skeleton)  # one store
+    _remember(layer, final, skeleton if fits else None, x.shape[1], x.dtype, x.device)
+
+
+def _remember(layer: nn.Module, final: State, skeleton: Any, batch: int, dtype: torch.dtype,
+              device: torch.device) -> None:
+    """Keep ``final`` (of skeleton ``skeleton``) for ``layer``'s next call with a batch of ``batch`` in
+    ``dtype`` on ``device`` (:func:`_vouched`); ``skeleton=None``: forget the last call's."""
+    if skeleton is not None:
+        _RETURNED[layer] = (final, layer.cell, batch, dtype, device, skeleton)  # one store
     else:
         _RETURNED.pop(layer, None)
 
@@ -268,21 +275,20 @@ def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool, stepping:
     its checks then say why. One step of a stream costs the cell's call and a few look-ups.
     ``stepping``: a call of :meth:`Recurrent.step`, which reads forwards (a reversed layer's full
     call hands the cell a reversed copy of its input, so the step gets a copy of its own there)."""
-    if torch.is_grad_enabled() or layer.checkpoint_steps is not None:
+    if torch.is_grad_enabled() or layer.checkpoint_steps is not None or not isinstance(x, Tensor):
         return None
-    record = _RETURNED.get(layer)
-    if record is None or record[0] is not state or not isinstance(x, Tensor):
-        return None
-    _, cell, batch, dtype, device, skeleton = record
+    cell = layer.cell
     rank = getattr(cell, "step_rank", 1)
-    if (cell is not layer.cell or x.dim() != rank + 2 or x.shape[int(batch_first)] != 1
-            or x.shape[1 - int(batch_first)] != batch or x.dtype != dtype or x.device != device):
+    if x.dim() != rank + 2 or x.shape[int(batch_first)] != 1:
+        return None
+    batch, dtype = x.shape[1 - int(batch_first)], x.dtype
+    skeleton = _vouched(layer, state, batch, dtype, x.device)
+    if skeleton is None:
         return None
     features = getattr(cell, "input_size", None)
     weight = first_weight(cell)
     if ((features is not None and x.shape[x.dim() - rank] != features)
-            or (weight is not None and weight.dtype != dtype) or _skeleton(state) != skeleton
-            or not loop_runs_short(layer.engine, 1)):
+            or (weight is not None and weight.dtype != dtype) or not loop_runs_short(layer.engine, 1)):
         return None
     begin_call = getattr(cell, "begin_call", None)
     if callable(begin_call):
@@ -298,24 +304,22 @@ def _streamed(layer: Recurrent, x: Any, state: Any, batch_first: bool, stepping:
             check_step(cell_name(cell), x_t, state, y, final)  # says what is wrong (the loop's check)
     except (TypeError, ValueError) as e:
         raise _named(layer.short_name(), cell_name(cell), e) from None
-    if fits:
-        _RETURNED[layer] = (final, cell, batch, dtype, device, skeleton)
-    else:
-        _RETURNED.pop(layer, None)
+    _remember(layer, final, skeleton if fits else None, batch, dtype, x.device)
     return torch.stack([y], int(batch_first)), final
 
 
-def _vouched(layer: nn.Module, state: Any, x: Tensor) -> Any:
+def _vouched(layer: nn.Module, state: Any, batch: int, dtype: torch.dtype, device: torch.device) -> Any:
     """``state``'s skeleton if ``state`` is the very object ``layer``'s last call returned
-    (:func:`_vouch`), handed back to the same cell for a call of the same dtype and device, its leaves still of the shapes
+    (:func:`_vouch`), handed back to the same cell for a call of ``batch`` in the same ``dtype`` on the
+    same ``device``, its leaves still of the shapes
     (the batch size among them), dtypes and devices they had (a tensor's can change in place):
     the check it passed then holds now. Saves the cell's ``init_state`` on the meta device at each
     step of a stream, most of the cost of checking a state. ``None`` where not."""
     record = _RETURNED.get(layer)
     if record is None or record[0] is not state or _recording():
         return None
-    _, cell, batch, dtype, device, skeleton = record
-    if (cell is layer.cell and batch == x.shape[1] and dtype == x.dtype and device == x.device
+    _, cell, kept_batch, kept_dtype, kept_device, skeleton = record
+    if (cell is layer.cell and kept_batch == batch and kept_dtype == dtype and kept_device == device
             and _skeleton(state) == skeleton):
         return skeleton
     return None

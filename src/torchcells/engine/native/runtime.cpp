@@ -601,7 +601,6 @@ class StepView {
       steps_ = base.size(0);
     }
   }
-  bool defined() const { return view_.defined(); }
   // whether `v` is this view itself (then it moves with the next step: keep an alias of it instead)
   bool is(const at::Tensor& v) const { return view_.defined() && v.unsafeGetTensorImpl() == view_.unsafeGetTensorImpl(); }
   const at::Tensor& at(int64_t t) {
@@ -613,6 +612,25 @@ class StepView {
  private:
   at::Tensor view_;
   int64_t first_ = 0, stride_ = 0, steps_ = 0;
+};
+
+// A driver's moving views, made once per sequence (addresses stable), and the guard for what it
+// keeps past a step: never one of them itself, which would move with the next step, but an alias.
+class StepViews {
+ public:
+  StepView* over(const at::Tensor& base) {
+    views_.emplace_back(base);
+    return &views_.back();
+  }
+  at::Tensor kept(const at::Tensor& v) const {
+    for (const StepView& view : views_) {
+      if (view.is(v)) return v.alias();
+    }
+    return v;
+  }
+
+ private:
+  std::deque<StepView> views_;
 };
 
 // The forward over all steps. Program inputs: [*hoisted_t, *state, *consts, valid_t?, *extras];
@@ -644,28 +662,29 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
     // done here: the steps run below autograd and view tracking (each per-step view and call
     // costs less). What is returned is made after this block, as views autograd knows.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    // the per-step inputs and places, each one view moved along (StepView): `inputs` and `dest`
+    // the per-step inputs and places, each one view moved along (StepViews): `inputs` and `dest`
     // hold them for one step, and what a step returns is read in that step only
-    std::vector<StepView> hoisted_at, before_at, after_at, saved_at(saved_kind.size());
-    for (const auto& h : run.hoisted) hoisted_at.emplace_back(h);
+    StepViews views;
+    std::vector<StepView*> hoisted_at, before_at, after_at, saved_at(saved_kind.size(), nullptr);
+    for (const auto& h : run.hoisted) hoisted_at.push_back(views.over(h));
     for (size_t s = 0; s < n_s; ++s) {
-      before_at.emplace_back(history[s]);
-      after_at.emplace_back(history[s].narrow(0, 1, T));
+      before_at.push_back(views.over(history[s]));
+      after_at.push_back(views.over(history[s].narrow(0, 1, T)));
     }
-    StepView valid_at = run.valid.has_value() ? StepView(*run.valid) : StepView();
-    StepView ys_at;
+    StepView* valid_at = run.valid.has_value() ? views.over(*run.valid) : nullptr;
+    StepView* ys_at = nullptr;
     for (int64_t t = 0; t < T; ++t) {
       inputs.clear();
-      for (auto& h : hoisted_at) inputs.push_back(h.at(t));
-      for (size_t s = 0; s < n_s; ++s) inputs.push_back(before_at[s].at(t));
+      for (StepView* h : hoisted_at) inputs.push_back(h->at(t));
+      for (size_t s = 0; s < n_s; ++s) inputs.push_back(before_at[s]->at(t));
       for (const auto& c : run.consts) inputs.push_back(c);
-      if (run.valid.has_value()) inputs.push_back(valid_at.at(t));
+      if (valid_at != nullptr) inputs.push_back(valid_at->at(t));
       for (const auto& e : run.extras) inputs.push_back(e);
       // new state leaves go straight into the history; y into ys; per-step saved values into their buffers
-      for (size_t s = 0; s < n_s; ++s) dest[s + 1] = after_at[s].at(t);
-      if (y_alias < 0 && ys_at.defined()) dest[0] = ys_at.at(t);
+      for (size_t s = 0; s < n_s; ++s) dest[s + 1] = after_at[s]->at(t);
+      if (y_alias < 0 && ys_at != nullptr) dest[0] = ys_at->at(t);
       for (size_t j = 0; j < saved_kind.size(); ++j) {
-        dest[n_out + j] = saved_at[j].defined() ? saved_at[j].at(t) : at::Tensor();
+        dest[n_out + j] = saved_at[j] != nullptr ? saved_at[j]->at(t) : at::Tensor();
       }
       std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
       if (y_alias < 0 && !ys.defined()) {
@@ -673,7 +692,7 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
         shape.insert(shape.begin(), T);
         ys = at::empty(shape, out[0].options());
         ys.select(0, 0).copy_(out[0]);
-        ys_at = StepView(ys);
+        ys_at = views.over(ys);
       }
       for (size_t j = 0; j < saved_kind.size(); ++j) {
         if (saved_kind[j] == SK_PER_STEP && !saved[j].defined()) {
@@ -682,14 +701,12 @@ std::vector<at::Tensor> forward_sequence(Program& prog, const ForwardRun& run) {
           shape.insert(shape.begin(), T);
           saved[j] = at::empty(shape, v.options());
           saved[j].select(0, 0).copy_(v);
-          saved_at[j] = StepView(saved[j]);
+          saved_at[j] = views.over(saved[j]);
         } else if (saved_kind[j] == SK_ONCE && t == 0) {
           saved[j] = out[n_out + j].contiguous();
         }
       }
     }
-    inputs.clear();
-    dest.assign(dest.size(), at::Tensor());
   }
   // A once-saved value that lies in a per-sequence input (a weight) is made again as a view of
   // that input, sharing its version counter: a change to the weight before the backward is caught.
@@ -756,39 +773,29 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run)
   std::vector<at::Tensor> dest;
   OnceCache once;
   int64_t rows_per_step = 1;
-  // the per-step inputs and places, each one view moved along (StepView)
-  std::deque<StepView> views;  // stable addresses
-  auto view_of = [&](const at::Tensor& base) -> StepView* {
-    views.emplace_back(base);
-    return &views.back();
-  };
+  // the per-step inputs and places, each one view moved along (StepViews)
+  StepViews views;
   std::vector<StepView*> saved_at(saved_kind.size(), nullptr), d_hist_at(static_cast<size_t>(n_s), nullptr);
   std::vector<StepView*> d_hoisted_at(static_cast<size_t>(n_h), nullptr), own_at(2 * n_def, nullptr);
   for (size_t j = 0; j < saved_kind.size(); ++j) {
     switch (saved_kind[j]) {
-      case SK_PER_STEP: saved_at[j] = view_of(*run.saved[j]); break;
+      case SK_PER_STEP: saved_at[j] = views.over(*run.saved[j]); break;
       case SK_ONCE: break;
-      case SK_STATE_BEFORE: saved_at[j] = view_of(history[saved_index[j]].narrow(0, 0, T)); break;
-      default: saved_at[j] = view_of(history[saved_index[j]].narrow(0, 1, T)); break;  // SK_STATE_AFTER
+      case SK_STATE_BEFORE: saved_at[j] = views.over(history[saved_index[j]].narrow(0, 0, T)); break;
+      default: saved_at[j] = views.over(history[saved_index[j]].narrow(0, 1, T)); break;  // SK_STATE_AFTER
     }
   }
   for (int64_t s = 0; s < n_s; ++s) {
     if (run.d_hist.size() > static_cast<size_t>(s) && run.d_hist[s].has_value() && run.d_hist[s]->defined()) {
-      d_hist_at[s] = view_of(*run.d_hist[s]);
+      d_hist_at[s] = views.over(*run.d_hist[s]);
     }
   }
-  StepView* d_ys_at = d_ys.defined() ? view_of(d_ys) : nullptr;
-  for (int64_t i = 0; i < n_h; ++i) d_hoisted_at[i] = view_of(d_hoisted[i]);
-  // what is kept past its step: never a moving view itself. The collected operands of a pair
-  // often are a step's input (a weight on the left of its product: test_fused's left-weight
-  // cell); a carried gradient that is a step's input passed through is guarded the same way,
-  // though no derived program we know makes one
-  auto kept = [&](const at::Tensor& v) -> at::Tensor {
-    for (const StepView& view : views) {
-      if (view.is(v)) return v.alias();
-    }
-    return v;
-  };
+  StepView* d_ys_at = d_ys.defined() ? views.over(d_ys) : nullptr;
+  for (int64_t i = 0; i < n_h; ++i) d_hoisted_at[i] = views.over(d_hoisted[i]);
+  // what is kept past its step goes through views.kept: the collected operands of a pair often
+  // are a step's input (a weight on the left of its product: test_fused's left-weight cell); a
+  // carried gradient that is a step's input passed through is guarded the same way, though no
+  // derived program we know makes one
   for (int64_t t = T - 1; t >= 0; --t) {
     inputs.clear();
     for (size_t j = 0; j < saved_kind.size(); ++j) {
@@ -806,7 +813,6 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run)
       if (!tangents[k].defined()) tangents[k] = run.zero_like[k];  // programs never write their inputs
       inputs.push_back(tangents[k]);
     }
-    tangents.clear();
     for (const auto& e : run.extras) inputs.push_back(e);
     dest.assign(static_cast<size_t>(n_grads) + 2 * n_def, at::Tensor());
     for (int64_t i = 0; i < n_h; ++i) dest[i] = d_hoisted_at[i]->at(t);
@@ -815,7 +821,7 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run)
     }
     std::vector<at::Tensor> out = prog.run_with(inputs, dest, &once);
     for (int64_t i = 0; i < n_h; ++i) got[i] = got[i] || out[i].defined();
-    for (int64_t s = 0; s < n_s; ++s) carry[s] = kept(out[n_h + s]);
+    for (int64_t s = 0; s < n_s; ++s) carry[s] = views.kept(out[n_h + s]);
     for (int64_t k = 0; k < n_c; ++k) {
       const at::Tensor& g = out[n_h + n_s + k];
       if (!g.defined()) continue;
@@ -836,14 +842,14 @@ std::vector<at::Tensor> backward_sequence(Program& prog, const BackwardRun& run)
             shape.insert(shape.begin(), T);
             own[2 * p + k] = at::empty(shape, v.options());
             own[2 * p + k].select(0, t).copy_(v);
-            own_at[2 * p + k] = view_of(own[2 * p + k]);
+            own_at[2 * p + k] = views.over(own[2 * p + k]);
           }
         }
       }
       if (from_buffers[p]) continue;
       rows_per_step = std::max<int64_t>(1, transposed[p] ? a.size(0) : a.size(-1));
-      lhs[p].push_back(kept(a));
-      rhs[p].push_back(kept(b));
+      lhs[p].push_back(views.kept(a));
+      rhs[p].push_back(views.kept(b));
       const int64_t chunk = std::max<int64_t>(1, (chunk_rows + rows_per_step - 1) / rows_per_step);
       if (static_cast<int64_t>(lhs[p].size()) >= chunk || t == 0) {
         at::Tensor left = transposed[p] ? at::cat(lhs[p], 0).t() : at::cat(lhs[p], 1);
